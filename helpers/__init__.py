@@ -1,0 +1,37 @@
+"""The thin package every notebook imports: `import helpers as hp`.
+
+Modules (imported on first use, so `import helpers` is instant and has no side effects):
+    hp.data       load files / Hub datasets / generated samples, clean, split, cap
+    hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers
+    hp.training   the one training loop (`hp.train`) and `hp.evaluate`
+    hp.metrics    scikit-learn metrics
+    hp.plots      plots that take an `ax` and return it
+    hp.artifacts  saving models, metrics.json, model cards
+    hp.inference  load a saved folder and predict
+    hp.device     device and precision choices
+    hp.runner     run notebooks headless with papermill
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
+            "hub", "samples", "batching", "notebook"}
+_SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training"}
+
+__all__ = sorted(_MODULES | set(_SHORTCUTS))
+
+
+def __getattr__(name: str):
+    if name in _MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _SHORTCUTS:
+        return getattr(importlib.import_module(f".{_SHORTCUTS[name]}", __name__), name)
+    raise AttributeError(f"module 'helpers' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

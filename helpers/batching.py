@@ -1,0 +1,141 @@
+"""Turning tokenized rows into padded batches, grouped by length so little padding is computed.
+
+Tokenization happens once (`Dataset.map`); batches are padded only to their own longest row
+(dynamic padding). Sorting rows of similar length into the same batch cuts padding further.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+# Columns the collator knows how to pad, with their padding values (None: the tokenizer's pad id).
+PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "labels": -100,
+              "decoder_input_ids": None, "decoder_attention_mask": 0}
+
+
+class TokenizedRows(torch.utils.data.Dataset):
+    """Rows held as plain Python lists: much cheaper to index per row than an Arrow table."""
+
+    def __init__(self, dataset, columns: Sequence[str] | None = None):
+        available = list(dataset.column_names if hasattr(dataset, "column_names") else dataset[0].keys())
+        if "label" in available and "labels" not in available:
+            dataset = dataset.rename_column("label", "labels")
+            available = [("labels" if c == "label" else c) for c in available]
+        wanted = [c for c in (columns or available) if c in available and (c in PAD_VALUES or c == "labels")]
+        if "input_ids" not in wanted:
+            raise ValueError("Tokenized data needs an 'input_ids' column; tokenize with Dataset.map first.")
+        self.columns = {c: list(dataset[c]) for c in wanted}
+        self.lengths = [len(x) for x in self.columns["input_ids"]]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {c: values[i] for c, values in self.columns.items()}
+
+
+def as_rows(data) -> TokenizedRows:
+    return data if isinstance(data, TokenizedRows) else TokenizedRows(data)
+
+
+class PadCollator:
+    """Pads every sequence column to the batch's longest row; builds `attention_mask` if absent.
+
+    Scalar `labels` (classification) become a 1-D tensor; sequence `labels` are padded with -100 so
+    the loss ignores padding. `pad_to_multiple_of=8` helps GPU tensor cores, not CPUs.
+    """
+
+    def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None, padding_side: str = "right"):
+        if pad_token_id is None:
+            raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos_token).")
+        self.pad_token_id = int(pad_token_id)
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.padding_side = padding_side
+
+    def _pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
+        longest = max(len(s) for s in sequences)
+        if self.pad_to_multiple_of:
+            longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
+        out = np.full((len(sequences), longest), value, dtype=np.int64)
+        for i, seq in enumerate(sequences):
+            if self.padding_side == "right":
+                out[i, : len(seq)] = seq
+            else:
+                out[i, longest - len(seq):] = seq
+        return torch.from_numpy(out)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for key in rows[0]:
+            values = [row[key] for row in rows]
+            if isinstance(values[0], (list, tuple, np.ndarray)):
+                pad = PAD_VALUES.get(key, 0)
+                batch[key] = self._pad(values, self.pad_token_id if pad is None else pad)
+            else:
+                batch[key] = torch.tensor(values)
+        if "attention_mask" not in batch:
+            lengths = [len(row["input_ids"]) for row in rows]
+            batch["attention_mask"] = self._pad([[1] * n for n in lengths], 0)
+        return batch
+
+
+class LengthGroupedBatchSampler(torch.utils.data.Sampler):
+    """Shuffled batches of rows of similar length (the idea of HF's `group_by_length`).
+
+    Each epoch: shuffle all rows (seeded by `seed + epoch`), cut into mega-batches of
+    `batch_size * mega_batch_mult`, sort each by length, cut into batches, shuffle the batches,
+    and put the batch holding the longest row first so an out-of-memory error shows at once.
+    The order depends only on (seed, epoch): a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, seed: int = 42, shuffle: bool = True,
+                 group_by_length: bool = True, mega_batch_mult: int = 50, drop_last: bool = False):
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.mega = batch_size * mega_batch_mult
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n = len(self.lengths)
+        rng = np.random.default_rng(self.seed + self.epoch)
+        order = rng.permutation(n) if self.shuffle else np.arange(n)
+        if self.group_by_length:
+            groups = [order[i: i + self.mega] for i in range(0, n, self.mega)]
+            order = np.concatenate([g[np.argsort(-self.lengths[g], kind="stable")] for g in groups])
+        batches = [order[i: i + self.batch_size].tolist() for i in range(0, n, self.batch_size)]
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and len(batches) > 1:
+            perm = rng.permutation(len(batches))
+            batches = [batches[i] for i in perm]
+            if self.group_by_length:
+                longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b]].max())
+                batches[0], batches[longest] = batches[longest], batches[0]
+        return batches
+
+    def __iter__(self):
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Batches for evaluation: longest first, so padding is minimal and OOM shows at once."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i: i + batch_size].tolist() for i in range(0, len(order), batch_size)]

@@ -1,0 +1,145 @@
+"""`workbook`: the command line of the workbook.
+
+    workbook list                                   the notebooks and their parameters
+    workbook run [NOTEBOOK ...] [options]           papermill runs into runs/, with runs/summary.md
+    workbook run 02 --lr 3e-5 --epochs 2 --model distilbert-base-uncased -p MAX_LENGTH 256
+    workbook predict DIR "text" ...                 score texts with a saved model folder
+    workbook samples                                regenerate the offline samples under data/samples/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+# Options of the seeds' finetune.py job, mapped onto notebook parameters. Both spellings accepted.
+JOB_OPTIONS = [
+    (("--lr", "--learning-rate", "--learning_rate"), "LR", float),
+    (("--epochs", "--num-epochs", "--num_epochs"), "NUM_EPOCHS", float),
+    (("--max-steps", "--max_steps"), "MAX_STEPS", int),
+    (("--train-batch-size", "--train_batch_size"), "TRAIN_BATCH_SIZE", int),
+    (("--eval-batch-size", "--eval_batch_size"), "EVAL_BATCH_SIZE", int),
+    (("--data-source", "--data_source", "--dataset-name", "--dataset_name"), "DATA_SOURCE", str),
+    (("--text-col", "--text_col"), "TEXT_COL", str),
+    (("--label-col", "--label_col"), "LABEL_COL", str),
+    (("--model", "--model-name", "--model_name", "--distilbert-model", "--distilbert_model"), "MODEL_NAME", str),
+    (("--max-train-samples", "--max_train_samples"), "MAX_TRAIN_SAMPLES", int),
+    (("--max-eval-samples", "--max_eval_samples"), "MAX_EVAL_SAMPLES", int),
+    (("--seed",), "SEED", int),
+    (("--precision",), "PRECISION", str),
+]
+
+
+def _epochs(text: str):
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbook", description="Finetune Workbook: run, score and serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute notebooks headless with papermill into runs/")
+    run.add_argument("notebooks", nargs="*", help="numbers or names (01, 02_distilbert...); none: all")
+    for flags, param, kind in JOB_OPTIONS:
+        run.add_argument(*flags, dest=param, type=_epochs if param == "NUM_EPOCHS" else kind, default=None,
+                         help=f"sets {param}")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="any parameter of the notebook's parameters cell (repeatable)")
+    run.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as CI runs them")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint (RESUME=True)")
+    run.add_argument("--runs-dir", default=None, help="where executed notebooks and artifacts go (default runs/)")
+    run.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
+
+    sub.add_parser("list", help="list the notebooks and their parameters")
+    sub.add_parser("samples", help="regenerate the offline samples under data/samples/")
+
+    predict = sub.add_parser("predict", help="score texts with a saved model folder")
+    predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
+    predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _cmd_run(args) -> int:
+    from . import runner
+
+    params = {param: getattr(args, param) for _, param, _ in JOB_OPTIONS if getattr(args, param) is not None}
+    for name, value in args.parameter:
+        params[name] = runner.parse_value(value)
+    if args.smoke:
+        params["SMOKE"] = True
+    if args.resume:
+        params["RESUME"] = True
+    kwargs = {"log_output": args.log_output}
+    if args.runs_dir:
+        from pathlib import Path
+
+        kwargs["runs_dir"] = Path(args.runs_dir)
+    try:
+        results = runner.run_many(args.notebooks, params, **kwargs)
+    except runner.RunnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    failed = [r.notebook for r in results if r.status != "ok"]
+    if failed:
+        print(f"{len(failed)} of {len(results)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_list() -> int:
+    from . import runner
+
+    for path in runner.list_notebooks():
+        params = runner.notebook_parameters(path)
+        print(path.stem)
+        for name, info in params.items():
+            print(f"    {name:<22} = {info['default']:<28} {info.get('help', '')}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from . import inference
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        print("error: no text given; pass texts as arguments or one per line on stdin", file=sys.stderr)
+        return 2
+    try:
+        model = inference.load(args.folder)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    results = model.predict(texts)
+    if args.json:
+        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2))
+    else:
+        for text, r in zip(texts, results):
+            probs = " ".join(f"{k}={v:.2f}" for k, v in r["probabilities"].items())
+            print(f"{r['label']:<10} {r['score']:.3f}  [{probs}]  {text[:70]}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "list":
+        return _cmd_list()
+    if args.command == "samples":
+        from . import data, samples
+
+        for path in samples.write_all(data.SAMPLES_DIR):
+            print(f"wrote {path}")
+        return 0
+    if args.command == "predict":
+        return _cmd_predict(args)
+    return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

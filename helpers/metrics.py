@@ -1,0 +1,54 @@
+"""Metrics computed with scikit-learn (never `evaluate.load`, which fetches code from the Hub)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def classification_report(labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str],
+                          probabilities: np.ndarray | None = None) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    ids = list(range(len(label_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=ids, zero_division=0)
+    report: dict[str, Any] = {
+        "accuracy": float(accuracy_score(labels, predictions)),
+        "macro_f1": float(f1_score(labels, predictions, labels=ids, average="macro", zero_division=0)),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(label_names)},
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=ids).tolist(),
+        "label_names": list(label_names),
+    }
+    if probabilities is not None and len(label_names) == 2 and len(set(labels.tolist())) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        report["roc_auc"] = float(roc_auc_score(labels, probabilities[:, 1]))
+    return report
+
+
+def headline(report: dict[str, Any], keys: Sequence[str] = ("accuracy", "macro_f1")) -> dict[str, float]:
+    """The scalar metrics of a report (what `metrics.json` and the summary table show)."""
+    return {k: round(float(report[k]), 4) for k in keys if k in report}
+
+
+def classification_metrics_fn(label_names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """`compute_metrics(logits, labels)` for the training loop: accuracy and macro-F1."""
+    def compute(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        report = classification_report(labels, logits.argmax(-1), label_names)
+        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}
+    return compute
+
+
+def majority_baseline(train_labels: Sequence[Any], test_labels: Sequence[Any]) -> dict[str, float]:
+    """Accuracy of always predicting the most common training label: the bar any model must clear."""
+    from collections import Counter
+
+    majority = Counter(train_labels).most_common(1)[0][0]
+    test = list(test_labels)
+    return {"majority_label": majority, "accuracy": sum(t == majority for t in test) / max(len(test), 1)}

