@@ -99,7 +99,15 @@ class History:
                 "precision": self.precision, "device": self.device, "num_processes": self.num_processes,
                 "best_step": self.best_step, "best_metric": self.best_metric, "metric_for_best": self.metric_for_best,
                 "stopped_early": self.stopped_early, "resumed_from": self.resumed_from,
-                "final_train_loss": self.train_loss[-1] if self.train_loss else None}
+                "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
+
+    def _window_mean(self, *, first: bool) -> float | None:
+        """Mean loss over the first (or last) fifth of the steps: one step's loss is too noisy to compare."""
+        if not self.train_loss:
+            return None
+        k = max(1, len(self.train_loss) // 5)
+        window = self.train_loss[:k] if first else self.train_loss[-k:]
+        return round(sum(window) / k, 5)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,0 +1,64 @@
+"""Shared fixtures: offline by default, a tiny BERT for fast loop tests, tiny tokenized data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test waits on the network; test_models probes on purpose
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+@pytest.fixture(scope="session")
+def standin_dir():
+    from helpers.models import standin_encoder_dir
+
+    return standin_encoder_dir()
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder_dir(tmp_path_factory, standin_dir):
+    """A 2-layer, 32-wide BERT classifier with the stand-in's real vocabulary: trains in milliseconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(standin_dir)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=3,
+                        id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_encoder_dir):
+    """Tokenized train/validation splits of the generated PhraseBank sample (label ids in LABELS order)."""
+    from transformers import AutoTokenizer
+
+    import helpers as hp
+
+    loaded = hp.data.load_labeled_data(hp.data.sample_path("financial_phrasebank"), text_col="sentence",
+                                       label_col="label", columns=["label", "sentence"], label_names=LABELS)
+    splits = hp.data.stratified_split(loaded.dataset, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)
+
+    def encode(split, n):
+        split = hp.data.to_label_ids(hp.data.cap_samples(split, n, seed=0), {n: i for i, n in enumerate(LABELS)})
+        return split.map(lambda b: tokenizer(b["text"], truncation=True, max_length=64), batched=True,
+                         remove_columns=["text"])
+
+    return {"train": encode(splits["train"], 256), "validation": encode(splits["validation"], 64)}
+
+
+@pytest.fixture
+def tiny_model(tiny_encoder_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)

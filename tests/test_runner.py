@@ -1,0 +1,72 @@
+"""The runner and CLI: options map onto parameters, typos are caught, failures don't stop the batch."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from helpers import cli, runner
+
+
+def _notebook(path, body, params="LR = 0.1  # learning rate\nOUTPUT_DIR = None  # where metrics.json goes\n"):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+WRITE_METRICS = ("import json, pathlib\n"
+                 "pathlib.Path(OUTPUT_DIR).mkdir(parents=True, exist_ok=True)\n"
+                 "json.dump({'test': {'accuracy': LR}, 'model': {'used': 'm', 'standin': False},"
+                 " 'data': {'used': 'd'}}, open(pathlib.Path(OUTPUT_DIR) / 'metrics.json', 'w'))\n")
+
+
+@pytest.mark.parametrize("text,value", [("3e-5", 3e-5), ("2", 2), ("true", True), ("None", None),
+                                        ("content", "content"), ("'quoted'", "quoted"), ("[1, 2]", "[1, 2]")])
+def test_parse_value(text, value):
+    assert runner.parse_value(text) == value
+
+
+def test_seed_job_options_map_onto_parameters(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(names=names, params=params) or [])
+    argv = ["run", "02", "--lr", "3e-5", "--epochs", "1", "--train_batch_size", "16", "--eval-batch-size", "64",
+            "--text-col", "content", "--label_col", "label", "--distilbert_model", "/m", "--dataset_name", "x.csv",
+            "-p", "MAX_LENGTH", "256", "--smoke"]
+    assert cli.main(argv) == 0
+    assert seen["names"] == ["02"]
+    assert seen["params"] == {"LR": 3e-5, "NUM_EPOCHS": 1, "TRAIN_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 64,
+                              "TEXT_COL": "content", "LABEL_COL": "label", "MODEL_NAME": "/m",
+                              "DATA_SOURCE": "x.csv", "MAX_LENGTH": 256, "SMOKE": True}
+
+
+def test_unknown_parameter_is_refused_with_a_suggestion(tmp_path):
+    nb = _notebook(tmp_path / "01_x.ipynb", WRITE_METRICS)
+    with pytest.raises(runner.RunnerError, match="did you mean LR"):
+        runner.check_parameters(nb, {"LRR": 1})
+
+
+def test_unknown_notebook_is_a_clear_error():
+    with pytest.raises(runner.RunnerError, match="No notebook matches"):
+        runner.find_notebook("99")
+
+
+def test_a_failing_notebook_does_not_stop_the_others(tmp_path, monkeypatch):
+    good = _notebook(tmp_path / "01_good.ipynb", WRITE_METRICS)
+    bad = _notebook(tmp_path / "02_bad.ipynb", "raise ValueError('broken on purpose')")
+    monkeypatch.setattr(runner, "list_notebooks", lambda: [good, bad])
+    runs = tmp_path / "runs"
+    results = runner.run_many(None, {"LR": 0.5}, runs_dir=runs, echo=lambda *a, **k: None)
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert "broken on purpose" in results[1].error
+    assert results[0].metrics["test"]["accuracy"] == 0.5  # the injected value reached the notebook
+    executed = nbformat.read(runs / "02_bad.ipynb", as_version=4)
+    assert any(o.get("ename") == "ValueError" for c in executed.cells for o in c.get("outputs", []))
+    summary = (runs / "summary.md").read_text()
+    assert "| 01_good | ok |" in summary and "**failed**" in summary
+    assert json.loads((runs / "summary.json").read_text())["runs"][1]["status"] == "failed"
