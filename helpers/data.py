@@ -172,6 +172,8 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         except ValueError as err:
             raise DataError(f"{path} is not valid JSON lines ({err}); one JSON object per line is expected.") from err
         return frame, source
+    if suffix == ".txt" and text.lstrip().startswith("__label__"):
+        return _read_fasttext(text, columns), source
     delimiter = sep or ("\t" if suffix == ".tsv" else ",")
     first_row = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=delimiter), [])
     if header is None:
@@ -196,6 +198,24 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         print(f"note: {path.name} has header {list(frame.columns)}; using it as {list(columns)} by position")
         frame.columns = list(columns)
     return frame, source
+
+
+_FASTTEXT = re.compile(r"^__label__(\S+)\s+(.*)$")
+
+
+def _read_fasttext(text: str, columns: list[str] | None) -> pd.DataFrame:
+    """fastText lines `__label__2 Title: text`. With three `columns` (label, title, text) the title
+    is split off at the first ': ', else the whole line after the label is the text."""
+    rows = []
+    for line in text.split("\n"):
+        match = _FASTTEXT.match(line.strip())
+        if match:
+            rows.append((match.group(1), match.group(2)))
+    names = list(columns) if columns else ["label", "text"]
+    if len(names) == 3:
+        split = [(label, *body.split(": ", 1)) if ": " in body else (label, "", body) for label, body in rows]
+        return pd.DataFrame(split, columns=names)
+    return pd.DataFrame(rows, columns=names[:2])
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -265,8 +285,15 @@ def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: list[st
     wanted = [normalize_label(n) for n in label_names] if label_names else sorted(names.unique())
     if label_names and not label_map:
         numeric = names.str.fullmatch(r"\d+")
-        if numeric.all() and names.astype(int).between(0, len(wanted) - 1).all():
-            names = names.astype(int).map(lambda i: wanted[i])
+        if numeric.all():
+            ints = names.astype(int)
+            # 0-based ids (Hub parquet) or 1-based ones (the original CSVs: stars 1-5, polarity 1/2).
+            base = 0 if ints.min() == 0 else 1 if ints.max() == len(wanted) else None
+            if base is None and ints.between(0, len(wanted) - 1).all():
+                raise DataError(f"Integer labels in {label_col!r} of {where} hold neither 0 nor {len(wanted)}, so "
+                                "it is unclear whether they count from 0 or 1; pass a label_map.")
+            if base is not None and ints.between(base, len(wanted) - 1 + base).all():
+                names = ints.map(lambda i: wanted[i - base])
         elif numeric.any() and not numeric.all():
             mixed = sorted(set(names[numeric]))[:3] + sorted(set(names[~numeric]))[:3]
             raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
@@ -281,23 +308,50 @@ def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: list[st
 
 # --------------------------------------------------------------------------- the main entry point
 
-def _load_hub_frame(dataset_id: str, split: str, config: str | None) -> pd.DataFrame:
+def _load_hub_frame(dataset_id: str, split: str, config: str | None, max_rows: int | None = None,
+                    seed: int = 42, shuffle_buffer: int = 10_000) -> pd.DataFrame:
+    """A Hub split as a DataFrame. With `max_rows`, stream it: only the first shards are read, shuffled
+    through a buffer, so a 4 GB dataset yields a random-ish subset without a full download."""
     import datasets
 
-    ds = datasets.load_dataset(dataset_id, config, split=split)
-    return ds.to_pandas()
+    if max_rows is None:
+        return datasets.load_dataset(dataset_id, config, split=split).to_pandas()
+    stream = datasets.load_dataset(dataset_id, config, split=split, streaming=True)
+    rows = list(stream.shuffle(seed=seed, buffer_size=shuffle_buffer).take(max_rows))
+    return pd.DataFrame(rows)
+
+
+def text_columns(text_col: str) -> list[str]:
+    """'title+content' -> ['title', 'content']: the text is built from several columns."""
+    return [c.strip() for c in text_col.split("+") if c.strip()]
+
+
+def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape: bool = False) -> pd.Series:
+    """The text column, or several joined with `join` (empty parts skipped); optionally turn the
+    literal `\\n` escapes of the original Yelp/Amazon CSVs into real newlines."""
+    parts = [frame[c].fillna("").astype(str).str.strip() for c in text_columns(text_col)]
+    text = parts[0]
+    for part in parts[1:]:
+        sep = pd.Series(join, index=text.index).where((text != "") & (part != ""), "")
+        text = text + sep + part
+    if unescape:
+        text = text.str.replace("\\n", "\n", regex=False).str.replace('\\"', '"', regex=False)
+    return text
 
 
 def load_labeled_data(source: str | Path | None, *, text_col: str = "text", label_col: str = "label",
                       label_names: list[str] | None = None, label_map: dict[Any, str] | None = None,
                       columns: list[str] | None = None, header: bool | None = None,
                       sample: str | None = None, allow_standin: bool = True, hub_split: str = "train",
-                      hub_config: str | None = None) -> LoadedData:
+                      hub_config: str | None = None, hub_max_rows: int | None = None, text_join: str = ". ",
+                      unescape: bool = False, seed: int = 42) -> LoadedData:
     """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
 
-    `source`: a local file (CSV/TSV/JSONL/parquet), a Hub dataset id, or "auto"/None for the
-    generated sample named by `sample`. Returns columns `text` and `label` (label *names*; map them
-    to a model's ids with `to_label_ids`).
+    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt), a Hub dataset id, or "auto"/None
+    for the generated sample named by `sample`. `text_col` may join columns ("title+content", with
+    `text_join`). `hub_max_rows` streams a random subset of a large Hub split instead of
+    downloading it all. Returns columns `text` and `label` (label *names*; map them to a model's ids
+    with `to_label_ids`).
     """
     source_str = None if source is None else str(source)
     frame = None
@@ -312,7 +366,7 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
             raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
                             "fix DATA_SOURCE, or set it to 'auto' for the generated sample.")
         elif hub.hub_available() or _hub_dataset_cached(source_str):
-            frame = _load_hub_frame(source_str, hub_split, hub_config)
+            frame = _load_hub_frame(source_str, hub_split, hub_config, hub_max_rows, seed)
             used = DataSource(requested=source_str, used=source_str, kind="hub")
         elif not allow_standin or sample is None:
             raise DataError(f"Dataset {source_str!r} is not reachable (no Hub access and not in the HF cache); "
@@ -334,7 +388,9 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
     where = Path(used.used).name
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
-    check_columns(frame, [text_col, label_col], where)
+    check_columns(frame, [*text_columns(text_col), label_col], where)
+    frame = frame.assign(**{"__text__": build_text(frame, text_col, join=text_join, unescape=unescape)})
+    text_col = "__text__"
     frame, report = clean_labeled(frame, text_col, label_col)
     if frame.empty:
         raise DataError(f"No rows left in {where} after cleaning ({report.to_dict()['dropped']}); check TEXT_COL.")

@@ -52,3 +52,22 @@ def majority_baseline(train_labels: Sequence[Any], test_labels: Sequence[Any]) -
     majority = Counter(train_labels).most_common(1)[0][0]
     test = list(test_labels)
     return {"majority_label": majority, "accuracy": sum(t == majority for t in test) / max(len(test), 1)}
+
+
+def ordinal_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+    """For ordered classes (stars): off-by-one accuracy and mean absolute error in classes.
+
+    Predicting 4 stars for a 5-star review is a smaller mistake than predicting 1; accuracy
+    counts both the same, these two metrics do not.
+    """
+    diff = np.abs(np.asarray(labels) - np.asarray(predictions))
+    return {"off_by_one_accuracy": float((diff <= 1).mean()), "mae_stars": float(diff.mean())}
+
+
+def ordinal_metrics_fn(label_names: Sequence[str]) -> Callable[[np.ndarray, np.ndarray], dict[str, float]]:
+    """`compute_metrics` for the loop on ordered classes: accuracy, macro-F1, off-by-one, MAE."""
+    base = classification_metrics_fn(label_names)
+
+    def compute(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        return {**base(logits, labels), **ordinal_metrics(labels, logits.argmax(-1))}
+    return compute

@@ -143,9 +143,97 @@ def write_phrasebank_csv(path: str | Path, n: int = 1200, seed: int = 0, *, head
     return path
 
 
+_PRODUCTS = ["CD", "blender", "novel", "headphones", "coffee maker", "phone case", "DVD", "backpack",
+             "board game", "desk lamp", "cookbook", "keyboard", "water bottle", "tent", "toaster"]
+_GOOD = ["works perfectly", "exceeded my expectations", "is worth every penny", "sounds amazing",
+         "was a great gift", "is sturdy and well made", "arrived quickly and works great", "is my new favorite"]
+_BAD = ["broke after two days", "is a waste of money", "stopped working within a week", "sounds awful",
+        "arrived damaged", "feels cheap and flimsy", "was nothing like the description", "is a total disappointment"]
+_GOOD_TITLES = ["Great buy", "Love it", "Five stars", "Highly recommended", "Excellent", "Just what I needed"]
+_BAD_TITLES = ["Do not buy", "Disappointed", "Junk", "Returned it", "Waste of money", "Not as advertised"]
+_FILLER = ["I bought this for my daughter.", "I have had it for a month now.", "Shipping was on time.",
+           "The packaging was plain.", "I use it every day.", "My husband picked this one out.",
+           "It came in a blue box.", "I read the other reviews first."]
+
+
+def amazon_rows(n: int = 600, seed: int = 0) -> list[tuple[int, str, str]]:
+    """(label 1=negative / 2=positive, title, text): the original amazon_polarity CSV layout."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        positive = rng.random() < 0.5
+        product = rng.choice(_PRODUCTS)
+        verdict = rng.choice(_GOOD if positive else _BAD)
+        parts = [rng.choice(_FILLER) for _ in range(rng.randint(0, 4))]
+        parts.insert(rng.randint(0, len(parts)), f"This {product} {verdict}.")
+        if rng.random() < 0.3:  # a mixed feeling, as real reviews have
+            part = rng.choice(["manual", "box", "color", "price"])
+            parts.append(f"Only complaint: the {part} could be better." if positive else f"At least the {part} is nice.")
+        title = rng.choice(_GOOD_TITLES if positive else _BAD_TITLES)
+        rows.append((2 if positive else 1, title, " ".join(parts)))
+    return rows
+
+
+def write_amazon_csv(path: str | Path, n: int = 600, seed: int = 0, *, fasttext: bool = False) -> Path:
+    """The original amazon_polarity CSV (no header: label 1/2, title, text) or its fastText form
+    (`__label__1 title: text` per line)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    rows = amazon_rows(n, seed)
+    if fasttext:
+        buffer.writelines(f"__label__{label} {title}: {text}\n" for label, title, text in rows)
+    else:
+        csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
+_STAR_PHRASES = {
+    1: ["The worst meal I have had in years.", "Rude staff and cold food.", "Never again.", "We waited an hour and left."],
+    2: ["Pretty disappointing overall.", "The food was bland and overpriced.", "Service was slow and careless."],
+    3: ["It was okay, nothing special.", "Decent food but the service was slow.", "Average place, fair prices."],
+    4: ["Really good food and friendly staff.", "We enjoyed it and will come back.", "Tasty dishes, a bit pricey."],
+    5: ["Absolutely amazing, best in town!", "Perfect evening, flawless service.", "Outstanding food, a must visit!"],
+}
+_PLACES = ["taco place", "sushi bar", "pizzeria", "diner", "dentist", "hair salon", "coffee shop", "bakery",
+           "thai restaurant", "car wash", "steakhouse", "brunch spot"]
+
+
+def yelp_rows(n: int = 1000, seed: int = 0) -> list[tuple[int, str]]:
+    """(stars 1-5, text with literal "\\n" escapes): the original yelp_review_full CSV layout."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        stars = rng.randint(1, 5)
+        near = min(5, max(1, stars + rng.choice([-1, 0, 0, 1])))  # neighbouring star phrases blur the classes
+        lines = [f"Went to this {rng.choice(_PLACES)} on a {rng.choice(['Monday', 'Friday', 'Sunday'])}.",
+                 rng.choice(_STAR_PHRASES[stars]), rng.choice(_STAR_PHRASES[near])]
+        rng.shuffle(lines)
+        rows.append((stars, "\\n\\n".join(lines)))
+    return rows
+
+
+def write_yelp_csv(path: str | Path, n: int = 1000, seed: int = 0) -> Path:
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(yelp_rows(n, seed))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
 # name -> (file name, writer); notebooks ask for samples by name through `sample_path`.
 SAMPLES = {
     "financial_phrasebank": (PHRASEBANK_FILE, write_phrasebank_csv),
+    "amazon_polarity": ("amazon_polarity_train.csv", write_amazon_csv),
+    "yelp_review_full": ("yelp_review_full_train.csv", write_yelp_csv),
 }
 
 

@@ -135,3 +135,42 @@ def test_label_ids_follow_the_model_order_by_name():
         assert finbert_order[name] == label_id
     with pytest.raises(DataError, match="not in the model's label map"):
         hp.data.to_label_ids(loaded.dataset, {"positive": 0, "negative": 1})
+
+
+AMAZON = ["negative", "positive"]
+
+
+@pytest.mark.parametrize("fasttext", [False, True])
+def test_amazon_original_csv_and_fasttext_layouts(tmp_path, fasttext):
+    path = samples.write_amazon_csv(tmp_path / ("train.ft.txt" if fasttext else "train.csv"), n=100,
+                                    fasttext=fasttext)
+    loaded = hp.data.load_labeled_data(path, text_col="title+content", label_col="label", label_names=AMAZON,
+                                       columns=["label", "title", "content"])
+    rows = samples.amazon_rows(100)
+    first_label, first_title, first_text = rows[0]
+    assert loaded.dataset[0]["text"] == f"{first_title}. {first_text}"
+    assert loaded.dataset[0]["label"] == AMAZON[first_label - 1]  # 1/2 in the file -> negative/positive
+    assert set(loaded.dataset["label"]) == set(AMAZON)
+
+
+def test_yelp_original_csv_unescapes_newlines_and_reads_stars(tmp_path):
+    stars = ["1 star", "2 stars", "3 stars", "4 stars", "5 stars"]
+    path = samples.write_yelp_csv(tmp_path / "train.csv", n=50)
+    loaded = hp.data.load_labeled_data(path, text_col="text", label_col="label", label_names=stars,
+                                       columns=["label", "text"], unescape=True)
+    first_stars, first_text = samples.yelp_rows(50)[0]
+    assert "\\n" in first_text and "\\n" not in loaded.dataset[0]["text"] and "\n\n" in loaded.dataset[0]["text"]
+    assert loaded.dataset[0]["label"] == stars[first_stars - 1]
+
+
+def test_integer_labels_of_unclear_base_are_refused(tmp_path):
+    path = tmp_path / "stars.csv"
+    path.write_text("2,ok\n3,fine\n2,meh\n")
+    with pytest.raises(DataError, match="count from 0 or 1"):
+        hp.data.load_labeled_data(path, text_col="text", label_col="label", columns=["label", "text"],
+                                  label_names=["1", "2", "3", "4", "5"])
+
+
+def test_ordinal_metrics():
+    m = hp.metrics.ordinal_metrics([0, 1, 2, 4], [0, 2, 4, 3])
+    assert m == {"off_by_one_accuracy": 0.75, "mae_stars": 1.0}

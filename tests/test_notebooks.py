@@ -45,3 +45,35 @@ def test_notebook_01_with_a_data_file_and_a_model_folder(tmp_path, standin_dir):
     assert m["data"]["standin"] is False and m["data"]["header"] is True and m["data"]["encoding"] == "latin-1"
     assert m["params"]["LR"] == 1e-4
     assert json.loads((result.output_dir / "model" / "workbook.json").read_text())["task"] == "text-classification"
+
+
+def test_notebook_02_with_the_seed_job_options(tmp_path, standin_dir, monkeypatch):
+    """`workbook run 02 --lr 3e-5 --epochs 1 --train-batch-size 16 --eval-batch-size 64 --text-col content
+    --label-col label --model <path>` runs and records those values."""
+    from helpers import cli
+
+    monkeypatch.setattr(runner, "RUNS_DIR", tmp_path)
+    argv = ["run", "02", "--lr", "3e-5", "--epochs", "1", "--train-batch-size", "16", "--eval-batch-size", "64",
+            "--text-col", "content", "--label-col", "label", "--model", str(standin_dir), "--smoke",
+            "--runs-dir", str(tmp_path)]
+    assert cli.main(argv) == 0
+    m = json.loads((tmp_path / "02_distilbert_amazon_polarity" / "metrics.json").read_text())
+    assert {k: m["params"][k] for k in ("LR", "NUM_EPOCHS", "TRAIN_BATCH_SIZE", "EVAL_BATCH_SIZE", "TEXT_COL",
+                                        "LABEL_COL", "MODEL_NAME")} == {
+        "LR": 3e-5, "NUM_EPOCHS": 1, "TRAIN_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 64, "TEXT_COL": "content",
+        "LABEL_COL": "label", "MODEL_NAME": str(standin_dir)}
+    assert m["model"]["standin"] is False and m["data"]["standin"] is True
+    assert set(m["test"]) >= {"accuracy", "f1", "roc_auc"} and 0 <= m["test"]["roc_auc"] <= 1
+    assert "| 02_distilbert_amazon_polarity | ok |" in (tmp_path / "summary.md").read_text()
+
+
+def test_notebook_03_trainer_and_loop_side_by_side(tmp_path):
+    result = _run("03", tmp_path)
+    m = result.metrics
+    assert set(m["comparison"]) == {"Trainer", "workbook loop"}
+    for row in m["comparison"].values():
+        assert row["samples_per_s"] > 0 and 0 <= row["accuracy"] <= 1
+    assert set(m["test"]) >= {"accuracy", "macro_f1", "off_by_one_accuracy", "mae_stars"}
+    assert m["test"]["off_by_one_accuracy"] >= m["test"]["accuracy"]
+    assert (result.output_dir / "trainer_model" / "config.json").exists()
+    assert "predictions.label_ids" in result.executed.read_text()
