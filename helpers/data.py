@@ -404,9 +404,11 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
 def _hub_dataset_cached(dataset_id: str) -> bool:
     """True when `datasets` has this dataset in its local cache (so it loads without the Hub)."""
     import datasets
+    from huggingface_hub import constants
 
-    cache = Path(datasets.config.HF_DATASETS_CACHE)
-    return any(cache.glob(f"{dataset_id.replace('/', '___')}*"))
+    hub_copy = Path(constants.HF_HUB_CACHE) / f"datasets--{dataset_id.replace('/', '--')}"
+    arrow_copy = Path(datasets.config.HF_DATASETS_CACHE)
+    return hub_copy.is_dir() or any(arrow_copy.glob(f"{dataset_id.replace('/', '___')}*"))
 
 
 # --------------------------------------------------------------------------- splits, caps, ids
