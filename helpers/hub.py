@@ -16,8 +16,6 @@ import urllib.request
 _TRUE = {"1", "true", "yes", "on"}
 _state: dict[str, bool] = {}
 
-HUB_URL = "https://huggingface.co/api/whoami-v2"
-
 
 def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in _TRUE

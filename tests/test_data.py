@@ -102,9 +102,11 @@ def test_unreachable_hub_dataset_without_standin_is_a_clear_error():
         load("someone/financial_phrasebank", sample="financial_phrasebank", allow_standin=False)
 
 
-def test_committed_sample_matches_generator(tmp_path):
-    fresh = samples.write_phrasebank_csv(tmp_path / "fresh.csv")
-    assert fresh.read_bytes() == hp.data.sample_path("financial_phrasebank").read_bytes()
+@pytest.mark.parametrize("name", sorted(samples.SAMPLES))
+def test_committed_samples_match_the_generator(tmp_path, name):
+    file_name, writer = samples.SAMPLES[name]
+    fresh = writer(tmp_path / file_name)
+    assert fresh.read_bytes() == hp.data.sample_path(name).read_bytes(), "run `workbook samples` and commit"
 
 
 def test_stratified_split_is_seeded_and_keeps_balance():
