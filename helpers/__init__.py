@@ -2,14 +2,16 @@
 
 Modules (imported on first use, so `import helpers` is instant and has no side effects):
     hp.data       load files / Hub datasets / generated samples, clean, split, cap
-    hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers
+    hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers and generators
+    hp.textgen    summarization: prompt + target rows with masked labels, seq2seq rows, batched generation
     hp.training   the one training loop (`hp.train`) and `hp.evaluate`
-    hp.metrics    scikit-learn metrics
+    hp.metrics    scikit-learn metrics, ROUGE and repetition
     hp.plots      plots that take an `ax` and return it
     hp.artifacts  saving models, metrics.json, model cards
-    hp.inference  load a saved folder and predict
+    hp.inference  load a saved folder and predict or summarize
     hp.device     device and precision choices
     hp.runner     run notebooks headless with papermill
+    hp.standins   tiny offline GPT-NeoX / T5 stand-ins (same classes as Pythia / T5)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
-            "hub", "samples", "batching", "notebook"}
+            "hub", "samples", "batching", "notebook", "textgen", "standins"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))

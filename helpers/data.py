@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import hub, samples
@@ -339,20 +340,12 @@ def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape
     return text
 
 
-def load_labeled_data(source: str | Path | None, *, text_col: str = "text", label_col: str = "label",
-                      label_names: list[str] | None = None, label_map: dict[Any, str] | None = None,
-                      columns: list[str] | None = None, header: bool | None = None,
-                      sample: str | None = None, allow_standin: bool = True, hub_split: str = "train",
-                      hub_config: str | None = None, hub_max_rows: int | None = None, text_join: str = ". ",
-                      unescape: bool = False, seed: int = 42) -> LoadedData:
-    """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
-
-    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt), a Hub dataset id, or "auto"/None
-    for the generated sample named by `sample`. `text_col` may join columns ("title+content", with
-    `text_join`). `hub_max_rows` streams a random subset of a large Hub split instead of
-    downloading it all. Returns columns `text` and `label` (label *names*; map them to a model's ids
-    with `to_label_ids`).
-    """
+def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
+                 columns: list[str] | None = None, header: bool | None = None, label_values: list[str] | None = None,
+                 hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
+                 seed: int = 42) -> tuple[pd.DataFrame, DataSource]:
+    """The raw table behind `source`: a local file, a Hub dataset (reachable or cached), or the
+    generated `sample` (announced) when allowed. Raises a one-line `DataError` otherwise."""
     source_str = None if source is None else str(source)
     frame = None
     if source_str not in (None, "", "auto"):
@@ -360,7 +353,7 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
         if local is not None:
             if local.is_dir():
                 raise DataError(f"{local} is a folder; point DATA_SOURCE at a data file inside it.")
-            frame, used = read_table(local, columns=columns, header=header, label_values=label_names)
+            frame, used = read_table(local, columns=columns, header=header, label_values=label_values)
             used.requested = source_str
         elif looks_like_file(source_str):
             raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
@@ -381,10 +374,30 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
             f"using the generated sample {path.relative_to(PROJECT_ROOT)} (template sentences, same layout)",
             "metrics on it say the code works, not how good a model is; see data/README.md for real data",
         ])
-        frame, used = read_table(path, columns=columns, header=header, label_values=label_names)
+        frame, used = read_table(path, columns=columns, header=header, label_values=label_values)
         used = DataSource(requested=source_str, used=str(path.relative_to(PROJECT_ROOT)), kind="sample",
                           standin=True, encoding=used.encoding, header=used.header)
 
+    return frame, used
+
+
+def load_labeled_data(source: str | Path | None, *, text_col: str = "text", label_col: str = "label",
+                      label_names: list[str] | None = None, label_map: dict[Any, str] | None = None,
+                      columns: list[str] | None = None, header: bool | None = None,
+                      sample: str | None = None, allow_standin: bool = True, hub_split: str = "train",
+                      hub_config: str | None = None, hub_max_rows: int | None = None, text_join: str = ". ",
+                      unescape: bool = False, seed: int = 42) -> LoadedData:
+    """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
+
+    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt), a Hub dataset id, or "auto"/None
+    for the generated sample named by `sample`. `text_col` may join columns ("title+content", with
+    `text_join`). `hub_max_rows` streams a random subset of a large Hub split instead of
+    downloading it all. Returns columns `text` and `label` (label *names*; map them to a model's ids
+    with `to_label_ids`).
+    """
+    frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, columns=columns, header=header,
+                               label_values=label_names, hub_split=hub_split, hub_config=hub_config,
+                               hub_max_rows=hub_max_rows, seed=seed)
     where = Path(used.used).name
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
@@ -473,3 +486,90 @@ def to_label_ids(dataset, label2id: dict[str, int], *, label_col: str = "label")
 
 def label_counts(dataset, label_col: str = "label") -> dict[str, int]:
     return dict(sorted(Counter(dataset[label_col]).items()))
+
+
+# --------------------------------------------------------------------------- source -> target pairs (summarization)
+
+@dataclass
+class LoadedPairs:
+    """A cleaned dataset with columns `source` and `target` (and `id` when the data has one), plus provenance."""
+
+    dataset: Any  # datasets.Dataset
+    source: DataSource
+    report: DropReport
+
+
+def clean_pairs(frame: pd.DataFrame, source_col: str, target_col: str) -> tuple[pd.DataFrame, DropReport]:
+    """Drop rows with an empty source or target and exact duplicate pairs; report each; flag mojibake."""
+    report = DropReport(rows_read=len(frame))
+    frame = frame.copy()
+    for col in (source_col, target_col):
+        frame[col] = frame[col].fillna("").astype(str)
+    src_key = frame[source_col].str.split().str.join(" ")
+    tgt_key = frame[target_col].str.split().str.join(" ")
+    empty_src = src_key.str.len() == 0
+    report.add("empty source", frame.loc[empty_src, target_col].tolist())
+    empty_tgt = (tgt_key.str.len() == 0) & ~empty_src
+    report.add("empty target", frame.loc[empty_tgt, source_col].tolist())
+    keep = ~empty_src & ~empty_tgt
+    frame, src_key, tgt_key = frame[keep], src_key[keep], tgt_key[keep]
+    duplicate = (src_key + "\x00" + tgt_key).duplicated(keep="first")
+    report.add("duplicate (same source and target)", frame.loc[duplicate, source_col].tolist())
+    frame = frame[~duplicate]
+    mojibake = frame[source_col].str.contains(_MOJIBAKE) | frame[target_col].str.contains(_MOJIBAKE)
+    if mojibake.any():
+        report.flagged["suspected mojibake (encoding damage)"] = int(mojibake.sum())
+    return frame.reset_index(drop=True), report
+
+
+def load_text_pairs(source: str | Path | None, *, source_col: str = "text", target_col: str = "summary",
+                    id_col: str | None = None, sample: str | None = None, allow_standin: bool = True,
+                    hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
+                    seed: int = 42) -> LoadedPairs:
+    """Load source -> target pairs (summarization) from a file, the Hub, or the generated sample.
+
+    Returns columns `source`, `target` (stripped strings) and `id` (as a string) when `id_col`
+    is given and present. Empty rows and duplicate pairs are dropped and reported.
+    """
+    frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, hub_split=hub_split,
+                               hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed)
+    where = Path(used.used).name
+    if frame.empty:
+        raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
+    missing = [c for c in (source_col, target_col) if c not in frame.columns]
+    if missing:
+        raise DataError(f"{where} has no column {', '.join(map(repr, missing))} (columns: "
+                        f"{', '.join(map(str, frame.columns))}); set SOURCE_COL / TARGET_COL to the right names.")
+    frame, report = clean_pairs(frame, source_col, target_col)
+    if frame.empty:
+        raise DataError(f"No rows left in {where} after cleaning ({report.to_dict()['dropped']}); "
+                        "check SOURCE_COL / TARGET_COL.")
+    out = {"source": frame[source_col].str.strip(), "target": frame[target_col].str.strip()}
+    if id_col and id_col in frame.columns:
+        out["id"] = frame[id_col].map(_id_string)
+    import datasets
+
+    return LoadedPairs(datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False), used, report)
+
+
+def _id_string(value: Any) -> str:
+    """Ids as strings; JSON numbers too (a column with a missing id is read as floats: 7.0 -> "7")."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def random_split(dataset, *, validation_size: float = 0.1, test_size: float = 0.1, seed: int = 42):
+    """Seeded train/validation/test split (80/10/10 by default) for data without labels -> `DatasetDict`."""
+    import datasets
+
+    n = len(dataset)
+    n_val, n_test = round(n * validation_size), round(n * test_size)
+    if n - n_val - n_test < 1 or (validation_size > 0 and n_val < 1) or (test_size > 0 and n_test < 1):
+        raise DataError(f"{n} rows are too few to split into train/validation/test; add data.")
+    order = np.random.default_rng(seed).permutation(n).tolist()
+    return datasets.DatasetDict(train=dataset.select(sorted(order[n_val + n_test:])),
+                                validation=dataset.select(sorted(order[:n_val])),
+                                test=dataset.select(sorted(order[n_val:n_val + n_test])))

@@ -1,4 +1,4 @@
-"""Metrics computed with scikit-learn (never `evaluate.load`, which fetches code from the Hub)."""
+"""Metrics computed with scikit-learn and rouge-score (never `evaluate.load`, which fetches code from the Hub)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,54 @@ def ordinal_metrics_fn(label_names: Sequence[str]) -> Callable[[np.ndarray, np.n
     def compute(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return {**base(logits, labels), **ordinal_metrics(labels, logits.argmax(-1))}
     return compute
+
+
+# --------------------------------------------------------------------------- summarization
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_per_example(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True
+                      ) -> list[dict[str, float]]:
+    """ROUGE-1/2/L F1 (0-100) of each prediction against its reference (`rouge-score`, Porter stemming)."""
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must pair up.")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
+    return [{k: 100 * s[k].fmeasure for k in ROUGE_KEYS} for s in
+            (scorer.score(ref, pred) for pred, ref in zip(predictions, references))]
+
+
+def rouge(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 over the examples, 0-100 (the scale papers report)."""
+    per = rouge_per_example(predictions, references, use_stemmer=use_stemmer)
+    if not per:
+        raise ValueError("No predictions to score.")
+    return {k: round(float(np.mean([p[k] for p in per])), 4) for k in ROUGE_KEYS}
+
+
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    words = text.lower().split()
+    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+
+
+def repetition_rate(texts: Sequence[str], n: int = 3) -> float:
+    """Share of word n-grams that repeat an earlier n-gram of the same text, pooled over texts (0-1).
+
+    0 means no n-gram is said twice; a model stuck in a loop ("the paper is the paper is ...")
+    scores close to 1.
+    """
+    total = repeated = 0
+    for text in texts:
+        grams = _ngrams(text, n)
+        total += len(grams)
+        repeated += len(grams) - len(set(grams))
+    return repeated / total if total else 0.0
+
+
+def summary_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """ROUGE-1/2/L (0-100), the share of repeated 3-grams and the mean length in words."""
+    return {**rouge(predictions, references),
+            "repeated_3grams": round(repetition_rate(predictions, 3), 4),
+            "mean_words": round(float(np.mean([len(p.split()) for p in predictions])), 2)}

@@ -81,7 +81,23 @@ def standin_encoder_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-_STANDINS = {ENCODER: (standin_encoder_dir, STANDIN_ENCODER_NAME)}
+CAUSAL_LM = "causal-lm"
+SEQ2SEQ = "seq2seq"
+
+
+def _generative_standin(kind: str):
+    def build() -> Path:
+        from . import standins
+
+        return standins.BUILDERS[kind]()
+    return build
+
+
+_STANDINS = {
+    ENCODER: (standin_encoder_dir, STANDIN_ENCODER_NAME),
+    CAUSAL_LM: (_generative_standin(CAUSAL_LM), "a tiny GPT-NeoX (Pythia's classes, random weights, offline tokenizer)"),
+    SEQ2SEQ: (_generative_standin(SEQ2SEQ), "a tiny T5 (T5's classes, random weights, offline tokenizer)"),
+}
 
 
 def register_standin(kind: str, builder, description: str) -> None:
@@ -169,6 +185,56 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     model.config.label2id = {v: k for k, v in id2label.items()}
     tokenizer = AutoTokenizer.from_pretrained(source.used)
     return Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
+
+
+@dataclass
+class Generator:
+    """A generative model (causal LM or encoder-decoder) with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    source: ModelSource
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return bool(getattr(self.model.config, "is_encoder_decoder", False))
+
+
+def ensure_pad_token(tokenizer, model=None, *, use_eos: bool = False) -> str:
+    """Decoder-only tokenizers (Pythia's) have no pad token: pad with EOS, as is customary.
+
+    `use_eos=True` pads with EOS even when the tokenizer names some other pad token (transformers
+    5 may report Pythia's unused `<|padding|>`): one convention whatever the library version.
+
+    Padding positions are excluded by the attention mask and by labels of -100, so the pad id
+    never reaches the loss; the mask must come from sequence lengths, never `input_ids != pad`,
+    or real EOS tokens would be masked too. Returns a sentence saying what was done.
+    """
+    if use_eos or tokenizer.pad_token is None or tokenizer.pad_token_id is None or (
+            model is not None and tokenizer.pad_token_id >= model.get_input_embeddings().num_embeddings):
+        tokenizer.pad_token = tokenizer.eos_token
+        note = f"padding with EOS {tokenizer.eos_token!r} (id {tokenizer.eos_token_id})"
+    else:
+        note = f"pad token {tokenizer.pad_token!r} (id {tokenizer.pad_token_id})"
+    if model is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return note
+
+
+def load_generator(name: str | Path, *, kind: str, allow_standin: bool = True, source: ModelSource | None = None,
+                   **model_kwargs) -> Generator:
+    """A causal LM (`kind="causal-lm"`: Pythia) or a seq2seq LM (`kind="seq2seq"`: T5) with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if kind not in (CAUSAL_LM, SEQ2SEQ):
+        raise ValueError(f"kind must be {CAUSAL_LM!r} or {SEQ2SEQ!r}, got {kind!r}")
+    source = source or resolve_model(name, kind=kind, allow_standin=allow_standin)
+    auto = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSeq2SeqLM
+    model = auto.from_pretrained(source.used, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source.used)
+    return Generator(model=model, tokenizer=tokenizer, source=source)
 
 
 def count_parameters(model) -> ParameterCount:

@@ -22,8 +22,10 @@ def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, An
 
 
 def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str = "Predict",
-               description: str = "Text:") -> Any:
-    """An ipywidgets text box + button showing `predict(text)`; None where widgets are unavailable.
+               description: str = "Text:") -> None:
+    """Display an ipywidgets text box + button showing `predict(text)` (nothing where widgets are missing).
+
+    Returns None so that, as a cell's last line, the box is not displayed a second time.
 
     Headless runs (papermill, nbmake) can render no widget; notebooks also print predictions
     for fixed examples, so their output is useful without it.
@@ -33,7 +35,7 @@ def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str =
         from IPython.display import display
     except ImportError:
         print("(ipywidgets is not installed: use the printed examples above, or call predict() yourself)")
-        return None
+        return
     text = widgets.Textarea(placeholder=placeholder, description=description,
                             layout=widgets.Layout(width="90%", height="80px"))
     go = widgets.Button(description=button, button_style="primary")
@@ -54,6 +56,4 @@ def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str =
                 go.disabled, go.description = False, button
 
     go.on_click(on_click)
-    box = widgets.VBox([text, go, out])
-    display(box)
-    return box
+    display(widgets.VBox([text, go, out]))

@@ -46,8 +46,10 @@ def label_distribution(labels: Sequence[Any], *, ax=None, title: str = "Label di
 
 
 def token_lengths(lengths: Sequence[int], *, max_length: int | None = None, ax=None,
-                  title: str = "Tokens per example", path=None):
-    """Histogram of token counts, with the chosen MAX_LENGTH and the share it truncates marked."""
+                  title: str = "Tokens per example", path=None, limit_name: str = "MAX_LENGTH",
+                  limit_effect: str = "truncated", context: int | None = None):
+    """Histogram of token counts, with the chosen limit and the share it truncates marked
+    (and, with `context`, the model's context window)."""
     import numpy as np
 
     lengths = np.asarray(lengths)
@@ -56,8 +58,13 @@ def token_lengths(lengths: Sequence[int], *, max_length: int | None = None, ax=N
     if max_length is not None:
         truncated = float((lengths > max_length).mean())
         ax.axvline(max_length, color="tab:red", linestyle="--",
-                   label=f"MAX_LENGTH={max_length} ({100 * truncated:.1f}% truncated)")
-        ax.legend()
+                   label=f"{limit_name}={max_length} ({100 * truncated:.1f}% {limit_effect})")
+    if context is not None:
+        beyond = float((lengths > context).mean())
+        ax.axvline(context, color="black", linestyle=":",
+                   label=f"model context {context} ({100 * beyond:.1f}% longer)")
+    if max_length is not None or context is not None:
+        ax.legend(fontsize=8)
     ax.set(title=title, xlabel="tokens", ylabel="examples")
     return _save(ax, path)
 
@@ -119,4 +126,13 @@ def compare_bars(scores: dict[str, dict[str, float]], *, ax=None, title: str = "
     ax.set(title=title)
     ax.legend()
     ax.margins(y=0.15)
+    return _save(ax, path)
+
+
+def rouge_comparison(scores: dict[str, dict[str, float]], *, ax=None, title: str = "ROUGE (F1, 0-100)", path=None):
+    """Grouped ROUGE-1/2/L bars, e.g. {"base model": {...}, "fine-tuned": {...}}."""
+    keys = ("rouge1", "rouge2", "rougeL")
+    ax = compare_bars({name: {k: float(s.get(k, 0.0)) for k in keys} for name, s in scores.items()},
+                      ax=ax, title=title)
+    ax.set(ylabel="F1 x 100")
     return _save(ax, path)

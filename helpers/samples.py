@@ -229,11 +229,142 @@ def write_yelp_csv(path: str | Path, n: int = 1000, seed: int = 0) -> Path:
     return path
 
 
+_TASKS = ["image classification", "machine translation", "graph representation learning", "offline reinforcement learning",
+          "few-shot learning", "language modeling", "object detection", "speech recognition", "domain adaptation",
+          "neural architecture search", "continual learning", "text summarization"]
+_METHODS = ["a contrastive pre-training objective", "a sparse mixture-of-experts layer", "a new regularizer",
+            "a curriculum over training examples", "a graph neural network with attention", "a meta-learning scheme",
+            "a data augmentation strategy", "a low-rank adapter", "a diffusion-based generator",
+            "an uncertainty-aware loss"]
+_STRENGTHS = ["the paper is clearly written", "the idea is simple and novel", "the experiments are thorough",
+              "the theoretical analysis is sound", "the results are strong on standard benchmarks",
+              "the code is released", "the ablations are convincing"]
+_WEAKNESSES = ["the baselines are weak", "the improvements are marginal", "the method is not well motivated",
+               "important related work is missing", "the experiments use only small datasets",
+               "the writing is hard to follow", "the computational cost is not discussed",
+               "the claims are not supported by the experiments"]
+_REVIEW_OPEN = ["This paper proposes {m} for {t}.", "The authors study {t} and introduce {m}.",
+                "The submission presents {m} for {t}."]
+_RATINGS = {True: ["I lean towards acceptance.", "Overall I recommend acceptance.", "Rating: 7: good paper, accept."],
+            False: ["I lean towards rejection.", "Overall I cannot recommend acceptance.",
+                    "Rating: 4: ok but not good enough, rejection."]}
+
+
+def meta_review_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
+    """(reviews joined by " <sep> ", meta-review) rows: the `zqz979/meta-review` CSV layout `text, summary`.
+
+    The meta-review restates the reviews' main points and the decision, as area chairs do,
+    so a model can learn to copy the salient phrases.
+    """
+    rng = random.Random(seed)
+    rows: list[tuple[str, str]] = []
+    for _ in range(n):
+        task, method = rng.choice(_TASKS), rng.choice(_METHODS)
+        strengths = rng.sample(_STRENGTHS, 2)
+        weaknesses = rng.sample(_WEAKNESSES, 2)
+        accept = rng.random() < 0.45
+        reviews = []
+        for r in range(rng.randint(2, 4)):
+            good = [s for s in strengths if rng.random() < 0.8] or strengths[:1]
+            bad = [w for w in weaknesses if rng.random() < 0.7] or weaknesses[:1]
+            sentences = [rng.choice(_REVIEW_OPEN).format(m=method, t=task)]
+            sentences += [f"Strengths: {'; '.join(good)}.", f"Weaknesses: {'; '.join(bad)}."]
+            if rng.random() < 0.5:
+                sentences.append(f"Minor: typo in equation {rng.randint(1, 12)} and figure {rng.randint(1, 6)}.")
+            sentences.append(rng.choice(_RATINGS[accept if rng.random() < 0.8 else not accept]))
+            reviews.append(" ".join(sentences))
+        decision = ("The AC recommends acceptance." if accept
+                    else "The AC recommends rejection, and encourages the authors to resubmit.")
+        summary = (f"This paper introduces {method} for {task}. Reviewers agree that {strengths[0]}, "
+                   f"but note that {weaknesses[0]} and {weaknesses[1]}. {decision}")
+        rows.append((" <sep> ".join(reviews), summary))
+    rows.insert(rng.randrange(len(rows)), rows[rng.randrange(len(rows))])  # a duplicate pair, as real data has
+    rows.insert(rng.randrange(len(rows)), ("", "An empty source, which cleaning must drop."))
+    return rows
+
+
+def write_meta_review_csv(path: str | Path, n: int = 240, seed: int = 0) -> Path:
+    """The meta-review CSV: a header `text,summary`, UTF-8, one row per paper."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "summary"])
+    writer.writerows(meta_review_rows(n, seed))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
+
+
+_TEAMS = ["Celtic", "Cardiff City", "Swansea", "Hibernian", "Aberdeen", "Wrexham", "Newport County", "Dundee United"]
+_CITIES = ["Glasgow", "Cardiff", "Belfast", "Edinburgh", "Swansea", "Aberdeen", "Inverness", "Newport"]
+_XSUM_STORIES = [
+    ("{c} council has approved plans for {n} new homes on the edge of the city.",
+     ["The development was opposed by {k} residents who raised concerns about traffic.",
+      "Councillors voted {v} in favour after a debate lasting more than two hours.",
+      "The developer said work could begin next spring.",
+      "A spokesperson for the council said the homes were badly needed."],
+     "Plans for {n} new homes in {c} have been approved despite objections from residents."),
+    ("{t} have signed a striker on a {y}-year deal.",
+     ["The {a}-year-old joins from a club in England for an undisclosed fee.",
+      "The manager said the player would add pace to the squad.",
+      "He scored {k} goals last season.",
+      "The club's supporters had called for new signings during the summer."],
+     "{t} have signed a striker on a {y}-year contract."),
+    ("Police in {c} are appealing for witnesses after a man was injured in an assault.",
+     ["The {a}-year-old was taken to hospital with injuries that are not thought to be life-threatening.",
+      "Officers said the attack happened late on Saturday night.",
+      "Anyone with information has been asked to contact police.",
+      "A cordon remained in place for several hours."],
+     "A man has been taken to hospital after an assault in {c}."),
+    ("A charity in {c} has received {n} pounds to support young carers.",
+     ["The money comes from a national lottery fund.",
+      "The charity said it would use the grant to run weekend activities.",
+      "About {k} young people in the area look after a relative.",
+      "Its director said the award was a huge boost."],
+     "A charity supporting young carers in {c} has been awarded {n} pounds."),
+]
+
+
+def xsum_rows(n: int = 240, seed: int = 0) -> list[dict]:
+    """{"document", "summary", "id"} rows: the XSum layout (one-sentence summaries of BBC-style stories).
+
+    Ids are strings as on the Hub, except a few written as JSON numbers, as some JSONL copies have.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        lead, body, summary = rng.choice(_XSUM_STORIES)
+        values = dict(c=rng.choice(_CITIES), t=rng.choice(_TEAMS), n=f"{rng.randint(2, 900) * 10:,}",
+                      k=rng.randint(3, 60), v=f"{rng.randint(7, 12)} to {rng.randint(1, 6)}",
+                      y=rng.randint(2, 4), a=rng.randint(19, 64))
+        sentences = [lead.format(**values)] + [s.format(**values) for s in rng.sample(body, rng.randint(2, 4))]
+        doc_id = 30_000_000 + rng.randint(0, 9_999_999)
+        rows.append({"document": "\n".join(sentences), "summary": summary.format(**values),
+                     "id": doc_id if i % 10 == 3 else str(doc_id)})
+    rows.insert(rng.randrange(len(rows)), {"document": "", "summary": "No story.", "id": "0"})
+    return rows
+
+
+def write_xsum_jsonl(path: str | Path, n: int = 240, seed: int = 0) -> Path:
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in xsum_rows(n, seed)),
+                    encoding="utf-8")
+    return path
+
+
 # name -> (file name, writer); notebooks ask for samples by name through `sample_path`.
 SAMPLES = {
     "financial_phrasebank": (PHRASEBANK_FILE, write_phrasebank_csv),
     "amazon_polarity": ("amazon_polarity_train.csv", write_amazon_csv),
     "yelp_review_full": ("yelp_review_full_train.csv", write_yelp_csv),
+    "meta_review": ("meta_review_train.csv", write_meta_review_csv),
+    "xsum": ("xsum_train.jsonl", write_xsum_jsonl),
 }
 
 

@@ -148,7 +148,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
             out = model(**batch)
             if getattr(out, "loss", None) is not None:
                 losses.append(out.loss.float() * len(ids))
-            if keep_outputs:
+            if keep_outputs and out.logits.dim() == 2:  # classification; LM logits (batch x seq x vocab) are huge
                 logits_parts.append(out.logits.float().cpu())
                 if "labels" in batch:
                     label_parts.append(batch["labels"].cpu())
@@ -157,7 +157,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     n = len(index)
     loss = float(torch.stack(losses).sum() / n) if losses else float("nan")
     logits = labels = None
-    if keep_outputs and logits_parts and logits_parts[0].dim() == 2:  # classification: restore data order
+    if logits_parts:  # classification: restore data order
         order = np.argsort(np.asarray(index))
         logits = torch.cat(logits_parts).numpy()[order]
         labels = torch.cat(label_parts).numpy()[order] if label_parts else None

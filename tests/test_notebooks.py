@@ -77,3 +77,45 @@ def test_notebook_03_trainer_and_loop_side_by_side(tmp_path):
     assert m["test"]["off_by_one_accuracy"] >= m["test"]["accuracy"]
     assert (result.output_dir / "trainer_model" / "config.json").exists()
     assert "predictions.label_ids" in result.executed.read_text()
+
+
+def test_notebook_04_summarization_offline(tmp_path):
+    import pandas as pd
+
+    result = _run("04", tmp_path)
+    m = result.metrics
+    assert m["notebook"] == "04_pythia_meta_review_summarization"
+    assert m["model"]["requested"] == "EleutherAI/pythia-70m" and m["model"]["standin"] is True
+    assert m["data"]["requested"] == "zqz979/meta-review" and m["data"]["standin"] is True
+    for part in ("test", "baseline"):
+        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "repeated_3grams", "loss"}
+        assert all(0 <= m[part][k] <= 100 for k in ("rouge1", "rouge2", "rougeL"))
+    assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
+    assert m["test"]["loss"] < m["baseline"]["loss"]
+    assert m["decoding"]["greedy + no_repeat_ngram 3"]["repeated_3grams"] == 0
+    out = result.output_dir
+    table = pd.read_csv(out / "examples.csv")
+    assert list(table.columns) == ["reviews (start)", "reference meta-review", "base model", "fine-tuned",
+                                   "rougeL base", "rougeL fine-tuned"]
+    assert len(table) == m["data"]["rows"]["test"] and (out / "examples.html").stat().st_size > 1000
+    info = json.loads((out / "model" / "workbook.json").read_text())
+    assert info["task"] == "summarization-causal" and "{source}" in info["prompt_template"]
+    assert "labels -100, no loss" in result.executed.read_text()
+
+
+def test_notebook_04_with_a_data_file_lora_and_gradient_checkpointing(tmp_path):
+    """Other column names in a user's file; the options that let the recipe scale to pythia-1b."""
+    import csv
+
+    path = tmp_path / "meta.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["paper_reviews", "meta_review"])
+        writer.writerows(samples.meta_review_rows(120, seed=5))
+    result = _run("04", tmp_path, DATA_SOURCE=str(path), SOURCE_COL="paper_reviews", TARGET_COL="meta_review",
+                  USE_LORA=True, GRADIENT_CHECKPOINTING=True, NUM_BEAMS=2)
+    m = result.metrics
+    assert m["data"]["standin"] is False and m["model"]["lora"] is True
+    assert m["model"]["trainable_parameters"] < 0.5 * m["model"]["total_parameters"]
+    assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
+    assert not (result.output_dir / "model" / "adapter_config.json").exists()  # merged into a plain model
