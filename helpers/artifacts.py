@@ -80,13 +80,14 @@ def read_metrics(output_dir: str | Path) -> dict[str, Any]:
 
 
 def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dict[str, Any] | None = None,
-               card: str | None = None) -> Path:
+               card: str | None = None, subdir: str = "model") -> Path:
     """`save_pretrained` model and tokenizer into OUTPUT_DIR/model, with `workbook.json` and a card.
 
     `task` ("text-classification", "summarization-causal", "summarization-seq2seq") tells
-    `helpers.inference` how to load and use the folder later.
+    `helpers.inference` how to load and use the folder later. A peft model saves its adapter
+    only (`subdir="adapter"`, say); `info["base_model_path"]` names the base it goes on.
     """
-    folder = Path(output_dir) / "model"
+    folder = Path(output_dir) / subdir
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -102,9 +103,10 @@ def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, basel
     lines = [f"# {title}", ""]
     if base_model.get("standin") or data.get("standin"):
         lines += ["> **Built with offline stand-ins.** "
-                  + ("The model is a stand-in for " + base_model.get("requested", "?") + ". " if base_model.get("standin")
-                     else "")
-                  + ("The data is the project's generated sample, not the real dataset. " if data.get("standin") else "")
+                  + (f"The model is a stand-in for {base_model.get('requested', '?')}. "
+                     if base_model.get("standin") else "")
+                  + ("The data is the project's generated sample, not the real dataset. "
+                     if data.get("standin") else "")
                   + "The numbers below show the code works, not how good the requested model is.", ""]
     lines += [f"- Base model: `{base_model.get('used')}` (requested `{base_model.get('requested')}`)",
               f"- Data: `{data.get('used', data.get('source'))}` ({data.get('rows', {})} rows)", ""]
@@ -123,3 +125,8 @@ def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, basel
         lines += ["", notes]
     lines += ["", "Made with the Finetune Workbook (`helpers.inference.load(folder)` loads it back)."]
     return "\n".join(lines) + "\n"
+
+
+def folder_size_mb(folder: str | Path) -> float:
+    """Size of the files in a folder (recursively), in MB."""
+    return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 3)

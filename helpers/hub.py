@@ -8,7 +8,6 @@ switch the libraries into offline mode: cached files still load, nothing waits o
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import urllib.error
 import urllib.request
@@ -33,7 +32,7 @@ def _probe(timeout: float) -> bool:
         return True
     except urllib.error.HTTPError:
         return True
-    except (urllib.error.URLError, socket.timeout, OSError, ValueError):
+    except (TimeoutError, urllib.error.URLError, OSError, ValueError):
         return False
 
 

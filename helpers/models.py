@@ -95,7 +95,8 @@ def _generative_standin(kind: str):
 
 _STANDINS = {
     ENCODER: (standin_encoder_dir, STANDIN_ENCODER_NAME),
-    CAUSAL_LM: (_generative_standin(CAUSAL_LM), "a tiny GPT-NeoX (Pythia's classes, random weights, offline tokenizer)"),
+    CAUSAL_LM: (_generative_standin(CAUSAL_LM),
+                "a tiny GPT-NeoX (Pythia's classes, random weights, offline tokenizer)"),
     SEQ2SEQ: (_generative_standin(SEQ2SEQ), "a tiny T5 (T5's classes, random weights, offline tokenizer)"),
 }
 

@@ -134,7 +134,8 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
         data_used = f"{Path(str(data.get('used', '-'))).name}" + (" (generated sample)" if data.get("standin") else "")
         error = (r.error or "").replace("|", "/")
         status = "ok" if r.status == "ok" else f"**failed**: {error[:160]}"
-        lines.append(f"| {r.notebook} | {status} | {model_used} | {data_used} | {_fmt_metrics(r.metrics.get('test', {}))} "
+        lines.append(f"| {r.notebook} | {status} | {model_used} | {data_used} "
+                     f"| {_fmt_metrics(r.metrics.get('test', {}))} "
                      f"| {_fmt_metrics(r.metrics.get('baseline', {}))} | {r.wall_s:.0f} s |")
     standins = [r.notebook for r in results if r.metrics.get("model", {}).get("standin")
                 or r.metrics.get("data", {}).get("standin")]

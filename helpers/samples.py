@@ -168,7 +168,8 @@ def amazon_rows(n: int = 600, seed: int = 0) -> list[tuple[int, str, str]]:
         parts.insert(rng.randint(0, len(parts)), f"This {product} {verdict}.")
         if rng.random() < 0.3:  # a mixed feeling, as real reviews have
             part = rng.choice(["manual", "box", "color", "price"])
-            parts.append(f"Only complaint: the {part} could be better." if positive else f"At least the {part} is nice.")
+            parts.append(f"Only complaint: the {part} could be better." if positive
+                         else f"At least the {part} is nice.")
         title = rng.choice(_GOOD_TITLES if positive else _BAD_TITLES)
         rows.append((2 if positive else 1, title, " ".join(parts)))
     return rows
@@ -193,7 +194,8 @@ def write_amazon_csv(path: str | Path, n: int = 600, seed: int = 0, *, fasttext:
 
 
 _STAR_PHRASES = {
-    1: ["The worst meal I have had in years.", "Rude staff and cold food.", "Never again.", "We waited an hour and left."],
+    1: ["The worst meal I have had in years.", "Rude staff and cold food.", "Never again.",
+        "We waited an hour and left."],
     2: ["Pretty disappointing overall.", "The food was bland and overpriced.", "Service was slow and careless."],
     3: ["It was okay, nothing special.", "Decent food but the service was slow.", "Average place, fair prices."],
     4: ["Really good food and friendly staff.", "We enjoyed it and will come back.", "Tasty dishes, a bit pricey."],
@@ -229,8 +231,9 @@ def write_yelp_csv(path: str | Path, n: int = 1000, seed: int = 0) -> Path:
     return path
 
 
-_TASKS = ["image classification", "machine translation", "graph representation learning", "offline reinforcement learning",
-          "few-shot learning", "language modeling", "object detection", "speech recognition", "domain adaptation",
+_TASKS = ["image classification", "machine translation", "graph representation learning",
+          "offline reinforcement learning", "few-shot learning", "language modeling", "object detection",
+          "speech recognition", "domain adaptation",
           "neural architecture search", "continual learning", "text summarization"]
 _METHODS = ["a contrastive pre-training objective", "a sparse mixture-of-experts layer", "a new regularizer",
             "a curriculum over training examples", "a graph neural network with attention", "a meta-learning scheme",
@@ -264,7 +267,7 @@ def meta_review_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
         weaknesses = rng.sample(_WEAKNESSES, 2)
         accept = rng.random() < 0.45
         reviews = []
-        for r in range(rng.randint(2, 4)):
+        for _ in range(rng.randint(2, 4)):
             good = [s for s in strengths if rng.random() < 0.8] or strengths[:1]
             bad = [w for w in weaknesses if rng.random() < 0.7] or weaknesses[:1]
             sentences = [rng.choice(_REVIEW_OPEN).format(m=method, t=task)]

@@ -151,8 +151,9 @@ def tokenize_causal_lm(dataset, tokenizer, *, fmt: PromptFormat | None = None, m
 
     extra = {c: [dataset[c][i] for i in keep] for c in ("source", "target", "id") if c in dataset.column_names}
     dropped = len(sources) - len(keep)
+    reason = f"target longer than MAX_TARGET_LENGTH={max_target_length}"
     return Preprocessed(datasets.Dataset.from_dict({**extra, **rows}), rows_in=len(sources),
-                        dropped={f"target longer than MAX_TARGET_LENGTH={max_target_length}": dropped} if dropped else {},
+                        dropped={reason: dropped} if dropped else {},
                         sources_truncated=sum(truncated))
 
 
@@ -255,6 +256,8 @@ def _generation_kwargs(model, tokenizer, settings: GenerationSettings | None, ov
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs.setdefault("pad_token_id", pad)
     kwargs.setdefault("eos_token_id", tokenizer.eos_token_id)
+    if _is_encoder_decoder(model) and pad != tokenizer.eos_token_id:
+        kwargs.setdefault("suppress_tokens", [pad])  # padding is never a word of a summary (T5 starts from it)
     return kwargs
 
 

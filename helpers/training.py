@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import device as dev
-from .batching import LengthGroupedBatchSampler, PadCollator, TokenizedRows, as_rows, sorted_batches
+from .batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
 
 CHECKPOINT_PREFIX = "checkpoint-"
 

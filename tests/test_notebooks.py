@@ -119,3 +119,29 @@ def test_notebook_04_with_a_data_file_lora_and_gradient_checkpointing(tmp_path):
     assert m["model"]["trainable_parameters"] < 0.5 * m["model"]["total_parameters"]
     assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
     assert not (result.output_dir / "model" / "adapter_config.json").exists()  # merged into a plain model
+
+
+def test_notebook_05_lora_offline(tmp_path):
+    result = _run("05", tmp_path)
+    m = result.metrics
+    assert m["model"]["requested"] == "google-t5/t5-small" and m["model"]["standin"] is True and m["model"]["lora"]
+    assert m["data"]["requested"] == "EdinburghNLP/xsum" and m["data"]["standin"] is True
+    assert m["model"]["trainable_parameters"] < 0.1 * m["model"]["total_parameters"]
+    for part in ("test", "baseline"):
+        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "loss"}
+    assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
+    assert m["precision"] in ("bf16", "fp32")
+    assert m["reload_check"] == {"articles": 8, "identical": True, "variants": ["merged", "adapter"]}
+    out = result.output_dir
+    assert (out / "adapter" / "adapter_config.json").exists() and (out / "model" / "config.json").exists()
+    assert m["sizes"]["adapter_mb"] < m["sizes"]["model_mb"]
+    assert (out / "examples.csv").exists() and (out / "plots" / "rouge.png").exists()
+
+
+def test_notebook_05_refuses_fp16_and_continues_without_cuda_for_qlora(tmp_path):
+    path = runner.find_notebook("05")
+    result = runner.run_notebook(path, {"SMOKE": True, "PRECISION": "fp16"}, runs_dir=tmp_path)
+    assert result.status == "failed" and "overflows in fp16" in result.error
+    result = _run("05", tmp_path, QUANTIZE_4BIT=True, MAX_STEPS=4)
+    assert "QUANTIZE_4BIT=True needs a CUDA GPU" in result.executed.read_text()
+    assert result.metrics["model"]["quantized_4bit"] is False

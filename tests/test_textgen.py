@@ -85,8 +85,8 @@ def test_truncation_cuts_the_source_never_the_target(pythia):
     tok = pythia.tokenizer
     long_source = " ".join([REAL_REVIEWS] * 20)
     too_long_target = " ".join([REAL_META] * 10)
-    pre = textgen.tokenize_causal_lm(_pairs([long_source, "short reviews", "x"], [REAL_META, REAL_META, too_long_target]),
-                                     tok, max_length=128, max_target_length=80)
+    pairs = _pairs([long_source, "short reviews", "x"], [REAL_META, REAL_META, too_long_target])
+    pre = textgen.tokenize_causal_lm(pairs, tok, max_length=128, max_target_length=80)
     assert len(pre.dataset) == 2 and pre.sources_truncated == 1
     assert pre.dropped == {"target longer than MAX_TARGET_LENGTH=80": 1}
     first = pre.dataset[0]
@@ -163,7 +163,8 @@ def test_rouge_and_repetition_metrics():
 def test_load_text_pairs_from_a_jsonl_file_with_other_columns(tmp_path):
     path = tmp_path / "reviews.jsonl"
     rows = [{"reviews": REAL_REVIEWS, "meta": REAL_META, "id": 7}, {"reviews": " ", "meta": "empty"},
-            {"reviews": REAL_REVIEWS, "meta": REAL_META, "id": 7}, {"reviews": "Other reviews.", "meta": "Other.", "id": 8}]
+            {"reviews": REAL_REVIEWS, "meta": REAL_META, "id": 7},
+            {"reviews": "Other reviews.", "meta": "Other.", "id": 8}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     loaded = hp.data.load_text_pairs(path, source_col="reviews", target_col="meta", id_col="id")
     assert loaded.dataset.column_names == ["source", "target", "id"] and len(loaded.dataset) == 2
@@ -188,3 +189,38 @@ def test_a_saved_summarizer_loads_back_and_summarizes_the_same(pythia, tmp_path)
     assert summarizer.summarize([REAL_REVIEWS, "x"])[0] == result
     with pytest.raises(ValueError, match="Unknown generation settings"):
         summarizer.summarize("x", beams=2)
+
+
+def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_path):
+    """What notebook 05 ships: the adapter alone and a merged model, both loading back the same."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base_dir = t5.source.used
+    model = get_peft_model(hp.models.load_generator(base_dir, kind="seq2seq").model,
+                           LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16, target_modules=["q", "v"]))
+    counts = hp.models.count_parameters(model)
+    assert 0 < counts.trainable < 0.1 * counts.total
+    rows = hp.data.load_text_pairs("auto", sample="xsum", source_col="document").dataset.select(range(48))
+    data = textgen.tokenize_seq2seq(rows, t5.tokenizer, max_source_length=96, max_target_length=24).dataset
+    history = hp.train(model, data, num_epochs=2, train_batch_size=8, lr=1e-2, precision="fp32", progress=False,
+                       eval_each_epoch=False, log_every_steps=1)
+    assert history.summary()["final_train_loss"] < history.summary()["first_train_loss"]
+
+    # no_repeat_ngram_size=1 keeps a briefly trained tiny model from emitting one token over and over
+    settings = textgen.GenerationSettings(max_new_tokens=12, min_new_tokens=6, no_repeat_ngram_size=1)
+    info = {"prefix": "summarize: ", "max_source_length": 96, "sep_marker": None, "base_model_path": base_dir,
+            "generation": settings.to_dict()}
+    adapter_dir = hp.artifacts.save_model(tmp_path, model, t5.tokenizer, task="summarization-seq2seq", info=info,
+                                          subdir="adapter")
+    assert (adapter_dir / "adapter_config.json").exists() and not (adapter_dir / "config.json").exists()
+    merged = PeftModel.from_pretrained(hp.models.load_generator(base_dir, kind="seq2seq").model,
+                                       adapter_dir).merge_and_unload()
+    model_dir = hp.artifacts.save_model(tmp_path, merged, t5.tokenizer, task="summarization-seq2seq", info=info)
+    assert hp.artifacts.folder_size_mb(adapter_dir) < hp.artifacts.folder_size_mb(model_dir)
+
+    texts = [r["document"] for r in hp.samples.xsum_rows(10, seed=11)]
+    from_adapter = hp.inference.load(adapter_dir, device="cpu").summarize(texts)
+    from_merged = hp.inference.load(model_dir, device="cpu").summarize(texts)
+    assert isinstance(hp.inference.load(adapter_dir, device="cpu").model, PeftModel)
+    assert [r["summary"] for r in from_adapter] == [r["summary"] for r in from_merged]
+    assert all(r["summary"] for r in from_merged)
