@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup run test lab lock samples lint clean help
+.PHONY: setup browser serve run test lab lock samples lint clean help
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
 	@echo "make test   - set up if needed, then run the whole test suite"
 	@echo "make lab    - JupyterLab with the workbook's kernel"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
+	@echo "make serve DIR=runs/01_finbert_financial_sentiment - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -28,11 +29,24 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/workbook run
 
-test: setup
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The web app's browser test drives Debian's chromium headless; installed here when we are root
+# (CI is). Elsewhere install `chromium chromium-driver` yourself, or the browser test is skipped.
+browser:
+	@if command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium + chromium-driver for the browser test"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	else echo "note: chromium/chromedriver not installed and not root: the browser test will be skipped"; fi
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+serve: setup
+	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment)
 
 samples: setup
 	$(VENV)/bin/workbook samples

@@ -11,6 +11,7 @@ Modules (imported on first use, so `import helpers` is instant and has no side e
     hp.inference  load a saved folder and predict or summarize
     hp.device     device and precision choices
     hp.runner     run notebooks headless with papermill
+    hp.serve      a web page + JSON API for a saved model (`workbook serve`)
     hp.standins   tiny offline GPT-NeoX / T5 stand-ins (same classes as Pythia / T5)
 """
 
@@ -21,7 +22,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
-            "hub", "samples", "batching", "notebook", "textgen", "standins"}
+            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))

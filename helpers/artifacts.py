@@ -2,7 +2,8 @@
 
 Layout of a notebook's OUTPUT_DIR:
     metrics.json        one format for tests, the runner's summary and benchmarks (DESIGN.md section 4)
-    model/              save_pretrained model + tokenizer, workbook.json (task, labels, settings), README.md
+    model/              save_pretrained model + tokenizer, workbook.json (task, labels, settings), README.md,
+                        score.py (needs only torch + transformers: Domino / OCI Data Science scoring)
     plots/*.png         figures the notebook saved
     checkpoints/        resumable training checkpoints
 """
@@ -13,6 +14,7 @@ import datetime as _dt
 import json
 import math
 import platform
+import shutil
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,6 +94,7 @@ def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dic
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / WORKBOOK_FILE, {"task": task, **(info or {}), "versions": versions()})
+    shutil.copyfile(Path(__file__).with_name("score_template.py"), folder / "score.py")  # self-contained scoring
     if card:
         (folder / "README.md").write_text(card)
     return folder

@@ -3,7 +3,9 @@
     workbook list                                   the notebooks and their parameters
     workbook run [NOTEBOOK ...] [options]           papermill runs into runs/, with runs/summary.md
     workbook run 02 --lr 3e-5 --epochs 2 --model distilbert-base-uncased -p MAX_LENGTH 256
-    workbook predict DIR "text" ...                 score texts with a saved model folder
+    workbook predict DIR "text" ...                 score or summarize texts with a saved model folder
+    echo "text" | workbook predict DIR --json       texts from stdin (one per line), JSON out
+    workbook serve DIR [--host H --port P]          a web page + JSON API for a saved model
     workbook samples                                regenerate the offline samples under data/samples/
 """
 
@@ -60,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
     predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    serve = sub.add_parser("serve", help="serve a saved model: a web page and a JSON API")
+    serve.add_argument("folder", help="a notebook's OUTPUT_DIR or a saved model folder (model/ or adapter/)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best available)")
     return parser
 
 
@@ -104,22 +111,43 @@ def _cmd_list() -> int:
 def _cmd_predict(args) -> int:
     from . import inference
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = [t for t in args.texts if t != "-"]
+    if not texts or "-" in args.texts:
+        texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    texts = [t for t in texts if t.strip()]
     if not texts:
         print("error: no text given; pass texts as arguments or one per line on stdin", file=sys.stderr)
         return 2
     try:
         model = inference.load(args.folder)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = model.predict(texts)
-    if args.json:
-        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2))
+    if model.task == "text-classification":
+        results = model.predict(texts)
     else:
-        for text, r in zip(texts, results):
+        results = model.summarize(texts)
+    if args.json:
+        print(json.dumps([{"text": t, **r} for t, r in zip(texts, results)], indent=2, ensure_ascii=False))
+        return 0
+    for text, r in zip(texts, results):
+        cut = "  (text cut to fit)" if r["truncated"] else ""
+        if "label" in r:
             probs = " ".join(f"{k}={v:.2f}" for k, v in r["probabilities"].items())
-            print(f"{r['label']:<10} {r['score']:.3f}  [{probs}]  {text[:70]}")
+            print(f"{r['label']:<10} {r['score']:.3f}  [{probs}]  {text[:70]}{cut}")
+        else:
+            print(f"{text[:70]}{cut}\n  -> {r['summary']}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from . import serve
+
+    try:
+        serve.serve(args.folder, host=args.host, port=args.port, device=args.device)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -137,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "predict":
         return _cmd_predict(args)
+    if args.command == "serve":
+        return _cmd_serve(args)
     return 2
 
 

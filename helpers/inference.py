@@ -44,6 +44,12 @@ class TextClassifier:
     device: torch.device
     precision: str = "fp32"
 
+    task = "text-classification"
+
+    @property
+    def max_input_tokens(self) -> int:
+        return self.max_length
+
     @property
     def labels(self) -> list[str]:
         id2label = self.model.config.id2label
@@ -93,6 +99,13 @@ class Summarizer:
     @property
     def task(self) -> str:
         return self.info["task"]
+
+    @property
+    def max_input_tokens(self) -> int:
+        """Tokens of input text the model reads; longer texts are cut (and say so)."""
+        if self.task == "summarization-causal":
+            return int(self.info["max_length"]) - int(self.settings().max_new_tokens)
+        return int(self.info.get("max_source_length", 512))
 
     def settings(self, **overrides):
         from .textgen import GenerationSettings

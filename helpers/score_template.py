@@ -1,0 +1,193 @@
+"""Score a model saved by the Finetune Workbook. Needs only torch and transformers (peft for an adapter folder).
+
+This file is copied as `score.py` into every saved model folder; it reads `workbook.json` next to it
+(the task, labels, lengths, prompt template and decoding settings) and works without the workbook.
+
+Hosted model APIs (Domino style), called with {"data": {"sentence": ...}} or {"data": {"text": ...}}:
+    predict_sentiment(sentence) -> {"label", "score", "probabilities", "truncated"}
+    summarize(text)             -> {"summary", "truncated"}
+OCI Data Science model deployment:
+    load_model() -> the loaded model;  predict(data, model=load_model()) -> {"prediction": [...]}
+    `data`: a text, a list of texts, {"text": ...}, {"texts": [...]}, or {"data": {...}} with those keys.
+
+Set MODEL_DIR to score a folder other than this file's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+MODEL_DIR = Path(os.environ.get("MODEL_DIR") or Path(__file__).resolve().parent)
+_LOADED: dict | None = None
+
+
+def load_model(model_dir: str | os.PathLike | None = None) -> dict:
+    """Load the model, tokenizer and settings once (kept for later calls)."""
+    global _LOADED
+    folder = Path(model_dir) if model_dir else MODEL_DIR
+    if _LOADED is not None and _LOADED["folder"] == folder:
+        return _LOADED
+    import transformers
+
+    info = json.loads((folder / "workbook.json").read_text()) if (folder / "workbook.json").exists() else {}
+    task = info.get("task", "text-classification")
+    auto = {"text-classification": transformers.AutoModelForSequenceClassification,
+            "summarization-causal": transformers.AutoModelForCausalLM,
+            "summarization-seq2seq": transformers.AutoModelForSeq2SeqLM}.get(task)
+    if auto is None:
+        raise ValueError(f"{folder}/workbook.json names task {task!r}, which this score.py cannot run.")
+    if (folder / "adapter_config.json").exists():  # a LoRA adapter: base model + adapter (needs peft)
+        from peft import PeftModel
+
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        base = info.get("base_model_path") or adapter["base_model_name_or_path"]
+        model = PeftModel.from_pretrained(auto.from_pretrained(base), folder)
+    else:
+        model = auto.from_pretrained(folder)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _LOADED = {"folder": folder, "task": task, "info": info, "model": model.to(device).eval(),
+               "tokenizer": tokenizer, "device": device}
+    return _LOADED
+
+
+# --------------------------------------------------------------------------- classification
+
+@torch.inference_mode()
+def _classify(texts: list[str], loaded: dict, batch_size: int = 32) -> list[dict]:
+    model, tokenizer, info = loaded["model"], loaded["tokenizer"], loaded["info"]
+    max_length = int(info.get("max_length") or min(512, tokenizer.model_max_length))
+    labels = [str(model.config.id2label[i]) for i in range(len(model.config.id2label))]
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start: start + batch_size], truncation=True, max_length=max_length, padding=True,
+                        return_tensors="pt").to(loaded["device"])
+        probs = model(**enc).logits.float().softmax(-1).cpu()
+        for row, n in zip(probs, enc["attention_mask"].sum(-1).tolist()):
+            best = int(row.argmax())
+            out.append({"label": labels[best], "score": float(row[best]),
+                        "probabilities": {name: float(p) for name, p in zip(labels, row)},
+                        "truncated": n >= max_length})
+    return out
+
+
+# --------------------------------------------------------------------------- summarization
+
+def _normalize(text: str, info: dict) -> str:
+    if info.get("sep_marker"):
+        text = text.replace(info["sep_marker"], info.get("sep_as", "\n\n"))
+    if info.get("clean"):
+        text = re.sub(r"[^a-zA-Z0-9\s]", "", text)
+    lines = [" ".join(line.split()) for line in text.split("\n")]
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _inputs(texts: list[str], loaded: dict) -> tuple[list[list[int]], list[bool]]:
+    """Token ids per text: the prompt template with the source cut to fit (causal), or prefix + text (seq2seq)."""
+    info, tokenizer = loaded["info"], loaded["tokenizer"]
+    texts = [_normalize(t, info) for t in texts]
+    if loaded["task"] == "summarization-causal":
+        before, after = info.get("prompt_template", "{source}\n\nTL;DR:").split("{source}")
+        pre = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
+        post = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+        room = int(info["max_length"]) - int(info.get("generation", {}).get("max_new_tokens", 64)) - len(pre) - len(post)
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [pre + x[:room] + post for x in ids], [len(x) > room for x in ids]
+    limit = int(info.get("max_source_length", 512))
+    ids = tokenizer([info.get("prefix", "") + t for t in texts])["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [x if len(x) <= limit else x[: limit - 1] + [eos] for x in ids], [len(x) > limit for x in ids]
+
+
+def _generation_kwargs(loaded: dict, overrides: dict) -> dict:
+    settings = {"max_new_tokens": 64, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                **{k: v for k, v in loaded["info"].get("generation", {}).items() if v is not None}, **overrides}
+    kwargs = {"max_new_tokens": settings["max_new_tokens"], "num_beams": settings["num_beams"], "do_sample": False,
+              "repetition_penalty": settings["repetition_penalty"],
+              "no_repeat_ngram_size": settings["no_repeat_ngram_size"]}
+    if settings["num_beams"] > 1:
+        kwargs.update(length_penalty=settings.get("length_penalty", 1.0), early_stopping=True)
+    if settings.get("min_new_tokens"):
+        kwargs["min_new_tokens"] = settings["min_new_tokens"]
+    tokenizer = loaded["tokenizer"]
+    kwargs.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if loaded["task"] == "summarization-seq2seq" and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        kwargs["suppress_tokens"] = [tokenizer.pad_token_id]
+    return kwargs
+
+
+@torch.inference_mode()
+def _summarize(texts: list[str], loaded: dict, batch_size: int = 8, **overrides) -> list[dict]:
+    model, tokenizer = loaded["model"], loaded["tokenizer"]
+    ids, truncated = _inputs(texts, loaded)
+    kwargs = _generation_kwargs(loaded, overrides)
+    left = loaded["task"] == "summarization-causal"  # decoder-only models continue from the right end
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    summaries = [""] * len(ids)
+    for start in range(0, len(order), batch_size):
+        batch = order[start: start + batch_size]
+        width = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), width), kwargs["pad_token_id"], dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            n = len(ids[i])
+            span = slice(width - n, width) if left else slice(0, n)
+            input_ids[row, span] = torch.tensor(ids[i])
+            mask[row, span] = 1
+        out = model.generate(input_ids=input_ids.to(loaded["device"]), attention_mask=mask.to(loaded["device"]),
+                             use_cache=True, **kwargs)
+        new = out[:, width:] if left else out
+        for i, text in zip(batch, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            summaries[i] = text.strip()
+    return [{"summary": s, "truncated": bool(t)} for s, t in zip(summaries, truncated)]
+
+
+# --------------------------------------------------------------------------- entry points
+
+def _texts(data) -> tuple[list[str], bool]:
+    """(texts, single) from any accepted payload shape."""
+    if isinstance(data, dict) and "data" in data:
+        data = data["data"]
+    if isinstance(data, dict):
+        for key in ("sentence", "text", "texts"):
+            if key in data:
+                data = data[key]
+                break
+        else:
+            raise ValueError('send {"text": "..."}, {"texts": [...]}, or {"data": {"sentence": "..."}}')
+    if isinstance(data, str):
+        return [data], True
+    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
+        return list(data), False
+    raise ValueError(f"expected a text or a list of texts, got {type(data).__name__}")
+
+
+def predict_sentiment(sentence: str) -> dict:
+    """Domino-style scoring function of a classifier: label, its probability, all probabilities."""
+    return _classify([sentence], load_model())[0]
+
+
+def summarize(text: str, **overrides) -> dict:
+    """Domino-style scoring function of a summarizer: the summary and whether the text was cut."""
+    return _summarize([text], load_model(), **overrides)[0]
+
+
+def predict(data, model: dict | None = None) -> dict:
+    """OCI Data Science entry point: {"prediction": [...]} for a text, a list, or a dict payload."""
+    loaded = model or load_model()
+    texts, _ = _texts(data)
+    run = _classify if loaded["task"] == "text-classification" else _summarize
+    return {"prediction": run(texts, loaded)}
+
+
+if __name__ == "__main__":  # python score.py "some text" ...
+    import sys
+
+    print(json.dumps(predict(sys.argv[1:] or [sys.stdin.read()]), indent=2))

@@ -1,0 +1,230 @@
+"""Using saved models: score.py, `workbook predict`, the web app's JSON API and its page in a real browser."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import helpers as hp
+from helpers import textgen
+
+SEED_PAYLOAD = {"data": {"sentence": "there is a shortage of capital, and we need extra financing"}}
+HEADLINES = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "The company will cut 250 jobs .",
+             "The annual general meeting will be held in Helsinki .", "Shares fell 5 % after the warning ."]
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, tiny_encoder_dir):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("clf")
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
+    return hp.artifacts.save_model(out, model, AutoTokenizer.from_pretrained(tiny_encoder_dir),
+                                   task="text-classification", info={"max_length": 32})
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory):
+    g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
+    hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
+    info = {"prompt_template": textgen.DEFAULT_PROMPT, "max_length": 256, "sep_marker": "<sep>",
+            "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
+    return hp.artifacts.save_model(tmp_path_factory.mktemp("causal"), g.model, g.tokenizer,
+                                   task="summarization-causal", info=info)
+
+
+@pytest.fixture(scope="module")
+def seq2seq_dir(tmp_path_factory):
+    g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
+    info = {"prefix": "summarize: ", "max_source_length": 64,
+            "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4,
+                                                     no_repeat_ngram_size=1).to_dict()}
+    return hp.artifacts.save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer,
+                                   task="summarization-seq2seq", info=info)
+
+
+def _score_py(folder, code: str):
+    """Run `code` in a fresh interpreter inside the folder, importing only its score.py."""
+    out = subprocess.run([sys.executable, "-c", f"import json, score\nprint(json.dumps({code}))"], cwd=folder,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------- score.py
+
+def test_score_py_of_a_classifier_matches_the_workbook(classifier_dir):
+    assert (classifier_dir / "score.py").exists()
+    expected = hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES)
+    got = _score_py(classifier_dir, f"[score.predict_sentiment(t) for t in {HEADLINES!r}]")
+    for e, g in zip(expected, got):
+        assert g["label"] == e["label"] and g["probabilities"] == pytest.approx(e["probabilities"], abs=1e-5)
+    oci = _score_py(classifier_dir, f"score.predict({SEED_PAYLOAD!r}, model=score.load_model())")
+    assert set(oci) == {"prediction"} and oci["prediction"][0]["label"] in {"negative", "neutral", "positive"}
+
+
+@pytest.mark.parametrize("which", ["causal_dir", "seq2seq_dir"])
+def test_score_py_of_a_summarizer_matches_the_workbook(which, request):
+    folder = request.getfixturevalue(which)
+    texts = [r["document"] for r in hp.samples.xsum_rows(4, seed=2)][:3]
+    expected = hp.inference.load(folder, device="cpu").summarize(texts)
+    assert _score_py(folder, f"[score.summarize(t) for t in {texts!r}]") == expected
+    assert _score_py(folder, f"score.predict({{'data': {{'text': {texts[0]!r}}}}})") == {"prediction": expected[:1]}
+
+
+# --------------------------------------------------------------------------- the CLI
+
+def test_workbook_predict_reads_stdin_and_prints_json(classifier_dir, causal_dir, monkeypatch, capsys):
+    from helpers import cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(HEADLINES[:2]) + "\n\n"))
+    assert cli.main(["predict", str(classifier_dir), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["text"] for r in rows] == HEADLINES[:2] and all("probabilities" in r for r in rows)
+    assert cli.main(["predict", str(causal_dir), "Reviews one <sep> Reviews two"]) == 0
+    assert "->" in capsys.readouterr().out
+    assert cli.main(["predict", str(classifier_dir.parent / "nowhere"), "x"]) == 2
+    assert "No saved model" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- the JSON API
+
+@pytest.fixture(scope="module")
+def clf_client(classifier_dir):
+    return hp.serve.create_app(classifier_dir, device="cpu").test_client()
+
+
+@pytest.fixture(scope="module")
+def summ_client(seq2seq_dir):
+    return hp.serve.create_app(seq2seq_dir, device="cpu").test_client()
+
+
+def test_api_classifier_happy_paths(clf_client, classifier_dir):
+    expected = hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES)
+    health = clf_client.get("/health").get_json()
+    assert health["status"] == "ok" and health["task"] == "text-classification" and len(health["labels"]) == 3
+    seed = clf_client.post("/predict", json=SEED_PAYLOAD)
+    assert seed.status_code == 200 and set(seed.get_json()) == {"label", "score", "probabilities", "truncated"}
+    one = clf_client.post("/predict", json={"text": HEADLINES[0]}).get_json()
+    assert one["label"] == expected[0]["label"] and one["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
+    batch = clf_client.post("/predict", json={"texts": HEADLINES}).get_json()["predictions"]
+    assert [r["label"] for r in batch] == [r["label"] for r in expected]
+    page = clf_client.get("/")
+    assert page.status_code == 200 and b'id="go"' in page.data and b"/predict" in page.data
+
+
+def test_api_summarizer_happy_paths(summ_client):
+    r = summ_client.post("/summarize", json={"data": {"text": "Police in Glasgow are appealing for witnesses."}})
+    assert r.status_code == 200 and set(r.get_json()) == {"summary", "truncated"}
+    many = summ_client.post("/summarize", json={"texts": ["A story.", "Another story."],
+                                                "parameters": {"max_new_tokens": 5}})
+    assert many.status_code == 200 and len(many.get_json()["summaries"]) == 2
+    assert summ_client.get("/health").get_json()["endpoint"] == "/summarize"
+
+
+BAD = [
+    ({"text": ""}, 400, "empty"),
+    ({"text": "   \n\t"}, 400, "empty or only whitespace"),
+    ({"text": 42}, 400, "must be a string, got int"),
+    ({"data": {"sentence": None}}, 400, "must be a string, got NoneType"),
+    ({"texts": "not a list"}, 400, "must be a list of strings"),
+    ({"texts": ["ok", 3]}, 400, "must be a list of strings"),
+    ({"texts": []}, 400, "is empty"),
+    ({"texts": ["x"] * 65}, 413, "at most 64"),
+    ({"text": "word " * 5000}, 413, "far over what the model reads"),
+    ({"sentence": "a", "text": "b"}, 400, "exactly one of"),
+    ({}, 400, "exactly one of"),
+    ([1, 2], 400, "must be a JSON object"),
+    ({"data": 5}, 400, '"data" must be an object'),
+    ({"text": "fine", "parameters": {"num_beams": 2}}, 400, "for summarizers only"),
+]
+
+
+@pytest.mark.parametrize(("payload", "status", "message"), BAD)
+def test_api_bad_input_gets_a_4xx_and_the_server_keeps_serving(clf_client, payload, status, message):
+    r = clf_client.post("/predict", json=payload)
+    assert r.status_code == status and message in r.get_json()["error"]
+    assert clf_client.post("/predict", json={"text": "still here"}).status_code == 200
+
+
+def test_api_other_mistakes(clf_client, summ_client):
+    r = clf_client.post("/predict", data="text=hello", content_type="application/x-www-form-urlencoded")
+    assert r.status_code == 415 and "application/json" in r.get_json()["error"]
+    assert clf_client.post("/predict", data="{not json", content_type="application/json").status_code == 400
+    wrong = clf_client.post("/summarize", json={"text": "x"})
+    assert wrong.status_code == 400 and "POST /predict" in wrong.get_json()["error"]
+    assert clf_client.get("/predict").status_code == 405 and clf_client.get("/nope").status_code == 404
+    unknown = summ_client.post("/summarize", json={"text": "x", "parameters": {"beams": 2}})
+    assert unknown.status_code == 400 and "Unknown generation settings" in unknown.get_json()["error"]
+
+
+def test_api_long_text_is_truncated_and_says_so(clf_client):
+    r = clf_client.post("/predict", json={"text": "profit rose " * 40}).get_json()
+    assert r["truncated"] is True
+    assert clf_client.post("/predict", json={"text": "profit rose"}).get_json()["truncated"] is False
+
+
+def test_api_200_concurrent_requests_from_8_clients(classifier_dir):
+    app = hp.serve.create_app(classifier_dir, device="cpu")
+    expected = {t: r["label"] for t, r in zip(HEADLINES, hp.inference.load(classifier_dir, device="cpu")
+                                              .predict(HEADLINES))}
+
+    def call(i):
+        text = HEADLINES[i % len(HEADLINES)]
+        with app.test_client() as client:
+            r = client.post("/predict", json={"data": {"sentence": text}})
+            return r.status_code, text, r.get_json()["label"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(call, range(200)))
+    assert all(status == 200 for status, _, _ in results)
+    assert all(label == expected[text] for _, text, label in results)
+
+
+# --------------------------------------------------------------------------- the page, in a real browser
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(not (_chromium() and shutil.which("chromedriver")),
+                    reason="needs chromium + chromium-driver (make test installs them when run as root)")
+def test_page_in_a_headless_browser(classifier_dir, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    from werkzeug.serving import make_server
+
+    app = hp.serve.create_app(classifier_dir, device="cpu")
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1000,800"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get(f"http://127.0.0.1:{server.server_port}/")
+        driver.find_element(By.ID, "go").click()  # empty box: the page says so
+        WebDriverWait(driver, 10).until(ec.text_to_be_present_in_element((By.ID, "result"), "Type some text first"))
+        driver.find_element(By.ID, "text").send_keys(HEADLINES[0])
+        driver.find_element(By.ID, "go").click()
+        label = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "label"))).text
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+        server.shutdown()
+    assert label == hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES[0])["label"]
+    assert (tmp_path / "page.png").stat().st_size > 5000
