@@ -19,7 +19,8 @@ from typing import Any
 DEFAULT_HOST = "127.0.0.1"  # local only unless asked: a model server is not for the open internet
 DEFAULT_PORT = 8000
 MAX_TEXTS = 64  # texts per request
-CHARS_PER_TOKEN_LIMIT = 20  # a text longer than max_input_tokens * this many characters is refused
+CHARS_PER_TOKEN_LIMIT = 50  # a text longer than max_input_tokens * this many characters (at least
+MIN_CHARS_LIMIT = 10_000     # MIN_CHARS_LIMIT) is refused: it is mostly text the model would never read
 
 
 class BadRequest(ValueError):
@@ -136,7 +137,7 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None)
     predictor = inference.load(source, device=device) if isinstance(source, (str, Path)) else source
     classifier = predictor.task == "text-classification"
     endpoint = "/predict" if classifier else "/summarize"
-    max_chars = predictor.max_input_tokens * CHARS_PER_TOKEN_LIMIT
+    max_chars = max(predictor.max_input_tokens * CHARS_PER_TOKEN_LIMIT, MIN_CHARS_LIMIT)
     name = str(predictor.info.get("base_model", {}).get("requested") or getattr(source, "name", "model"))
     lock = threading.Lock()
     app = Flask("finetune_workbook")
