@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve run test lab lock samples lint clean help
+.PHONY: setup browser serve bench run test lab lock samples lint clean help
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
 	@echo "make test   - set up if needed, then run the whole test suite"
 	@echo "make lab    - JupyterLab with the workbook's kernel"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
+	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
@@ -27,7 +28,7 @@ $(STAMP): requirements.txt pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	$(VENV)/bin/workbook run
+	$(VENV)/bin/workbook run $(RUN_ARGS)
 
 test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -44,6 +45,11 @@ browser:
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# A benchmark, not a test: (a) seeds' Trainer vs (b) tuned Trainer vs (c) the workbook loop, and
+# batched vs naive generation. Writes bench/results.json + bench/results.md (docs/benchmarks.md).
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 serve: setup
 	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment)

@@ -23,6 +23,12 @@ from .data import PROJECT_ROOT
 
 WORKBOOK_FILE = "workbook.json"
 METRICS_FILE = "metrics.json"
+RUN_FILE = "run.json"  # which notebook and parameters own an OUTPUT_DIR, and whether that run finished
+VOLATILE_PARAMS = {"OUTPUT_DIR", "RESUME", "OVERWRITE"}  # may change without making it another run
+
+
+class OutputDirInUseError(RuntimeError):
+    """OUTPUT_DIR holds another run (or an unfinished one) and neither OVERWRITE nor RESUME was asked for."""
 RUNS_DIR = PROJECT_ROOT / "runs"
 
 
@@ -66,15 +72,67 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def _same_run_params(params: dict) -> dict:
+    return {k: _jsonable(v) for k, v in params.items() if k not in VOLATILE_PARAMS}
+
+
+def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, resume: bool = False,
+                       overwrite: bool = False) -> Path:
+    """Claim OUTPUT_DIR for this run, refusing to mix two runs or to lose unfinished work.
+
+    - empty or new folder, or a *finished* run with the same notebook and parameters: go ahead
+      (stale checkpoints of the finished run are removed so they cannot be resumed by mistake);
+    - another notebook or other parameters: refused unless OVERWRITE=True (or RESUME=True with the same ones);
+    - an *unfinished* run (checkpoints, no final metrics): refused unless RESUME=True or OVERWRITE=True.
+    """
+    folder = Path(output_dir)
+    run_file = folder / RUN_FILE
+    mine = {"notebook": notebook, "params": _same_run_params(params)}
+    previous = json.loads(run_file.read_text()) if run_file.exists() else None
+    has_checkpoints = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
+    holds_results = (folder / METRICS_FILE).exists() or (folder / "model").exists() or has_checkpoints
+    fix = "set OVERWRITE=True to replace it, or choose another OUTPUT_DIR"
+    if previous is None and holds_results and not overwrite:
+        raise OutputDirInUseError(f"OUTPUT_DIR {folder} already holds results of an unknown run; {fix}.")
+    if previous is not None and not overwrite:
+        if previous.get("notebook") != notebook:
+            raise OutputDirInUseError(f"OUTPUT_DIR {folder} holds a run of {previous.get('notebook')}; {fix}.")
+        before, now = previous.get("params", {}), mine["params"]
+        changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
+                   if before.get(k) != now.get(k)]
+        if changed:
+            raise OutputDirInUseError(
+                f"OUTPUT_DIR {folder} holds a run with other parameters ({'; '.join(changed[:4])}); {fix}"
+                + (" (RESUME continues only a run with the same parameters)." if resume else "."))
+        if not previous.get("finished") and has_checkpoints and not resume:
+            raise OutputDirInUseError(
+                f"OUTPUT_DIR {folder} holds an unfinished run with checkpoints; set RESUME=True to continue it "
+                "(nothing is lost), or OVERWRITE=True to start over.")
+    if has_checkpoints and (overwrite or (previous or {}).get("finished")) and not resume:
+        shutil.rmtree(folder / "checkpoints")
+    if overwrite and (folder / METRICS_FILE).exists():
+        (folder / METRICS_FILE).unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {**mine, "finished": False,
+                          "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    return folder
+
+
 def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline: dict | None = None,
                   validation: dict | None = None, model: dict | None = None, data: dict | None = None,
                   train: dict | None = None, params: dict | None = None, **extra: Any) -> Path:
     """Write `OUTPUT_DIR/metrics.json` in the one format everything reads."""
-    record = {"notebook": notebook, "test": test, "baseline": baseline or {}, "validation": validation or {},
+    validation = {k: v for k, v in (validation or {}).items() if k != "elapsed_s"}  # metrics only, no timings
+    record = {"notebook": notebook, "test": test, "baseline": baseline or {}, "validation": validation,
               "model": model or {}, "data": data or {}, "train": train or {}, "params": params or {},
               "versions": versions(), "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               **extra}
-    return write_json(Path(output_dir) / METRICS_FILE, record)
+    path = write_json(Path(output_dir) / METRICS_FILE, record)
+    run_file = Path(output_dir) / RUN_FILE
+    if run_file.exists():  # the run is complete: a same-parameter rerun may reuse the folder
+        write_json(run_file, {**json.loads(run_file.read_text()), "finished": True,
+                              "finished_at": record["finished_at"]})
+    return path
 
 
 def read_metrics(output_dir: str | Path) -> dict[str, Any]:

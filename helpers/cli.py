@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="any parameter of the notebook's parameters cell (repeatable)")
     run.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as CI runs them")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint (RESUME=True)")
+    run.add_argument("--overwrite", action="store_true",
+                     help="replace an earlier run with other parameters in the output folder (OVERWRITE=True)")
     run.add_argument("--runs-dir", default=None, help="where executed notebooks and artifacts go (default runs/)")
     run.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
 
@@ -80,6 +82,8 @@ def _cmd_run(args) -> int:
         params["SMOKE"] = True
     if args.resume:
         params["RESUME"] = True
+    if args.overwrite:
+        params["OVERWRITE"] = True
     kwargs = {"log_output": args.log_output}
     if args.runs_dir:
         from pathlib import Path

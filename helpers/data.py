@@ -573,3 +573,23 @@ def random_split(dataset, *, validation_size: float = 0.1, test_size: float = 0.
     return datasets.DatasetDict(train=dataset.select(sorted(order[n_val + n_test:])),
                                 validation=dataset.select(sorted(order[:n_val])),
                                 test=dataset.select(sorted(order[n_val:n_val + n_test])))
+
+
+def fingerprint(splits) -> dict[str, Any]:
+    """Row counts and a SHA-256 of the data actually used (every split's rows, in order), for metrics.json:
+    two runs with the same fingerprint trained and were scored on the same data."""
+    import hashlib
+    import json
+
+    if not isinstance(splits, dict):
+        splits = {"data": splits}
+    digest = hashlib.sha256()
+    rows = {}
+    for name in sorted(splits):
+        split = splits[name]
+        rows[name] = len(split)
+        digest.update(name.encode())
+        for column in sorted(split.column_names):
+            digest.update(column.encode())
+            digest.update(json.dumps(list(split[column]), ensure_ascii=False, default=str).encode())
+    return {"rows": rows, "sha256": digest.hexdigest()}

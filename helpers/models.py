@@ -159,9 +159,10 @@ def _has_real_label_names(config) -> bool:
 
 
 def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: bool = True,
-                    source: ModelSource | None = None) -> Classifier:
+                    source: ModelSource | None = None, seed: int | None = 42) -> Classifier:
     """A sequence classifier for `label_names`, with labels mapped *by name*.
 
+    `seed` seeds the initialization of a new head (None: leave the global RNG alone).
     When the checkpoint already has a head for exactly these labels (e.g. `ProsusAI/finbert`:
     {0: positive, 1: negative, 2: neutral}) that head and its order are kept, so the baseline
     before fine-tuning is meaningful. Otherwise a new head is created for `label_names`.
@@ -169,6 +170,10 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     source = source or resolve_model(name, kind=ENCODER, allow_standin=allow_standin)
+    if seed is not None:  # a new head is initialized at random: seeded, the run is reproducible
+        import torch
+
+        torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(source.used)
     wanted = [_normalized(n) for n in label_names]
     existing = {i: _normalized(v) for i, v in (config.id2label or {}).items()}
@@ -244,9 +249,21 @@ def count_parameters(model) -> ParameterCount:
     return ParameterCount(trainable, total)
 
 
+def check_max_length(max_length: int, model, tokenizer=None, *, name: str = "MAX_LENGTH") -> int:
+    """Refuse a length the model (or config) cannot take (beyond its position embeddings); returns the limit."""
+    limit = model_max_length(model, tokenizer)
+    if int(max_length) > limit:
+        raise ValueError(f"{name}={max_length} is beyond the model's limit of {limit} tokens (its position "
+                         f"embeddings end there); set {name} <= {limit}.")
+    if int(max_length) < 8:
+        raise ValueError(f"{name}={max_length} is too short to hold any text; use at least 32.")
+    return limit
+
+
 def model_max_length(model, tokenizer=None) -> int:
     """The longest input the model takes (position embeddings), ignoring tokenizers' 1e30 placeholders."""
-    limits = [getattr(model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    config = getattr(model, "config", model)  # a model or its config
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
     if tokenizer is not None and getattr(tokenizer, "model_max_length", 0) < 1e6:
         limits.append(tokenizer.model_max_length)
     limits = [int(x) for x in limits if isinstance(x, int) and x > 0]

@@ -16,8 +16,28 @@ def smoke_from_env(smoke: bool | None) -> bool:
     return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+class UnknownParameterError(NameError):
+    """A parameter was injected (papermill -p NAME ...) that the notebook does not have."""
+
+
 def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """The parameters as run (for metrics.json): the UPPER_CASE names of the parameters cell."""
+    """The parameters as run (for metrics.json): the UPPER_CASE names of the parameters cell.
+
+    Any other UPPER_CASE name in the namespace was injected by papermill (`-p LRR 3e-5`), which
+    itself accepts any name: a misspelt parameter would otherwise be ignored silently.
+    """
+    import difflib
+
+    own = {"NOTEBOOK", "PARAMS"}  # set by the notebook itself
+    unknown = sorted(k for k in namespace if k.isupper() and not k.startswith("_") and k not in names and k not in own)
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, names, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise UnknownParameterError(
+            f"Unknown parameter {', '.join(hints)}: this notebook has no such parameter and would ignore it; "
+            f"fix the name (papermill -p / workbook run -p). Known: {', '.join(names)}.")
     return {name: namespace[name] for name in names if name in namespace}
 
 

@@ -98,8 +98,11 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     executed = runs_dir / path.name
     output_dir = Path(params["OUTPUT_DIR"])
     metrics_file = output_dir / METRICS_FILE
-    if metrics_file.exists():
-        metrics_file.unlink()  # a stale file must not pass for this run's result
+
+    def stamp():
+        return metrics_file.stat().st_mtime_ns if metrics_file.exists() else None
+
+    before = stamp()  # an earlier run's file must not pass for this run's result, nor be deleted
     start = time.perf_counter()
     error = None
     try:
@@ -110,7 +113,8 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     except Exception as err:  # kernel died, notebook unreadable...
         error = f"{type(err).__name__}: {err}".splitlines()[0]
     wall = time.perf_counter() - start
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() and error is None else {}
+    fresh = metrics_file.exists() and stamp() != before
+    metrics = json.loads(metrics_file.read_text()) if fresh and error is None else {}
     if error is None and not metrics:
         error = f"the notebook finished but wrote no {METRICS_FILE}"
     return RunResult(path.stem, "ok" if error is None else "failed", wall, executed, output_dir, metrics, error)

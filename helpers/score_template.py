@@ -97,7 +97,8 @@ def _inputs(texts: list[str], loaded: dict) -> tuple[list[list[int]], list[bool]
         before, after = info.get("prompt_template", "{source}\n\nTL;DR:").split("{source}")
         pre = tokenizer(before, add_special_tokens=False)["input_ids"] if before else []
         post = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
-        room = int(info["max_length"]) - int(info.get("generation", {}).get("max_new_tokens", 64)) - len(pre) - len(post)
+        new_tokens = int(info.get("generation", {}).get("max_new_tokens", 64))
+        room = int(info["max_length"]) - new_tokens - len(pre) - len(post)
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [pre + x[:room] + post for x in ids], [len(x) > room for x in ids]
     limit = int(info.get("max_source_length", 512))

@@ -30,6 +30,18 @@ from .batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_ba
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
+class BatchTooLargeError(RuntimeError):
+    """A training batch does not fit in memory; the message says how to make it fit."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA OOM, a CPU allocation failure, or Python's MemoryError."""
+    if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the step, likely causes and the last good checkpoint."""
 
@@ -75,6 +87,9 @@ class History:
     eval_wall_s: float = 0.0
     samples_per_s: float = 0.0
     peak_mem_mb: float = 0.0
+    train_batch_size: int = 0
+    grad_accum_steps: int = 1
+    batch_backoffs: int = 0  # times AUTO_BATCH_BACKOFF halved the batch after running out of memory
     best_step: int | None = None
     best_metric: float | None = None
     metric_for_best: str = "loss"
@@ -99,6 +114,8 @@ class History:
                 "precision": self.precision, "device": self.device, "num_processes": self.num_processes,
                 "best_step": self.best_step, "best_metric": self.best_metric, "metric_for_best": self.metric_for_best,
                 "stopped_early": self.stopped_early, "resumed_from": self.resumed_from,
+                "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
+                "batch_backoffs": self.batch_backoffs,
                 "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
 
     def _window_mean(self, *, first: bool) -> float | None:
@@ -230,6 +247,25 @@ def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler
     return final
 
 
+_LIBC_TRIM = None
+
+
+def trim_host_memory() -> None:
+    """Give freed heap memory back to the OS (glibc `malloc_trim`). Dynamic padding allocates tensors
+    of ever-different sizes; without this the resident memory of a CPU run creeps up by hundreds of MB
+    of freed-but-kept blocks. Cheap when called every few steps; a no-op off glibc."""
+    global _LIBC_TRIM
+    if _LIBC_TRIM is None:
+        try:
+            import ctypes
+
+            _LIBC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _LIBC_TRIM = False
+    if _LIBC_TRIM:
+        _LIBC_TRIM(0)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -270,7 +306,51 @@ def make_optimizer(model, lr: float, weight_decay: float, device: torch.device):
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
-def train(model, train_data, eval_data=None, *, collate_fn: Callable | None = None,
+def train(model, train_data, eval_data=None, *, auto_batch_backoff: bool = False, **options) -> History:
+    """Fine-tune `model`; see `train_once` for every option. Returns a `History`.
+
+    When a batch does not fit in memory (the longest batch comes first, so this shows at step 1),
+    the error says to halve `train_batch_size` and double `grad_accum_steps` (same effective
+    batch); with `auto_batch_backoff=True` the loop does exactly that itself, restarting from the
+    initial weights, until the batch fits.
+    """
+    batch = int(options.pop("train_batch_size", 16))
+    accum = int(options.pop("grad_accum_steps", 1))
+    initial = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+               if auto_batch_backoff else None)
+    backoffs = 0
+    while True:
+        try:
+            history = train_once(model, train_data, eval_data, train_batch_size=batch, grad_accum_steps=accum,
+                                 **options)
+            history.batch_backoffs = backoffs
+            return history
+        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled
+            if not is_out_of_memory(err):
+                raise
+            _free_memory()
+            where = options.get("checkpoint_dir")
+            if not auto_batch_backoff or batch < 2:
+                raise BatchTooLargeError(
+                    f"TRAIN_BATCH_SIZE={batch} does not fit in memory ({str(err).splitlines()[0][:120]}). Use "
+                    f"TRAIN_BATCH_SIZE={max(1, batch // 2)} with GRAD_ACCUM_STEPS={accum * 2} (the same effective "
+                    f"batch), a smaller MAX_LENGTH, or AUTO_BATCH_BACKOFF=True to let the loop find a size."
+                    + (f" Checkpoints written so far stay in {where}." if where else "")) from err
+            batch, accum, backoffs = batch // 2, accum * 2, backoffs + 1
+            model.load_state_dict(initial)
+            print(f"out of memory: retrying from the start with train_batch_size={batch}, "
+                  f"grad_accum_steps={accum} (same effective batch)")
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None = None,
           pad_token_id: int | None = None, num_epochs: float = 1, max_steps: int | None = None,
           train_batch_size: int = 16, eval_batch_size: int = 64, lr: float = 5e-5, weight_decay: float = 0.01,
           warmup_ratio: float = 0.1, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
@@ -312,7 +392,8 @@ def train(model, train_data, eval_data=None, *, collate_fn: Callable | None = No
     precision = dev.resolve_precision(precision, device_guess, allow_fp16=allow_fp16)
     accelerator = _fresh_accelerator(
         mixed_precision={"fp32": "no"}.get(precision, precision), gradient_accumulation_steps=grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False)
+        dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
+        cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
     device = accelerator.device
     if train_batch_size % accelerator.num_processes:
         raise ValueError(f"train_batch_size {train_batch_size} is split across {accelerator.num_processes} "
@@ -347,7 +428,8 @@ def train(model, train_data, eval_data=None, *, collate_fn: Callable | None = No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda)
 
     history = History(metric_for_best=metric_for_best, precision=precision, device=str(device),
-                      num_processes=accelerator.num_processes)
+                      num_processes=accelerator.num_processes, train_batch_size=train_batch_size,
+                      grad_accum_steps=grad_accum_steps)
     best_state: dict[str, torch.Tensor] | None = None
     evals_without_improvement = 0
     start_epoch, skip_batches = 0, 0
@@ -393,13 +475,14 @@ def train(model, train_data, eval_data=None, *, collate_fn: Callable | None = No
                           compute_metrics=compute_metrics, precision=precision, device=device,
                           max_batches=max_eval_batches, progress=progress and accelerator.is_main_process)
         history.eval_wall_s += result.wall_s
-        record = {"step": history.global_step, "epoch": round(epoch_float, 3), **result.to_dict()}
+        record = {"step": history.global_step, "epoch": round(epoch_float, 3),
+                  "elapsed_s": round(time.perf_counter() - run_start, 3), **result.to_dict()}
         history.evals.append(record)
         if metric_for_best not in record:
             raise KeyError(f"metric_for_best={metric_for_best!r} is not among the evaluation metrics "
                            f"{sorted(record)}; pick one of them.")
         value = float(record[metric_for_best])
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("step", "epoch")
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("step", "epoch", "elapsed_s")
                           and isinstance(v, float))
         if accelerator.is_main_process:
             tqdm.write(f"step {history.global_step} (epoch {epoch_float:.2f}): {shown}")
@@ -442,6 +525,8 @@ def train(model, train_data, eval_data=None, *, collate_fn: Callable | None = No
         loss_buffer.clear()
         lr_buffer.clear()
         pending_steps.clear()
+        if device.type == "cpu":
+            trim_host_memory()
 
     def save_checkpoint(epoch: int, batches_done: int) -> None:
         flush_losses()  # never checkpoint a model that has already gone non-finite

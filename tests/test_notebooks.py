@@ -18,8 +18,13 @@ def _run(name, tmp_path, **params):
     return result
 
 
-def test_notebook_01_offline_with_standins(tmp_path):
-    result = _run("01", tmp_path)
+@pytest.fixture(scope="module")
+def nb01(tmp_path_factory):
+    return _run("01", tmp_path_factory.mktemp("nb01"))
+
+
+def test_notebook_01_offline_with_standins(nb01):
+    result = nb01
     m = result.metrics
     assert m["notebook"] == "01_finbert_financial_sentiment"
     assert m["model"]["standin"] is True and m["model"]["requested"] == "ProsusAI/finbert"
@@ -145,3 +150,36 @@ def test_notebook_05_refuses_fp16_and_continues_without_cuda_for_qlora(tmp_path)
     result = _run("05", tmp_path, QUANTIZE_4BIT=True, MAX_STEPS=4)
     assert "QUANTIZE_4BIT=True needs a CUDA GPU" in result.executed.read_text()
     assert result.metrics["model"]["quantized_4bit"] is False
+
+
+def test_notebook_01_is_reproducible_and_records_its_data(nb01, tmp_path):
+    again = _run("01", tmp_path).metrics
+    first = nb01.metrics
+    for part in ("test", "baseline", "validation"):
+        assert again[part] == first[part]
+    for key in ("first_train_loss", "final_train_loss", "steps", "best_metric"):
+        assert again["train"][key] == first["train"][key]
+    fingerprint = first["data"]["fingerprint"]
+    assert again["data"]["fingerprint"] == fingerprint and len(fingerprint["sha256"]) == 64
+    assert fingerprint["rows"] == first["data"]["rows"]
+    assert {"SEED", "LR"} <= set(first["params"]) and first["seed"] == 42
+
+
+def test_a_different_run_into_the_same_output_dir_is_refused_and_loses_nothing(nb01):
+    out = nb01.output_dir
+    before = (out / "metrics.json").read_text()
+    path = runner.find_notebook("01")
+    result = runner.run_notebook(path, {"SMOKE": True, "LR": 1e-4, "OUTPUT_DIR": str(out)},
+                                 runs_dir=out.parent / "other")
+    assert result.status == "failed" and "holds a run with other parameters (LR: 5e-05 -> 0.0001)" in result.error
+    assert (out / "model" / "config.json").exists() and (out / "metrics.json").read_text() == before
+
+
+def test_plain_papermill_with_an_unknown_parameter_stops_at_once(tmp_path):
+    import papermill
+
+    path = runner.find_notebook("01")
+    with pytest.raises(papermill.PapermillExecutionError, match=r"LRR \(did you mean LR\?\)"):
+        papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"), parameters={"LRR": 3e-5, "SMOKE": True,
+                                   "OUTPUT_DIR": str(tmp_path / "run")}, cwd=str(path.parent), progress_bar=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any work

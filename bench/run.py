@@ -1,0 +1,179 @@
+"""`make bench`: fine-tune the same model on the same data three ways, side by side, in one run.
+
+    python -m bench.run [--model M] [--data-source FILE] [--epochs N] [--device cuda] ...
+
+(a) the seeds' way (`Trainer`, pad to MAX_LENGTH, fp32), (b) a well-tuned `Trainer` (dynamic padding,
+length grouping, bf16 where supported), (c) the workbook's loop. Each run is its own process, so peak
+resident memory is its own. Then the generation benchmark. Writes bench/results.json and
+bench/results.md and prints the table. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+NAMES = {"seed_trainer": "(a) seeds' Trainer: pad to max, fp32", "tuned_trainer": "(b) tuned Trainer",
+         "loop": "(c) workbook loop"}
+# dense bf16 peak TFLOPS (no sparsity) of common GPUs, for model FLOPs utilization
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
+                    "A6000": 155.0, "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="standin", help='"standin", a folder / Hub id, or "random:bert-base"')
+    p.add_argument("--data-source", default=None, help="a PhraseBank-layout file (default: a generated one)")
+    p.add_argument("--rows", type=int, default=1600, help="rows of the generated sample (default data only)")
+    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--target-accuracy", type=float, default=0.9, help="validation accuracy for 'time to target'")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default=None)
+    p.add_argument("--variants", default="seed_trainer,tuned_trainer,loop")
+    p.add_argument("--skip-generation", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak for MFU (default: by name)")
+    p.add_argument("--out", default=str(HERE / "results.json"))
+    return p.parse_args(argv)
+
+
+def machine(device: str | None) -> dict:
+    import torch
+
+    import helpers as hp
+
+    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "describe": hp.device.describe(), "cpu_bf16": hp.device.cpu_supports_bf16()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if torch.cuda.is_available() and (device or "cuda").startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def time_to_target(evals: list[dict], target: float) -> float | None:
+    return next((e["elapsed_s"] for e in evals if (e.get("accuracy") or 0) >= target), None)
+
+
+def mfu(result: dict, gpu: str | None, peak: float | None) -> float | None:
+    """Model FLOPs utilization of training: 6 x parameters x tokens/s against the GPU's bf16 peak."""
+    if not gpu or "tokens_per_s" not in result:
+        return None
+    peak = peak or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+    if not peak:
+        return None
+    return 6 * result["parameters"] * result["tokens_per_s"] / (peak * 1e12)
+
+
+def table(results: dict, target: float) -> str:
+    rows = [f"| run | precision | train samples/s | wall to val acc >= {target:.2f} (s) | test accuracy "
+            "| test macro-F1 | peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+    for key, r in results.items():
+        ttt = r.get("time_to_target_s")
+        rows.append(f"| {NAMES[key]} | {r['precision']} | {r['train_samples_per_s']:.1f} | "
+                    f"{'not reached' if ttt is None else f'{ttt:.1f}'} | {r['test']['accuracy']:.4f} | "
+                    f"{r['test']['macro_f1']:.4f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import helpers as hp
+
+    work = HERE / "work"
+    work.mkdir(exist_ok=True)
+    data = args.data_source
+    if data is None:
+        data = str(hp.samples.write_phrasebank_csv(work / f"all-data-{args.rows}.csv", n=args.rows, seed=1))
+    common = ["--model", args.model, "--data-source", data, "--epochs", str(args.epochs), "--batch-size",
+              str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length), "--eval-every",
+              str(args.eval_every), "--seed", str(args.seed), "--test-size", str(args.test_size)]
+    if args.device:
+        common += ["--device", args.device]
+    info = machine(args.device)
+    print(f"machine: {info['describe']}\ncpu: {info['cpu']} ({info['cpu_count']} cores)\n")
+    results = {}
+    for variant in args.variants.split(","):
+        out = work / f"{variant}.json"
+        print(f"running {NAMES[variant]} ...", flush=True)
+        proc = subprocess.run([sys.executable, "-m", "bench.train", "--variant", variant, "--out", str(out), *common],
+                              cwd=HERE.parent, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"{variant} failed (exit {proc.returncode})")
+        r = json.loads(out.read_text())
+        r["time_to_target_s"] = time_to_target(r["evals"], args.target_accuracy)
+        r["mfu"] = mfu(r, info.get("gpu"), args.peak_tflops)
+        results[variant] = r
+        print(f"  {r['train_samples_per_s']:.1f} samples/s, test accuracy {r['test']['accuracy']:.4f}, "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+
+    ratios, targets = {}, {}
+    if {"seed_trainer", "loop"} <= set(results):
+        ratios["c_over_a"] = results["loop"]["train_samples_per_s"] / results["seed_trainer"]["train_samples_per_s"]
+        targets["(c)/(a) >= 8x train samples/s"] = ratios["c_over_a"] >= 8
+    if {"tuned_trainer", "loop"} <= set(results):
+        b, c = results["tuned_trainer"], results["loop"]
+        ratios["c_over_b"] = c["train_samples_per_s"] / b["train_samples_per_s"]
+        targets["(c)/(b) >= 1.3x train samples/s"] = ratios["c_over_b"] >= 1.3
+        targets["(c) test accuracy >= (b) - 0.01"] = c["test"]["accuracy"] >= b["test"]["accuracy"] - 0.01
+        targets["(c) peak memory <= (b)"] = c["peak_rss_mb"] <= b["peak_rss_mb"]
+        if c.get("peak_gpu_mb") and b.get("peak_gpu_mb"):
+            targets["(c) peak GPU memory <= (b)"] = c["peak_gpu_mb"] <= b["peak_gpu_mb"]
+
+    generation = {}
+    if not args.skip_generation:
+        from bench import generation as gen
+
+        for kind in ("causal-lm", "seq2seq"):
+            print(f"generation benchmark ({kind}) ...", flush=True)
+            generation[kind] = g = gen.run(kind, device=args.device)
+            targets[f"generate >= 3x naive ({kind}), identical outputs"] = (
+                g["speedup"] >= 3 and g["identical_outputs"] == g["prompts"])
+
+    md = [f"# Benchmark results ({dt.date.today().isoformat()})", "",
+          f"Machine: {info['cpu']}, {info['cpu_count']} cores; {info['describe']}", "",
+          f"Workload: model `{args.model}`, data `{Path(data).name}`, {args.epochs:g} epochs, batch "
+          f"{args.batch_size}, lr {args.lr:g}, MAX_LENGTH {args.max_length}, seed {args.seed}.", "",
+          table(results, args.target_accuracy), ""]
+    if ratios:
+        md.append("Ratios: " + ", ".join(f"{k.replace('_over_', '/')} = {v:.2f}x" for k, v in ratios.items()))
+        md.append("")
+    if any(r.get("mfu") for r in results.values()):
+        md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x params x tokens/s vs bf16 peak): "
+               + ", ".join(f"{NAMES[k]} {r['mfu']:.1%}" for k, r in results.items() if r.get("mfu")), ""]
+    if generation:
+        md += ["| generation | naive summaries/s | batched summaries/s | speedup | identical outputs |",
+               "|---|---|---|---|---|"]
+        md += [f"| {k} ({g['model']['used'].split('/')[-1]}) | {g['naive_summaries_per_s']:.1f} | "
+               f"{g['batched_summaries_per_s']:.1f} | {g['speedup']:.1f}x | {g['identical_outputs']}/{g['prompts']} |"
+               for k, g in generation.items()]
+        md.append("")
+    md += ["Targets:"] + [f"- {'PASS' if ok else 'MISS'}: {name}" for name, ok in targets.items()]
+    text = "\n".join(md) + "\n"
+    record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": info,
+              "args": vars(args), "results": results, "ratios": ratios, "generation": generation,
+              "targets": targets}
+    Path(args.out).write_text(json.dumps(record, indent=2))
+    Path(args.out).with_suffix(".md").write_text(text)
+    print("\n" + text)
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Train a tiny BERT on the generated PhraseBank sample; used by the tests as a separate process.
+
+    python tests/scripts/train_tiny.py OUT.json [--checkpoint-dir D] [--resume] [--pause-at-step N]
+    torchrun --standalone --nproc_per_node 2 tests/scripts/train_tiny.py OUT.json     # 2 CPU processes (gloo)
+    accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT.json
+
+Deterministic on CPU in fp32 with dropout off (so 1 and 2 processes can be compared). With
+`--pause-at-step N` the process stops for good in the middle of writing checkpoint N (after the
+model file, before the rest), so a test can SIGKILL it there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+import helpers as hp  # noqa: E402
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--checkpoint-dir")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--pause-at-step", type=int)
+    p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--dropout", type=float, default=0.0)
+    args = p.parse_args()
+
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    if args.pause_at_step:
+        real_save = torch.save
+
+        def slow_save(obj, path, *a, **k):  # hang half-way through writing the chosen checkpoint
+            real_save(obj, path, *a, **k)
+            if f"checkpoint-{args.pause_at_step}" in str(path) and str(path).endswith("model.pt"):
+                Path(args.out + ".paused").write_text("writing checkpoint")
+                time.sleep(600)
+
+        torch.save = slow_save
+        hp.training.torch.save = slow_save
+
+    tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=3,
+                        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    loaded = hp.data.load_labeled_data(hp.data.sample_path("financial_phrasebank"), text_col="sentence",
+                                       label_col="label", columns=["label", "sentence"], label_names=LABELS)
+    splits = hp.data.stratified_split(loaded.dataset, seed=0)
+    label2id = {n: i for i, n in enumerate(LABELS)}
+
+    def encode(split, n):
+        split = hp.data.to_label_ids(hp.data.cap_samples(split, n, seed=0), label2id)
+        return split.map(lambda b: tokenizer(b["text"], truncation=True, max_length=48), batched=True,
+                         remove_columns=["text"])
+
+    train, val = encode(splits["train"], 192), encode(splits["validation"], 64)
+    history = hp.train(model, train, val, pad_token_id=tokenizer.pad_token_id, max_steps=args.steps,
+                       train_batch_size=16, lr=5e-3, precision="fp32", eval_every_steps=8, log_every_steps=1,
+                       compute_metrics=hp.metrics.classification_metrics_fn(LABELS), metric_for_best="accuracy",
+                       checkpoint_dir=args.checkpoint_dir, save_every_steps=4 if args.checkpoint_dir else None,
+                       keep_checkpoints=2, resume=args.resume, seed=0, progress=False)
+    if int(os.environ.get("RANK", "0")) == 0:
+        weights = torch.cat([v.flatten().float() for v in model.state_dict().values()])
+        Path(args.out).write_text(json.dumps({"losses": history.train_loss, "evals": history.evals,
+                                              "weights_sum": float(weights.double().sum()),
+                                              "weights_abs": float(weights.double().abs().sum()),
+                                              "num_processes": history.num_processes,
+                                              "resumed_from": history.resumed_from}))
+
+
+if __name__ == "__main__":
+    main()
