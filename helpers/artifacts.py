@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import PROJECT_ROOT
+from .device import is_main_process
 
 WORKBOOK_FILE = "workbook.json"
 METRICS_FILE = "metrics.json"
@@ -86,6 +87,8 @@ def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, r
     - an *unfinished* run (checkpoints, no final metrics): refused unless RESUME=True or OVERWRITE=True.
     """
     folder = Path(output_dir)
+    if not is_main_process():  # rank 0 claims the folder for the whole multi-process run
+        return folder
     run_file = folder / RUN_FILE
     mine = {"notebook": notebook, "params": _same_run_params(params)}
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
@@ -122,6 +125,8 @@ def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline
                   validation: dict | None = None, model: dict | None = None, data: dict | None = None,
                   train: dict | None = None, params: dict | None = None, **extra: Any) -> Path:
     """Write `OUTPUT_DIR/metrics.json` in the one format everything reads."""
+    if not is_main_process():
+        return Path(output_dir) / METRICS_FILE
     validation = {k: v for k, v in (validation or {}).items() if k != "elapsed_s"}  # metrics only, no timings
     record = {"notebook": notebook, "test": test, "baseline": baseline or {}, "validation": validation,
               "model": model or {}, "data": data or {}, "train": train or {}, "params": params or {},
@@ -148,6 +153,8 @@ def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dic
     only (`subdir="adapter"`, say); `info["base_model_path"]` names the base it goes on.
     """
     folder = Path(output_dir) / subdir
+    if not is_main_process():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -84,3 +84,11 @@ def peak_memory_mb(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def is_main_process() -> bool:
+    """False in the non-zero ranks of a multi-process run (torchrun / accelerate launch set RANK):
+    files are written once, by rank 0."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

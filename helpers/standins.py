@@ -73,6 +73,16 @@ def _build_atomically(name: str, build) -> Path:
     return final
 
 
+def _save(folder: Path, model_class, config, tokenizer, requested: str, kind: str) -> None:
+    """Initialize the model with the fixed seed and save it, its tokenizer and a note on what it is."""
+    import torch
+
+    torch.manual_seed(SEED)
+    model_class(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "STANDIN.md").write_text(f"Offline stand-in for {requested}: {DESCRIPTIONS[kind]}.\n")
+
+
 # --------------------------------------------------------------------------- GPT-NeoX (Pythia)
 
 def _bpe_tokenizer():
@@ -94,7 +104,6 @@ def _bpe_tokenizer():
 
 
 def _build_gpt_neox(folder: Path) -> None:
-    import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     tokenizer = _bpe_tokenizer()
@@ -104,11 +113,7 @@ def _build_gpt_neox(folder: Path) -> None:
                            intermediate_size=256, max_position_embeddings=2048, rotary_pct=0.25,
                            use_parallel_residual=True, tie_word_embeddings=False,
                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(SEED)
-    model = GPTNeoXForCausalLM(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "STANDIN.md").write_text(f"Offline stand-in for EleutherAI/pythia-70m: {DESCRIPTIONS[CAUSAL_LM]}.\n")
+    _save(folder, GPTNeoXForCausalLM, config, tokenizer, "EleutherAI/pythia-70m", CAUSAL_LM)
 
 
 def tiny_gpt_neox_dir() -> Path:
@@ -136,7 +141,6 @@ def _unigram_tokenizer():
 
 
 def _build_t5(folder: Path) -> None:
-    import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
     tokenizer = _unigram_tokenizer()
@@ -145,11 +149,7 @@ def _build_t5(folder: Path) -> None:
                       num_heads=4, relative_attention_num_buckets=32, dropout_rate=0.1,
                       decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(SEED)
-    model = T5ForConditionalGeneration(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    (folder / "STANDIN.md").write_text(f"Offline stand-in for google-t5/t5-small: {DESCRIPTIONS[SEQ2SEQ]}.\n")
+    _save(folder, T5ForConditionalGeneration, config, tokenizer, "google-t5/t5-small", SEQ2SEQ)
 
 
 def tiny_t5_dir() -> Path:
