@@ -183,3 +183,19 @@ def test_plain_papermill_with_an_unknown_parameter_stops_at_once(tmp_path):
         papermill.execute_notebook(str(path), str(tmp_path / "out.ipynb"), parameters={"LRR": 3e-5, "SMOKE": True,
                                    "OUTPUT_DIR": str(tmp_path / "run")}, cwd=str(path.parent), progress_bar=False)
     assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"DATA_SOURCE": "data/no-such-file.csv"}, "Data file not found: data/no-such-file.csv"),
+    ({"MAX_LENGTH": 4096}, "MAX_LENGTH=4096 is beyond the model's limit of 512 tokens"),
+])
+def test_bad_input_as_a_user_gives_its_message_in_the_run_summary(tmp_path, params, message):
+    from helpers import cli
+
+    argv = ["run", "01", "--smoke", "--runs-dir", str(tmp_path)]
+    for name, value in params.items():
+        argv += ["-p", name, str(value)]
+    assert cli.main(argv) == 1
+    run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    assert run["status"] == "failed" and message in run["error"]
+    assert not (tmp_path / "01_finbert_financial_sentiment" / "checkpoints").exists()  # it stopped before training
