@@ -10,6 +10,7 @@ No host sync per step: losses stay on the device and are read every `log_every_s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import torch
 
 from . import device as dev
 from .batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
+from .speedups import CpuFastPaths
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -285,6 +287,20 @@ def _fresh_accelerator(**kwargs):
     return Accelerator(**kwargs)
 
 
+class _NoFastPaths(contextlib.nullcontext):
+    """What the loop calls when the CPU fast paths are off: the accelerator's clipping."""
+
+    def __init__(self, accelerator):
+        super().__init__()
+        self.accelerator = accelerator
+
+    def clip_grad_norm_(self, parameters, max_norm: float):
+        return self.accelerator.clip_grad_norm_(parameters, max_norm)
+
+    def after_zero_grad(self) -> None:
+        pass
+
+
 def _is_better(value: float, best: float | None, greater_is_better: bool) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(value)
@@ -361,7 +377,7 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
           early_stopping_patience: int | None = None, load_best_at_end: bool = True,
           checkpoint_dir: str | Path | None = None, save_every_steps: int | None = None, keep_checkpoints: int = 2,
           resume: bool | str | Path = False, log_every_steps: int = 10, seed: int = 42, progress: bool = True,
-          stop_after_steps: int | None = None) -> History:
+          cpu_fast_paths: bool = True, stop_after_steps: int | None = None) -> History:
     """Fine-tune `model` on tokenized `train_data`; returns a `History`.
 
     `train_data` / `eval_data`: `datasets.Dataset` (or `TokenizedRows`) with `input_ids` and
@@ -376,6 +392,8 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
     With `checkpoint_dir`, checkpoints are written every `save_every_steps` and at each epoch
     end (atomically, the newest `keep_checkpoints` kept); `resume=True` continues from the
     newest complete one (or a path), restoring model, optimizer, scheduler, RNG and data order.
+    `cpu_fast_paths` (CPU only): cheaper dropout masks, bf16 attention with dropout and row-sparse
+    input-embedding gradients while training (`helpers.speedups`; the model is restored afterwards).
     `stop_after_steps` ends the run early at that step (as an interruption would), for tests.
     """
     from accelerate.utils import DataLoaderConfiguration
@@ -548,59 +566,67 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
     step_loss = torch.zeros((), device=device)
     micro = 0
     run_start, eval_s_before, ckpt_s = time.perf_counter(), history.eval_wall_s, 0.0
-    while not stop:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        batches_done, skip_batches = skip_batches, 0
-        for batch in epoch_loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                step_loss += loss.detach()
-                micro += 1
-                if accelerator.sync_gradients and max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            batches_done += 1
-            history.total_examples += batch["input_ids"].shape[0] * accelerator.num_processes
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            history.global_step += 1
-            loss_buffer.append(step_loss / micro)
-            lr_buffer.append(scheduler.get_last_lr()[0])
-            pending_steps.append(history.global_step)
-            step_loss, micro = torch.zeros((), device=device), 0
-            bar.update(1)
-            history.epoch = epoch + batches_done / len(loader)
-            if history.global_step % log_every_steps == 0:
-                flush_losses()
-                bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", refresh=False)
-            if eval_every_steps and history.global_step % eval_every_steps == 0:
-                stop = run_eval(history.epoch)
-            if save_every_steps and history.global_step % save_every_steps == 0:
-                t = time.perf_counter()
-                save_checkpoint(epoch, batches_done)
-                ckpt_s += time.perf_counter() - t
-            stop = stop or history.global_step >= total_steps
-            if stop_after_steps is not None and history.global_step >= stop_after_steps:
-                stop = interrupted = True
-            if stop:
-                break
-        if batches_done >= len(loader):  # the epoch ran to its end
-            epoch += 1
-            history.epoch = float(epoch)
-            if interrupted:
-                break
-            if eval_each_epoch and not (history.evals and history.evals[-1]["step"] == history.global_step):
-                stop = run_eval(float(epoch)) or stop
-            if ckpt_root is not None:
-                t = time.perf_counter()
-                save_checkpoint(epoch, 0)
-                ckpt_s += time.perf_counter() - t
+    if cpu_fast_paths and device.type == "cpu":
+        fast_paths = CpuFastPaths(unwrapped, sparse_embedding=accelerator.num_processes == 1,
+                                  clip=accelerator.clip_grad_norm_)
+    else:
+        fast_paths = _NoFastPaths(accelerator)
+    optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
+    with fast_paths:
+        while not stop:
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            sampler.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
+            batches_done, skip_batches = skip_batches, 0
+            for batch in epoch_loader:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    accelerator.backward(loss)
+                    step_loss += loss.detach()
+                    micro += 1
+                    if accelerator.sync_gradients and max_grad_norm:
+                        fast_paths.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    fast_paths.after_zero_grad()
+                batches_done += 1
+                history.total_examples += batch["input_ids"].shape[0] * accelerator.num_processes
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                history.global_step += 1
+                loss_buffer.append(step_loss / micro)
+                lr_buffer.append(scheduler.get_last_lr()[0])
+                pending_steps.append(history.global_step)
+                step_loss, micro = torch.zeros((), device=device), 0
+                bar.update(1)
+                history.epoch = epoch + batches_done / len(loader)
+                if history.global_step % log_every_steps == 0:
+                    flush_losses()
+                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", refresh=False)
+                if eval_every_steps and history.global_step % eval_every_steps == 0:
+                    stop = run_eval(history.epoch)
+                if save_every_steps and history.global_step % save_every_steps == 0:
+                    t = time.perf_counter()
+                    save_checkpoint(epoch, batches_done)
+                    ckpt_s += time.perf_counter() - t
+                stop = stop or history.global_step >= total_steps
+                if stop_after_steps is not None and history.global_step >= stop_after_steps:
+                    stop = interrupted = True
+                if stop:
+                    break
+            if batches_done >= len(loader):  # the epoch ran to its end
+                epoch += 1
+                history.epoch = float(epoch)
+                if interrupted:
+                    break
+                if eval_each_epoch and not (history.evals and history.evals[-1]["step"] == history.global_step):
+                    stop = run_eval(float(epoch)) or stop
+                if ckpt_root is not None:
+                    t = time.perf_counter()
+                    save_checkpoint(epoch, 0)
+                    ckpt_s += time.perf_counter() - t
     flush_losses()
     bar.close()
     if not interrupted and eval_each_epoch and not (history.evals and history.evals[-1]["step"] == history.global_step):
