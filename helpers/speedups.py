@@ -103,12 +103,12 @@ def attention_math(query, key, value, attention_mask=None, *, dropout: float = 0
     Returns (batch, len, heads, dim), as the `transformers` attention functions do.
     """
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)).float() * scale
+    scores = torch.matmul(query, key.transpose(-1, -2)).float().mul_(scale)  # in place: nothing saved it
     if attention_mask is not None:
         if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            scores.masked_fill_(attention_mask.logical_not(), torch.finfo(scores.dtype).min)
         else:
-            scores = scores + attention_mask
+            scores.add_(attention_mask)
     probs = torch.softmax(scores, dim=-1).to(value.dtype)
     probs = fast_dropout(probs, dropout, training=dropout > 0)
     return torch.matmul(probs, value).transpose(1, 2).contiguous()
@@ -221,6 +221,8 @@ class CpuFastPaths:
         norms = list(torch._foreach_norm(others)) if others else []
         total = torch.linalg.vector_norm(torch.stack([*norms, torch.linalg.vector_norm(used)]))
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        if coef.item() == 1.0:  # nothing to scale (reading a CPU tensor costs no sync)
+            return total
         if others:
             torch._foreach_mul_(others, coef)
         self._buffer.index_copy_(0, rows, used.mul_(coef))
