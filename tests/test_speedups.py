@@ -1,0 +1,178 @@
+"""The CPU fast paths of the training loop: same math as the slow paths, and the model is given back unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from helpers import speedups
+
+
+def test_fast_dropout_drops_p_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.ones(2_000_000, dtype=dtype, requires_grad=True)
+        y = speedups.fast_dropout(x, 0.1)
+        assert y.dtype == dtype
+        assert abs((y == 0).float().mean().item() - 0.1) < 0.001
+        assert abs(y.float().mean().item() - 1.0) < (0.002 if dtype == torch.float32 else 0.005)
+        y.sum().backward()
+        assert torch.equal(x.grad, y.detach())  # the backward applies the same mask and scale
+
+
+def test_fast_dropout_edge_cases_and_bad_probability():
+    x = torch.randn(4, 5)
+    assert speedups.fast_dropout(x, 0.3, training=False) is x
+    assert speedups.fast_dropout(x, 0.0) is x
+    assert torch.equal(speedups.fast_dropout(x, 1.0), torch.zeros_like(x))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        speedups.fast_dropout(x, 1.5)
+
+
+def test_fast_dropout_masks_follow_the_seed():
+    x = torch.ones(1000)
+    torch.manual_seed(7)
+    a = speedups.fast_dropout(x, 0.5)
+    torch.manual_seed(7)
+    b = speedups.fast_dropout(x, 0.5)
+    assert torch.equal(a, b) and not torch.equal(a, speedups.fast_dropout(x, 0.5))
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "bool", "float"])
+def test_attention_math_matches_sdpa_without_dropout(mask_kind):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8) for _ in range(3))
+    mask = None
+    if mask_kind == "bool":
+        mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+        mask[0, :, :, 3:] = False  # padding in the first row
+    elif mask_kind == "float":
+        mask = torch.zeros(2, 1, 5, 5)
+        mask[1, :, :, 4:] = torch.finfo(torch.float32).min
+    expected = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    got = speedups.attention_math(q, k, v, mask, dropout=0.0)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_bert(dropout: float = 0.1, tied: bool = False):
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = (BertForMaskedLM if tied else BertForSequenceClassification)(config)
+    return model.train()
+
+
+def _batch(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 60, (4, 12), generator=g)  # a few dozen distinct rows of a 500-row embedding
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[3, 6:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+
+
+def test_fast_paths_switch_on_and_restore_the_model():
+    model = _tiny_bert()
+    embedding = model.get_input_embeddings()
+    with speedups.CpuFastPaths(model) as fast:
+        assert all(type(m) is speedups.FastDropout for m in fast.dropouts) and fast.dropouts
+        assert model.config._attn_implementation == speedups.ATTENTION_NAME
+        assert embedding.sparse and embedding.weight.grad is not None
+        assert "row-sparse" in fast.describe()
+    assert not any(isinstance(m, speedups.FastDropout) for m in model.modules())
+    assert model.config._attn_implementation == "sdpa"
+    assert not embedding.sparse and embedding.weight.grad is None
+
+
+def test_fast_paths_restore_the_model_after_an_error():
+    model = _tiny_bert()
+    with pytest.raises(RuntimeError, match="boom"), speedups.CpuFastPaths(model):
+        raise RuntimeError("boom")
+    assert model.config._attn_implementation == "sdpa"
+    assert not model.get_input_embeddings().sparse
+    assert not any(isinstance(m, speedups.FastDropout) for m in model.modules())
+
+
+def test_tied_or_frozen_embeddings_keep_dense_gradients():
+    assert speedups._sparse_candidate(_tiny_bert(tied=True)) is None  # the MLM head shares the embedding
+    frozen = _tiny_bert()
+    frozen.get_input_embeddings().weight.requires_grad_(False)
+    assert speedups._sparse_candidate(frozen) is None
+    assert speedups._sparse_candidate(_tiny_bert()) is not None
+
+
+def _grads_after_clip(model, batch, fast: bool, max_norm: float):
+    if not fast:
+        loss = model(**batch).loss
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return norm, {n: p.grad.clone() for n, p in model.named_parameters()}
+    with speedups.CpuFastPaths(model) as paths:
+        loss = model(**batch).loss
+        loss.backward()
+        norm = paths.clip_grad_norm_(model.parameters(), max_norm)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        paths.after_zero_grad()
+        assert torch.count_nonzero(paths._buffer) == 0  # the used rows were zeroed for the next step
+    return norm, grads
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping that scales, and clipping that does not
+def test_row_sparse_embedding_gradients_and_clipping_match_the_dense_ones(max_norm):
+    batch = _batch()
+    dense_norm, dense = _grads_after_clip(_tiny_bert(dropout=0.0), batch, fast=False, max_norm=max_norm)
+    fast_norm, fast = _grads_after_clip(_tiny_bert(dropout=0.0), batch, fast=True, max_norm=max_norm)
+    torch.testing.assert_close(fast_norm, dense_norm, rtol=1e-5, atol=1e-8)
+    assert fast.keys() == dense.keys()
+    for name in dense:
+        torch.testing.assert_close(fast[name], dense[name], rtol=1e-4, atol=1e-9, msg=name)
+
+
+def test_attention_dropout_path_is_used_and_repeats_with_the_seed():
+    model = _tiny_bert(dropout=0.2)
+    calls = []
+    math = speedups.attention_math
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["dropout"])
+        return math(*args, **kwargs)
+
+    speedups.attention_math = counting
+    try:
+        with speedups.CpuFastPaths(model):
+            losses = []
+            for _ in range(2):
+                torch.manual_seed(3)
+                losses.append(model(**_batch()).loss.item())
+            model.eval()
+            with torch.no_grad():
+                model(**_batch())  # evaluation: no dropout, so plain sdpa
+    finally:
+        speedups.attention_math = math
+    assert calls == [0.2] * 4  # 2 layers x 2 training forwards, none while evaluating
+    assert losses[0] == losses[1]
+
+
+def test_training_with_and_without_fast_paths_learns_and_gives_the_model_back(tiny_encoder_dir, tiny_data):
+    from transformers import AutoModelForSequenceClassification
+
+    import helpers as hp
+
+    results = {}
+    for fast in (True, False):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir, attn_implementation="sdpa")
+        history = hp.train(model, tiny_data["train"], tiny_data["validation"], num_epochs=2, train_batch_size=16,
+                           lr=1e-3, precision="fp32", progress=False, cpu_fast_paths=fast, seed=0,
+                           eval_each_epoch=True, load_best_at_end=False)
+        assert history.train_loss[-1] < history.train_loss[0]
+        assert model.config._attn_implementation == "sdpa"
+        assert not model.get_input_embeddings().sparse
+        assert all(type(m) is nn.Dropout for m in model.modules() if isinstance(m, nn.Dropout))
+        results[fast] = history.evals[-1]["loss"]
+    assert abs(results[True] - results[False]) < 0.25 * results[False]  # different masks, same learning
