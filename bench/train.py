@@ -40,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cpu / cuda (default: best available)")
     p.add_argument("--compile", action="store_true", help="loop only: torch.compile the model")
-    p.add_argument("--no-fast-paths", action="store_true", help="loop only: cpu_fast_paths=False (to measure them)")
+    p.add_argument("--fast-paths", default="dropout,attention,embedding",
+                   help='loop only: the CPU fast paths to use, comma-separated, or "none" (to measure them)')
     return p.parse_args(argv)
 
 
@@ -159,7 +160,7 @@ def run_loop(args) -> dict:
                        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=0.01, eval_every_steps=args.eval_every,
                        eval_each_epoch=False, compute_metrics=_metrics, metric_for_best="accuracy",
                        load_best_at_end=False, log_every_steps=args.eval_every, seed=args.seed, progress=False,
-                       cpu_fast_paths=not args.no_fast_paths)
+                       cpu_fast_paths=[] if args.fast_paths == "none" else args.fast_paths.split(","))
     wall = time.perf_counter() - start
     result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
                          pad_token_id=tokenizer.pad_token_id, progress=False)

@@ -15,26 +15,31 @@ They keep the math of a training step (not its exact bits). `make bench` measure
   matmuls, softmax in fp32, the integer-mask dropout. Everything else (no dropout, evaluation,
   causal masks without a mask tensor, position biases, caches, grouped KV heads) still goes to
   `sdpa`. The model's `config` says `sdpa` again when training returns.
-- **Row-sparse gradients for the input embedding**: the dense backward of a 30,522 x 384 word
-  embedding allocates and zero-fills a fresh 47 MB gradient every step (page faults included, a
-  sixth of a small model's step on a CPU), and clipping then reads and scales all of it. With
-  `sparse=True` the backward emits only the rows of the batch's tokens; they are added into one
-  dense buffer that lives across steps. Clipping measures and scales only those rows (the others
-  are zero) and only they are zeroed after the optimizer step. The optimizer still sees a dense
-  gradient, so AdamW, weight decay and the clipped norm are unchanged.
+- **Row-sparse gradients and AdamW for the input embedding**: the dense backward of a 30,522 x 384
+  word embedding allocates and zero-fills a fresh 47 MB gradient every step (page faults included, a
+  sixth of a small model's step on a CPU), clipping reads and scales all of it, and AdamW reads and
+  writes its 94 MB of moments, although a batch uses a few hundred rows. With `sparse=True` the
+  backward emits only the used rows; clipping measures and scales those; AdamW decays every row
+  (rows never used have zero moments, so decay is all AdamW does to them) and runs torch's fused
+  AdamW on the rows used so far, whose moments are kept compact. Same math as the dense path;
+  checkpoints hold the usual dense optimizer state, so runs resume with or without the fast paths.
 
 None of this is used on GPUs, where dropout and zero-fills are fused and cheap. The sparse
-embedding gradient is left out of multi-process runs (DDP reduces the gradient layout it saw when
-it wrapped the model) and for embeddings tied to an output layer (whose dense gradient would
-land in the same buffer).
+embedding path is left out of multi-process runs (DDP reduces the gradient layout it saw when it
+wrapped the model), for embeddings tied to an output layer (which get a dense gradient from it),
+and for optimizers other than plain `torch.optim.AdamW`.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
+from torch.optim.adamw import adamw
 
 ATTENTION_NAME = "workbook_cpu_sdpa"
+PARTS = ("dropout", "attention", "embedding")  # what `hp.train(cpu_fast_paths=...)` can switch on
 _LEVELS = 2**16  # each mask element is a uniform 16-bit integer
 
 
@@ -142,30 +147,30 @@ def _register_attention() -> None:
 class CpuFastPaths:
     """Context manager: switch the fast paths on for `model`, restore it on exit (errors included).
 
-    The loop calls `clip_grad_norm_` instead of `clip` (torch's or the accelerator's), and
-    `after_zero_grad()` after each `optimizer.zero_grad(set_to_none=True)` (it zeroes the embedding
-    rows used and puts the gradient buffer back).
+    The loop calls `clip_grad_norm_` instead of `clip` (torch's or the accelerator's), `step(optimizer)`
+    instead of `optimizer.step()`, and saves checkpoints inside `dense_optimizer_state()`.
     """
 
-    def __init__(self, model: nn.Module, *, sparse_embedding: bool = True, attention: bool = True, clip=None):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, parts=PARTS,
+                 sparse_embedding: bool = True, clip=None):
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"Unknown CPU fast paths {sorted(unknown)}; choose from {list(PARTS)}.")
         self.model = model
-        self._clip = clip or torch.nn.utils.clip_grad_norm_  # for when no embedding rows are tracked
-        self.dropouts = [m for m in model.modules() if type(m) is nn.Dropout]
-        self.embedding = _sparse_candidate(model) if sparse_embedding else None
-        self.attention = attention and _can_swap_attention(model)
-        self._buffer: torch.Tensor | None = None
-        self._ids: list[torch.Tensor] = []
-        self._rows: torch.Tensor | None = None
-        self._hook = None
-        self._was_sparse = False
+        self._clip = clip or torch.nn.utils.clip_grad_norm_
+        self.dropouts = [m for m in model.modules() if type(m) is nn.Dropout] if "dropout" in parts else []
+        self.attention = "attention" in parts and _can_swap_attention(model)
+        embedding = _sparse_candidate(model) if sparse_embedding and "embedding" in parts else None
+        self.sparse_adam = (_SparseEmbeddingAdamW(embedding, optimizer)
+                            if embedding is not None and _SparseEmbeddingAdamW.supports(embedding, optimizer) else None)
 
     def describe(self) -> str:
         parts = [f"integer dropout masks ({len(self.dropouts)} modules)"]
         if self.attention:
             parts.append("bf16 attention with dropout")
-        if self.embedding is not None:
-            rows, dim = self.embedding.weight.shape
-            parts.append(f"row-sparse gradients for the {rows:,} x {dim} input embedding")
+        if self.sparse_adam is not None:
+            rows, dim = self.sparse_adam.weight.shape
+            parts.append(f"row-sparse gradients and AdamW for the {rows:,} x {dim} input embedding")
         return "; ".join(parts)
 
     def __enter__(self) -> CpuFastPaths:
@@ -174,15 +179,8 @@ class CpuFastPaths:
         if self.attention:
             _register_attention()
             self.model.set_attn_implementation(ATTENTION_NAME)
-        if self.embedding is not None:
-            weight = self.embedding.weight
-            if weight.grad is not None:
-                raise RuntimeError("The input embedding already has a gradient; zero the gradients first.")
-            self._was_sparse = self.embedding.sparse
-            self._buffer = torch.zeros_like(weight)
-            weight.grad = self._buffer
-            self.embedding.sparse = True
-            self._hook = self.embedding.register_forward_pre_hook(self._record_ids)
+        if self.sparse_adam is not None:
+            self.sparse_adam.enter()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -191,48 +189,141 @@ class CpuFastPaths:
                 module.__class__ = nn.Dropout
         if self.attention and self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
-        if self.embedding is not None:
-            self._hook.remove()
-            self.embedding.sparse = self._was_sparse
-            if self.embedding.weight.grad is self._buffer:
-                self.embedding.weight.grad = None
-            self._buffer, self._ids, self._rows = None, [], None
-
-    def _record_ids(self, module, args) -> None:
-        if module.training and torch.is_grad_enabled():
-            self._ids.append(args[0].detach().reshape(-1))
-            self._rows = None
-
-    def _touched_rows(self) -> torch.Tensor:
-        if self._rows is None:
-            ids = torch.cat(self._ids) if self._ids else torch.zeros(0, dtype=torch.long)
-            self._rows = torch.unique(ids.to(self._buffer.device))
-        return self._rows
+        if self.sparse_adam is not None:
+            self.sparse_adam.exit()
 
     def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
         """torch's `clip_grad_norm_` (2-norm over all gradients, scaled by min(1, max_norm / norm)),
-        reading and scaling only the embedding rows that can be non-zero."""
+        with the embedding's gradient read and scaled as its used rows only (the others are zero)."""
         parameters = list(parameters)
-        if self.embedding is None or self.embedding.weight.grad is not self._buffer:
+        grad = self.sparse_adam.take_grad() if self.sparse_adam is not None else None
+        if grad is None:
             return self._clip(parameters, max_norm)
-        others = [p.grad for p in parameters if p.grad is not None and p.grad is not self._buffer]
-        rows = self._touched_rows()
-        used = self._buffer.index_select(0, rows)
+        others = [p.grad for p in parameters if p.grad is not None]
         norms = list(torch._foreach_norm(others)) if others else []
-        total = torch.linalg.vector_norm(torch.stack([*norms, torch.linalg.vector_norm(used)]))
+        total = torch.linalg.vector_norm(torch.stack([*norms, torch.linalg.vector_norm(grad[1])]))
         coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
         if coef.item() == 1.0:  # nothing to scale (reading a CPU tensor costs no sync)
             return total
         if others:
             torch._foreach_mul_(others, coef)
-        self._buffer.index_copy_(0, rows, used.mul_(coef))
+        grad[1].mul_(coef)
         return total
 
-    def after_zero_grad(self) -> None:
-        if self.embedding is not None and self.embedding.weight.grad is None:
-            self._buffer.index_fill_(0, self._touched_rows(), 0.0)
-            self.embedding.weight.grad = self._buffer
-            self._ids, self._rows = [], None
+    def step(self, optimizer, *, sync: bool = True) -> None:
+        """`optimizer.step()`, with the embedding updated from its used rows first (when gradients are
+        synchronized: with accumulation, the accelerator's optimizer skips the other micro-steps)."""
+        if self.sparse_adam is not None and sync:
+            self.sparse_adam.step()
+        optimizer.step()
+
+    @contextlib.contextmanager
+    def dense_optimizer_state(self):
+        """Inside: the optimizer holds the embedding's AdamW state as a dense one, so checkpoints are
+        the same with or without the fast paths (and resume either way)."""
+        dense = self.sparse_adam.dense_state() if self.sparse_adam is not None else None
+        if dense is None:
+            yield
+            return
+        self.sparse_adam.optimizer.state[self.sparse_adam.weight] = dense
+        try:
+            yield
+        finally:
+            self.sparse_adam.optimizer.state.pop(self.sparse_adam.weight, None)
+
+
+class _SparseEmbeddingAdamW:
+    """AdamW for the input embedding from its row-sparse gradient, the same math as torch's AdamW.
+
+    Rows never used yet have zero moments, so AdamW only decays them: p *= 1 - lr * weight_decay.
+    Every row gets that decay; the rows used so far (in order of first use) keep compact moments and
+    get the Adam update through torch's own fused AdamW function.
+    """
+
+    def __init__(self, embedding: nn.Embedding, optimizer: torch.optim.Optimizer):
+        self.embedding, self.optimizer, self.weight = embedding, optimizer, embedding.weight
+        self.group = next(g for g in optimizer.param_groups if any(p is self.weight for p in g["params"]))
+        rows, dim = self.weight.shape
+        self.rows = torch.zeros(0, dtype=torch.long)
+        self.slot = torch.full((rows,), -1, dtype=torch.long)
+        self.exp_avg = torch.zeros(0, dim)
+        self.exp_avg_sq = torch.zeros(0, dim)
+        self.steps = torch.zeros((), dtype=torch.float32)
+        self._grad: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._was_sparse = embedding.sparse
+
+    @staticmethod
+    def supports(embedding: nn.Embedding, optimizer) -> bool:
+        if type(optimizer) is not torch.optim.AdamW or embedding.weight.device.type != "cpu":
+            return False
+        if embedding.weight.dtype != torch.float32:
+            return False
+        group = next((g for g in optimizer.param_groups if any(p is embedding.weight for p in g["params"])), None)
+        return group is not None and not (group.get("amsgrad") or group.get("maximize")
+                                          or group.get("capturable") or group.get("differentiable"))
+
+    def enter(self) -> None:
+        state = self.optimizer.state.pop(self.weight, None)  # resuming: a checkpoint's dense state
+        if state:
+            used = (state["exp_avg_sq"] != 0).any(dim=1).nonzero().flatten()
+            self.rows = used
+            self.slot[used] = torch.arange(len(used))
+            self.exp_avg = state["exp_avg"].index_select(0, used)
+            self.exp_avg_sq = state["exp_avg_sq"].index_select(0, used)
+            self.steps = torch.as_tensor(state["step"], dtype=torch.float32).clone()
+        self.embedding.sparse = True
+
+    def exit(self) -> None:
+        self.embedding.sparse = self._was_sparse
+        grad = self.weight.grad
+        if grad is not None and grad.is_sparse:
+            self.weight.grad = grad.to_dense()
+        self._grad = None
+
+    def take_grad(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(rows, values) of the summed gradient; the parameter itself is left without one, so the
+        main optimizer skips it."""
+        if self._grad is None and self.weight.grad is not None:
+            grad, self.weight.grad = self.weight.grad, None
+            if grad.is_sparse:
+                grad = grad.coalesce()
+                self._grad = grad.indices()[0], grad.values()
+            else:
+                rows = grad.ne(0).any(dim=1).nonzero().flatten()
+                self._grad = rows, grad.index_select(0, rows)
+        return self._grad
+
+    def step(self) -> None:
+        grad = self.take_grad()
+        self._grad = None
+        if grad is None:
+            return  # like torch's optimizers: a parameter without a gradient is left alone
+        rows, values = grad
+        new = rows[self.slot[rows] < 0]
+        if len(new):
+            self.slot[new] = torch.arange(len(self.rows), len(self.rows) + len(new))
+            self.rows = torch.cat([self.rows, new])
+            zeros = torch.zeros(len(new), self.exp_avg.shape[1])
+            self.exp_avg = torch.cat([self.exp_avg, zeros])
+            self.exp_avg_sq = torch.cat([self.exp_avg_sq, zeros])
+        dense_grad = torch.zeros_like(self.exp_avg).index_copy_(0, self.slot[rows], values.float())
+        lr, weight_decay = self.group["lr"], self.group["weight_decay"]
+        beta1, beta2 = self.group["betas"]
+        with torch.no_grad():
+            if weight_decay:
+                self.weight.mul_(1 - lr * weight_decay)
+            used = self.weight.index_select(0, self.rows)
+            adamw([used], [dense_grad], [self.exp_avg], [self.exp_avg_sq], [], [self.steps], fused=True,
+                  amsgrad=False, beta1=beta1, beta2=beta2, lr=lr, weight_decay=0.0, eps=self.group["eps"],
+                  maximize=False)
+            self.weight.index_copy_(0, self.rows, used)
+
+    def dense_state(self) -> dict | None:
+        if not len(self.rows) and not self.steps:
+            return None
+        exp_avg = torch.zeros_like(self.weight).index_copy_(0, self.rows, self.exp_avg)
+        exp_avg_sq = torch.zeros_like(self.weight).index_copy_(0, self.rows, self.exp_avg_sq)
+        return {"step": self.steps.clone(), "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
 
 def _can_swap_attention(model: nn.Module) -> bool:

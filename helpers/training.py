@@ -17,7 +17,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ import torch
 
 from . import device as dev
 from .batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
-from .speedups import CpuFastPaths
+from .speedups import PARTS, CpuFastPaths
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -300,8 +300,11 @@ class _NoFastPaths(contextlib.nullcontext):
     def clip_grad_norm_(self, parameters, max_norm: float):
         return self.accelerator.clip_grad_norm_(parameters, max_norm)
 
-    def after_zero_grad(self) -> None:
-        pass
+    def step(self, optimizer, *, sync: bool = True) -> None:
+        optimizer.step()
+
+    def dense_optimizer_state(self):
+        return contextlib.nullcontext()
 
 
 def _is_better(value: float, best: float | None, greater_is_better: bool) -> bool:
@@ -380,7 +383,7 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
           early_stopping_patience: int | None = None, load_best_at_end: bool = True,
           checkpoint_dir: str | Path | None = None, save_every_steps: int | None = None, keep_checkpoints: int = 2,
           resume: bool | str | Path = False, log_every_steps: int = 10, seed: int = 42, progress: bool = True,
-          cpu_fast_paths: bool = True, stop_after_steps: int | None = None) -> History:
+          cpu_fast_paths: bool | Collection[str] = True, stop_after_steps: int | None = None) -> History:
     """Fine-tune `model` on tokenized `train_data`; returns a `History`.
 
     `train_data` / `eval_data`: `datasets.Dataset` (or `TokenizedRows`) with `input_ids` and
@@ -396,7 +399,8 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
     end (atomically, the newest `keep_checkpoints` kept); `resume=True` continues from the
     newest complete one (or a path), restoring model, optimizer, scheduler, RNG and data order.
     `cpu_fast_paths` (CPU only): cheaper dropout masks, bf16 attention with dropout and row-sparse
-    input-embedding gradients while training (`helpers.speedups`; the model is restored afterwards).
+    input-embedding gradients while training (`helpers.speedups`; the model is restored afterwards);
+    False turns them off, a subset of ("dropout", "attention", "embedding") picks some.
     `stop_after_steps` ends the run early at that step (as an interruption would), for tests.
     """
     from accelerate.utils import DataLoaderConfiguration
@@ -554,8 +558,9 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
         state = {"history": history.to_dict(), "epoch": epoch, "batches_done_in_epoch": batches_done,
                  "evals_without_improvement": evals_without_improvement, "total_steps": total_steps,
                  "train_rows": len(train_rows), "seed": seed}
-        _save_checkpoint(ckpt_root, history.global_step, model_state=unwrapped.state_dict(), optimizer=optimizer,
-                         scheduler=scheduler, state=state, keep=keep_checkpoints)
+        with fast_paths.dense_optimizer_state():  # checkpoints look the same with or without the fast paths
+            _save_checkpoint(ckpt_root, history.global_step, model_state=unwrapped.state_dict(),
+                             optimizer=optimizer, scheduler=scheduler, state=state, keep=keep_checkpoints)
 
     bar = tqdm(total=total_steps, initial=history.global_step, desc="train",
                disable=not (progress and accelerator.is_main_process), mininterval=1.0, dynamic_ncols=True)
@@ -568,8 +573,9 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
     micro = 0
     run_start, eval_s_before, ckpt_s = time.perf_counter(), history.eval_wall_s, 0.0
     if cpu_fast_paths and device.type == "cpu":
-        fast_paths = CpuFastPaths(unwrapped, sparse_embedding=accelerator.num_processes == 1,
-                                  clip=accelerator.clip_grad_norm_)
+        parts = PARTS if cpu_fast_paths is True else tuple(cpu_fast_paths)
+        fast_paths = CpuFastPaths(unwrapped, optimizer.optimizer, parts=parts,
+                                  sparse_embedding=accelerator.num_processes == 1, clip=accelerator.clip_grad_norm_)
     else:
         fast_paths = _NoFastPaths(accelerator)
     optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
@@ -595,9 +601,8 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
                     micro += 1
                     if accelerator.sync_gradients and max_grad_norm:
                         fast_paths.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    optimizer.step()
+                    fast_paths.step(optimizer, sync=accelerator.sync_gradients)
                     optimizer.zero_grad(set_to_none=True)
-                    fast_paths.after_zero_grad()
                 batches_done += 1
                 history.total_examples += batch["input_ids"].shape[0] * accelerator.num_processes
                 if not accelerator.sync_gradients:
