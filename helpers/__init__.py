@@ -5,6 +5,7 @@ Modules (imported on first use, so `import helpers` is instant and has no side e
     hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers and generators
     hp.textgen    summarization: prompt + target rows with masked labels, seq2seq rows, batched generation
     hp.training   the one training loop (`hp.train`) and `hp.evaluate`
+    hp.speedups   the loop's CPU fast paths (integer dropout masks, bf16 attention, row-sparse embedding)
     hp.metrics    scikit-learn metrics, ROUGE and repetition
     hp.plots      plots that take an `ax` and return it
     hp.artifacts  saving models, metrics.json, model cards
@@ -22,7 +23,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
-            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve"}
+            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))

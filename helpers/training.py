@@ -100,6 +100,7 @@ class History:
     precision: str = "fp32"
     device: str = "cpu"
     num_processes: int = 1
+    fast_paths: str = ""  # the CPU fast paths used (helpers.speedups), "" when none
 
     @property
     def wall_s(self) -> float:
@@ -117,7 +118,7 @@ class History:
                 "best_step": self.best_step, "best_metric": self.best_metric, "metric_for_best": self.metric_for_best,
                 "stopped_early": self.stopped_early, "resumed_from": self.resumed_from,
                 "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
-                "batch_backoffs": self.batch_backoffs,
+                "batch_backoffs": self.batch_backoffs, "fast_paths": self.fast_paths,
                 "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
 
     def _window_mean(self, *, first: bool) -> float | None:
@@ -299,6 +300,9 @@ class _NoFastPaths(contextlib.nullcontext):
 
     def clip_grad_norm_(self, parameters, max_norm: float):
         return self.accelerator.clip_grad_norm_(parameters, max_norm)
+
+    def describe(self) -> str:
+        return ""
 
     def step(self, optimizer, *, sync: bool = True) -> None:
         optimizer.step()
@@ -578,6 +582,9 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
                                   sparse_embedding=accelerator.num_processes == 1, clip=accelerator.clip_grad_norm_)
     else:
         fast_paths = _NoFastPaths(accelerator)
+    history.fast_paths = fast_paths.describe()
+    if history.fast_paths and progress and accelerator.is_main_process:
+        tqdm.write(f"CPU fast paths (cpu_fast_paths=False turns them off): {history.fast_paths}")
     optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
     largest_batch, last_trim = 0, history.global_step
     with fast_paths:
