@@ -64,11 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
     predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--base-model", default=None,
+                         help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
     serve = sub.add_parser("serve", help="serve a saved model: a web page and a JSON API")
     serve.add_argument("folder", help="a notebook's OUTPUT_DIR or a saved model folder (model/ or adapter/)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best available)")
+    serve.add_argument("--base-model", default=None,
+                       help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
     return parser
 
 
@@ -123,12 +127,19 @@ def _cmd_predict(args) -> int:
         print("error: no text given; pass texts as arguments or one per line on stdin", file=sys.stderr)
         return 2
     try:
-        model = inference.load(args.folder)
+        model = inference.load(args.folder, base_model=args.base_model)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if model.task == "text-classification":
-        results = model.predict(texts)
+        inputs = texts
+        if getattr(model, "takes_pairs", False):
+            inputs = [_pair(t) for t in texts]
+            if any(p is None for p in inputs):
+                print("error: this model reads sentence pairs; give each as 'first text ||| second text' "
+                      "(or with a TAB between them on stdin)", file=sys.stderr)
+                return 2
+        results = model.predict(inputs)
     else:
         results = model.summarize(texts)
     if args.json:
@@ -144,11 +155,20 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _pair(text: str) -> tuple[str, str] | None:
+    """'first ||| second' or 'first<TAB>second' -> (first, second); None when there is no separator."""
+    for sep in ("|||", "\t"):
+        if sep in text:
+            first, second = (part.strip() for part in text.split(sep, 1))
+            return (first, second) if first and second else None
+    return None
+
+
 def _cmd_serve(args) -> int:
     from . import serve
 
     try:
-        serve.serve(args.folder, host=args.host, port=args.port, device=args.device)
+        serve.serve(args.folder, host=args.host, port=args.port, device=args.device, base_model=args.base_model)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -156,7 +176,12 @@ def _cmd_serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "predict" and not any(e.startswith("-") and e != "-" for e in extra):
+        args.texts += extra  # texts after an option: `workbook predict DIR --base-model B "text"`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
         return _cmd_run(args)
     if args.command == "list":

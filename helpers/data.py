@@ -41,9 +41,13 @@ class DataSource:
     standin: bool = False
     encoding: str | None = None
     header: bool | None = None
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # lines that could not be read, by reason
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = {k: v for k, v in self.__dict__.items() if k != "skipped"}
+        if self.skipped:
+            out["skipped"] = {reason: len(lines) for reason, lines in self.skipped.items()}
+        return out
 
 
 @dataclass
@@ -90,6 +94,12 @@ class LoadedData:
     source: DataSource
     report: DropReport
     label_names: list[str]
+    label_rule: str = ""  # how the label column was read (printed by the notebooks)
+
+    @property
+    def has_pairs(self) -> bool:
+        """True when rows are sentence pairs (a `text_pair` column beside `text`)."""
+        return "text_pair" in self.dataset.column_names
 
 
 # --------------------------------------------------------------------------- locating sources
@@ -121,35 +131,178 @@ def looks_like_file(source: str) -> bool:
 
 
 def decode_bytes(raw: bytes) -> tuple[str, str]:
-    """UTF-8 when valid (BOM tolerated), else latin-1 (the Kaggle PhraseBank file). Newlines normalized."""
-    for encoding in ("utf-8-sig", "latin-1"):
+    """UTF-16 with a BOM (Excel's "Unicode text"), UTF-8 when valid (BOM tolerated), else latin-1 (the
+    Kaggle PhraseBank file). Newlines normalized."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        candidates = ("utf-16",)
+    elif len(raw) > 3 and raw[1:4:2] == b"\x00\x00" and raw[0:4:2] != b"\x00\x00":
+        candidates = ("utf-16-le", "utf-8-sig", "latin-1")  # UTF-16 without a BOM: every other byte NUL
+    else:
+        candidates = ("utf-8-sig", "latin-1")
+    for encoding in candidates:
         try:
             text = raw.decode(encoding)
             break
         except UnicodeDecodeError:
             continue
-    return text.replace("\r\n", "\n").replace("\r", "\n"), ("utf-8" if encoding == "utf-8-sig" else encoding)
+    name = {"utf-8-sig": "utf-8"}.get(encoding, encoding)
+    return text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n"), name
 
 
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_#][A-Za-z0-9_]{0,40}$")
+# Header names whose role is clear: a file with such a header in the recipe's column order (e.g. PhraseBank's
+# `sentiment,text`) is a known variant of the recipe's layout and may be renamed by position.
+LABEL_LIKE = {"label", "labels", "sentiment", "result", "class", "category", "polarity", "stars", "star", "rating",
+              "target", "y", "topic", "gold_label", "quality"}
+TEXT_LIKE = {"text", "sentence", "sentences", "content", "review", "reviews", "title", "body", "description",
+             "document", "headline", "comment", "tweet", "question", "answer", "premise", "hypothesis",
+             "sentence1", "sentence2", "text_a", "text_b", "summary", "abstract", "input", "output"}
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"PK\x03\x04": "zip"}
 
 
 def _first_row_is_header(first_row: list[str], wanted: set[str], label_values: set[str]) -> bool:
     cells = [c.strip() for c in first_row]
     if any(c in wanted for c in cells):
         return True
-    if any(c.lower() in label_values for c in cells):
+    if any(c.lower() in label_values or re.fullmatch(r"-?\d+(\.\d+)?", c) for c in cells):
         return False
     return bool(cells) and all(_IDENTIFIER.match(c) for c in cells)
 
 
-def read_table(path: str | Path, *, columns: list[str] | None = None, header: bool | None = None,
-               label_values: list[str] | None = None, sep: str | None = None) -> tuple[pd.DataFrame, DataSource]:
-    """Read CSV / TSV / JSONL / parquet into strings, detecting encoding and a missing header.
+def _decompress(raw: bytes, path: Path) -> tuple[bytes, str | None]:
+    """gzip / zip content (whatever the file is called), as pandas reads it; the inner file's name for a zip."""
+    kind = next((k for magic, k in _COMPRESSED.items() if raw.startswith(magic)), None)
+    if kind == "gzip":
+        import gzip
 
+        try:
+            return gzip.decompress(raw), None
+        except OSError as err:
+            raise DataError(f"{path} looks gzip-compressed but cannot be unpacked ({err}); check the file.") from err
+    if kind == "zip":
+        import zipfile
+
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/") and not m.startswith("__MACOSX")]
+            if len(members) != 1:
+                raise DataError(f"{path} is a zip archive holding {len(members)} files ({', '.join(members[:4])}); "
+                                "unzip it and set DATA_SOURCE to the one data file.")
+            return archive.read(members[0]), members[0]
+    return raw, None
+
+
+def _sniff_delimiter(first_line: str, default: str) -> str:
+    """The delimiter of a delimited file: the expected one when its first line has it, else `;` `\\t` or `|`."""
+    if default in first_line:
+        return default
+    counts = {d: first_line.count(d) for d in (";", "\t", "|", ",") if d != default}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else default
+
+
+def _physical_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _read_unquoted(text: str, delimiter: str, header: bool, names: list[str] | None
+                   ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """GLUE-style TSV: one record per line, no quote processing, so a stray `"` cannot merge rows.
+    Lines with another number of fields than the header are set aside (reported, never dropped silently)."""
+    rows = [line.split(delimiter) for line in _physical_lines(text) if line.strip()]
+    columns = [c.strip() for c in rows.pop(0)] if header else list(names or [])
+    width = len(columns) if columns else max((len(r) for r in rows), default=0)
+    if not columns:
+        columns = [f"column_{i}" for i in range(width)]
+    good = [r for r in rows if len(r) == width]
+    bad = [delimiter.join(r) for r in rows if len(r) != width]
+    skipped = {f"malformed line (not {width} {'tab-' if delimiter == chr(9) else ''}separated fields)": bad} if bad else {}
+    return pd.DataFrame(good, columns=columns, dtype=str), skipped
+
+
+def _merged_records(text: str, delimiter: str, width: int) -> int:
+    """How many lines a stray quote swallowed: lines inside a multi-line field that are records themselves
+    (the right number of fields, and a first or last field seen as such in ordinary one-line records)."""
+    lines = _physical_lines(text)
+    one_line = [r for r in csv.reader(lines, delimiter=delimiter) if len(r) == width]
+    firsts, lasts = {r[0] for r in one_line}, {r[-1] for r in one_line}
+    swallowed = 0
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter)
+    for record in reader:
+        for field_text in record:
+            if "\n" not in field_text:
+                continue
+            for inner in field_text.split("\n")[1:]:
+                cells = next(csv.reader([inner], delimiter=delimiter), [])
+                if len(cells) == width and ((len(firsts) <= 50 and cells[0] in firsts)
+                                            or (len(lasts) <= 50 and cells[-1] in lasts)):
+                    swallowed += 1
+    return swallowed
+
+
+def _read_line_by_line(text: str, delimiter: str, header: bool, names: list[str] | None
+                       ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """One record per physical line (quotes honoured within a line): undoes rows merged by a stray quote."""
+    rows = [next(csv.reader([line], delimiter=delimiter), []) for line in _physical_lines(text) if line.strip()]
+    columns = [c.strip() for c in rows.pop(0)] if header else list(names or [])
+    width = len(columns) if columns else max((len(r) for r in rows), default=0)
+    columns = columns or [f"column_{i}" for i in range(width)]
+    good = [r for r in rows if len(r) == width]
+    bad = [delimiter.join(r) for r in rows if len(r) != width]
+    return (pd.DataFrame(good, columns=columns, dtype=str),
+            {f"malformed line (not {width} fields)": bad} if bad else {})
+
+
+def _clearly_quoted(text: str, delimiter: str) -> bool:
+    """A TSV written by a CSV writer with quoting: most lines start with a quote or hold `<tab>"`."""
+    sample = [line for line in text.split("\n", 200)[:200] if line.strip()]
+    quoted = sum(line.startswith('"') or f'{delimiter}"' in line for line in sample)
+    return bool(sample) and quoted >= 0.5 * len(sample)
+
+
+def _read_delimited(text: str, path: Path, delimiter: str, header: bool, names: list[str] | None
+                    ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """CSV/TSV text -> strings, every physical record accounted for."""
+    kind = "TSV" if delimiter == "\t" else "CSV"
+    if delimiter == "\t" and not _clearly_quoted(text, delimiter):
+        return _read_unquoted(text, delimiter, header, names)
+    try:
+        frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0 if header else None, names=names,
+                            dtype=str, keep_default_na=False, skipinitialspace=False)
+    except pd.errors.ParserError as err:
+        if "EOF inside string" not in str(err):
+            raise DataError(f"{path} could not be parsed as {kind} ({str(err).strip()}); check the delimiter "
+                            "and quoting.") from err
+        print(f"note: {path.name}: a quote opened and never closed ({str(err).strip()}); reading one record per line")
+        return _read_line_by_line(text, delimiter, header, names)
+    except ValueError as err:
+        raise DataError(f"{path} could not be parsed as {kind} ({err}); check the delimiter and quoting.") from err
+    records = len(frame) + (1 if header else 0)
+    lines = sum(1 for line in _physical_lines(text) if line.strip())
+    if lines > records and '"' in text:  # fewer records than lines: quoted newlines, or a stray quote?
+        swallowed = _merged_records(text, delimiter, len(frame.columns))
+        if swallowed:
+            print(f"note: {path.name}: a stray quote merged {swallowed} lines into other rows; "
+                  "reading one record per line")
+            return _read_line_by_line(text, delimiter, header, names)
+    return frame, {}
+
+
+def read_table(path: str | Path, *, columns: list[str] | None = None, header: bool | None = None,
+               label_values: list[str] | None = None, sep: str | None = None, wanted: list[str] | None = None,
+               label_col: str | None = None) -> tuple[pd.DataFrame, DataSource]:
+    """Read CSV / TSV / JSONL / parquet (also gzip- or zip-compressed) into strings.
+
+    Detects the encoding (UTF-8, UTF-16 with a BOM, else latin-1), the delimiter and a missing header.
     `columns` names the columns of a headerless file (the Kaggle `all-data.csv` has none:
     `label,sentence`). `header=None` infers: a first row of bare identifiers, or one holding a
-    wanted column name, is a header; a first row holding a label value is data.
+    `wanted` column name, is a header; a first row holding a label value is data. A header is
+    renamed to `columns` by position only when it is a known variant of that layout (its label
+    column where `label_col` is, its text columns elsewhere) and lacks the `wanted` columns: the
+    user's own names always win. TSV is read GLUE-style (no quote processing) unless clearly
+    quoted; lines that cannot be read are listed in `DataSource.skipped`, never dropped silently.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -162,10 +315,17 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         raise DataError(f"Cannot read {path} ({err.strerror or err}); check the path and its permissions.") from err
     except Exception as err:  # pyarrow errors for broken parquet files
         raise DataError(f"Cannot read {path} as parquet ({err}); check the file or export it again.") from err
+    raw, inner = _decompress(raw, path)
+    if inner:
+        suffix = Path(inner).suffix.lower() or suffix
+    elif suffix in (".gz", ".zip"):
+        suffix = Path(path.stem).suffix.lower() or ".csv"
     if not raw.strip():
         raise DataError(f"{path} is empty; point DATA_SOURCE at a file with data rows.")
     text, encoding = decode_bytes(raw)
     source.encoding = encoding
+    if "\x00" in text[:4096]:
+        raise DataError(f"{path} looks binary (NUL bytes), not text; export it as CSV, TSV, JSON lines or parquet.")
     if suffix in (".jsonl", ".json"):
         try:
             frame = pd.read_json(io.StringIO(text), lines=suffix == ".jsonl" or text.lstrip()[:1] != "[",
@@ -175,30 +335,56 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         return frame, source
     if suffix == ".txt" and text.lstrip().startswith("__label__"):
         return _read_fasttext(text, columns), source
-    delimiter = sep or ("\t" if suffix == ".tsv" else ",")
-    first_row = next(csv.reader(io.StringIO(text.split("\n", 1)[0]), delimiter=delimiter), [])
+    csv.field_size_limit(2**31 - 1)  # long documents: the csv module's default caps a field at 128 KB
+    first_line = text.split("\n", 1)[0]
+    delimiter = sep or _sniff_delimiter(first_line, "\t" if suffix == ".tsv" else ",")
+    if delimiter != (sep or ("\t" if suffix == ".tsv" else ",")):
+        print(f"note: {path.name} is separated by {delimiter!r}, not {'tabs' if suffix == '.tsv' else 'commas'}; "
+              "reading it that way")
+    first_row = next(csv.reader([first_line], delimiter=delimiter), [])
     if header is None:
-        wanted = set(columns or [])
-        header = _first_row_is_header(first_row, wanted, {v.lower() for v in label_values or []})
+        header = _first_row_is_header(first_row, set(wanted or []) | set(columns or []),
+                                      {v.lower() for v in label_values or []})
     source.header = header
     names = None
     if not header:
-        if columns is None:
-            names = [f"column_{i}" for i in range(len(first_row))]
-        else:
-            names = list(columns)
-    try:
-        frame = pd.read_csv(io.StringIO(text), sep=delimiter, header=0 if header else None, names=names,
-                            dtype=str, keep_default_na=False, skipinitialspace=False)
-    except (pd.errors.ParserError, ValueError) as err:
-        raise DataError(f"{path} could not be parsed as {'TSV' if delimiter == chr(9) else 'CSV'} ({err}); "
-                        "check the delimiter and quoting.") from err
-    if header and columns and len(frame.columns) == len(columns) and not set(columns) <= set(frame.columns):
-        # A header with other names than ours (e.g. `sentiment,text` or `result,content`): keep the
-        # data, rename by position, and say so.
-        print(f"note: {path.name} has header {list(frame.columns)}; using it as {list(columns)} by position")
+        same_width = columns is not None and len(columns) == len(first_row)
+        names = list(columns) if same_width else [f"column_{i}" for i in range(len(first_row))]
+    frame, skipped = _read_delimited(text, path, delimiter, header, names)
+    source.skipped = skipped
+    if header and columns and _is_known_variant(list(frame.columns), columns, label_col) and not (
+            set(wanted or columns) <= set(frame.columns)):
+        # A header with other names than ours, in our layout (e.g. `sentiment,text` or `result,content`):
+        # keep the data, rename by position, and say so.
+        print(f"note: {path.name} has header {list(frame.columns)}; reading it as {list(columns)} (same layout)")
         frame.columns = list(columns)
     return frame, source
+
+
+def _is_known_variant(found: list[str], layout: list[str], label_col: str | None) -> bool:
+    """True when `found` is the recipe's `layout` under other names: same width, the label-like name where
+    the layout has its label column, text-like names elsewhere."""
+    if len(found) != len(layout) or label_col not in layout:
+        return False
+    for name, ours in zip(found, layout):
+        name = str(name).strip().lower()
+        role_ok = name in LABEL_LIKE if ours == label_col else name in TEXT_LIKE
+        if not role_ok:
+            return False
+    return True
+
+
+def suggest_columns(columns: list[str]) -> str:
+    """'TEXT_COL="review", LABEL_COL="sentiment"' guessed from a file's header, or ''."""
+    lowered = {str(c).strip().lower(): str(c) for c in columns}
+    label = next((lowered[n] for n in lowered if n in LABEL_LIKE), None)
+    texts = [lowered[n] for n in lowered if n in TEXT_LIKE]
+    if not label or not texts:
+        return ""
+    hint = f'TEXT_COL="{texts[0]}", LABEL_COL="{label}"'
+    if len(texts) == 2:
+        hint += f' (or TEXT_PAIR_COL="{texts[1]}" for sentence pairs)'
+    return f" (here perhaps {hint})"
 
 
 _FASTTEXT = re.compile(r"^__label__(\S+)\s+(.*)$")
@@ -227,27 +413,60 @@ def normalize_label(value: Any) -> str:
     return str(value).strip().lower()
 
 
+def parse_label_names(value: str | list[str] | dict | None) -> tuple[list[str] | None, dict[str, str] | None]:
+    """LABEL_NAMES as users write it -> (names in order, {raw value: name} or None).
+
+    None: take the labels from the data. "negative,positive" (or a list): the names, in order;
+    integer labels are positions in it. "1=World,2=Sports": explicit value -> name pairs.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None, None
+    if isinstance(value, dict):
+        pairs = [(str(k), str(v)) for k, v in value.items()]
+    else:
+        items = [s.strip() for s in (value.split(",") if isinstance(value, str) else map(str, value))]
+        items = [s for s in items if s]
+        if not any("=" in s for s in items):
+            if len({normalize_label(s) for s in items}) != len(items):
+                raise DataError(f"LABEL_NAMES {value!r} names a label twice; give each label once.")
+            return items, None
+        if not all("=" in s for s in items):
+            raise DataError(f"LABEL_NAMES {value!r} mixes names and value=name pairs; use one form, e.g. "
+                            "'negative,positive' or '0=negative,1=positive'.")
+        pairs = [tuple(part.strip() for part in s.split("=", 1)) for s in items]
+    names = list(dict.fromkeys(name for _, name in pairs))
+    return names, {normalize_label(raw): name for raw, name in pairs}
+
+
 def check_columns(frame: pd.DataFrame, needed: list[str], where: str) -> None:
     missing = [c for c in needed if c not in frame.columns]
     if missing:
+        found = [str(c) for c in frame.columns]
         raise DataError(
-            f"{where} has no column {', '.join(map(repr, missing))} (columns: {', '.join(map(str, frame.columns))}); "
-            f"set TEXT_COL / LABEL_COL to the right names.")
+            f"{where} has no column {', '.join(map(repr, missing))} (columns: {', '.join(found)}); "
+            f"set TEXT_COL / LABEL_COL to the right names{suggest_columns(found)}.")
 
 
-def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str) -> tuple[pd.DataFrame, DropReport]:
+def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str,
+                  pair_col: str | None = None) -> tuple[pd.DataFrame, DropReport]:
     """Drop empty texts, missing labels, duplicates and texts with conflicting labels; report each.
 
-    Texts are compared after whitespace normalization. A text seen with two different labels is
-    ambiguous: all its copies go (keeping one would be a coin toss).
+    Texts (or text pairs) are compared after whitespace normalization. A text seen with two
+    different labels is ambiguous: all its copies go (keeping one would be a coin toss).
     """
     report = DropReport(rows_read=len(frame))
     frame = frame.copy()
     frame[text_col] = frame[text_col].fillna("").astype(str)
     key = frame[text_col].str.split().str.join(" ")
-
     empty = key.str.len() == 0
     report.add("empty text", frame.loc[empty, text_col].tolist())
+    if pair_col is not None:
+        frame[pair_col] = frame[pair_col].fillna("").astype(str)
+        pair_key = frame[pair_col].str.split().str.join(" ")
+        empty_pair = (pair_key.str.len() == 0) & ~empty
+        report.add("empty text pair", frame.loc[empty_pair, text_col].tolist())
+        empty |= empty_pair
+        key = key + " \x00 " + pair_key
     labels = frame[label_col]
     no_label = labels.isna() | (labels.astype(str).str.strip() == "")
     no_label &= ~empty
@@ -270,41 +489,90 @@ def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str) -> tuple[p
     return frame.reset_index(drop=True), report
 
 
-def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: list[str] | None,
-                       label_map: dict[Any, str] | None = None, where: str = "data") -> tuple[pd.Series, list[str]]:
-    """Label column -> normalized label names, checked against `label_names`.
+_INTEGER = r"-?\d+"
 
-    `label_map` maps raw values to names (e.g. Amazon's CSV `{1: "negative", 2: "positive"}`).
-    Integer labels 0..K-1 with `label_names` of length K are taken as indices into it.
+
+def _names_from_data(norm: pd.Series, raw: pd.Series) -> tuple[list[str], dict[str, str]]:
+    """The data's own label set in a stable order (numbers numerically, names alphabetically), each
+    label spelled as most of its rows spell it."""
+    spelled = raw.astype(str).str.strip().groupby(norm).agg(lambda s: s.value_counts().index[0]).to_dict()
+    keys = list(spelled)
+    numeric = all(re.fullmatch(_INTEGER, k) for k in keys)
+    keys.sort(key=(lambda k: int(k)) if numeric else (lambda k: (k, spelled[k])))
+    return [spelled[k] for k in keys], spelled
+
+
+def _integer_rule(ints: pd.Series, names: list[str], label_col: str, where: str) -> int:
+    """0 or 1: how integer labels index `names` (0-based Hub ids, or 1-based ids of the original CSVs)."""
+    k = len(names)
+    lo, hi = int(ints.min()), int(ints.max())
+    zero, one = 0 <= lo and hi <= k - 1, 1 <= lo and hi <= k
+    if zero and one:
+        raise DataError(f"Integer labels in {label_col!r} of {where} ({lo}..{hi}) fit positions counted from 0 "
+                        f"and from 1 in LABEL_NAMES ({k} names), so it is unclear whether they count from 0 or 1; "
+                        f"say which with value=name pairs, e.g. LABEL_NAMES='{lo}={names[0]},{lo + 1}={names[1]},...'.")
+    if not (zero or one):
+        raise DataError(f"Integer labels in {label_col!r} of {where} run {lo}..{hi}, but LABEL_NAMES has {k} names "
+                        f"({', '.join(names)}); set LABEL_NAMES to {hi - lo + 1} names, value=name pairs "
+                        f"('{lo}=...,{hi}=...'), or None to use the numbers as labels.")
+    return 0 if zero else 1
+
+
+def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: str | list[str] | None,
+                       label_map: dict[Any, str] | None = None, where: str = "data"
+                       ) -> tuple[pd.Series, list[str], str]:
+    """Label column -> label names, checked against `label_names`; returns (names per row, the label
+    set in order, a sentence saying how labels were read).
+
+    `label_names` None takes the label set from the data. Integer labels with `label_names` are
+    positions in it, counted from 0 or from 1 as the values show (said in the returned rule); a
+    `label_map` or `value=name` pairs map raw values explicitly. Names compare case-insensitively
+    and keep the spelling of `label_names` (or of the data).
     """
     raw = frame[label_col]
+    norm = raw.map(normalize_label)
+    wanted, pairs = parse_label_names(label_names)
     if label_map:
-        norm_map = {normalize_label(k): normalize_label(v) for k, v in label_map.items()}
-        names = raw.map(normalize_label).map(lambda v: norm_map.get(v, v))
-    else:
-        names = raw.map(normalize_label)
-    wanted = [normalize_label(n) for n in label_names] if label_names else sorted(names.unique())
-    if label_names and not label_map:
-        numeric = names.str.fullmatch(r"\d+")
-        if numeric.all():
-            ints = names.astype(int)
-            # 0-based ids (Hub parquet) or 1-based ones (the original CSVs: stars 1-5, polarity 1/2).
-            base = 0 if ints.min() == 0 else 1 if ints.max() == len(wanted) else None
-            if base is None and ints.between(0, len(wanted) - 1).all():
-                raise DataError(f"Integer labels in {label_col!r} of {where} hold neither 0 nor {len(wanted)}, so "
-                                "it is unclear whether they count from 0 or 1; pass a label_map.")
-            if base is not None and ints.between(base, len(wanted) - 1 + base).all():
-                names = ints.map(lambda i: wanted[i - base])
-        elif numeric.any() and not numeric.all():
-            mixed = sorted(set(names[numeric]))[:3] + sorted(set(names[~numeric]))[:3]
+        pairs = {normalize_label(k): str(v) for k, v in label_map.items()}
+        wanted = wanted or list(dict.fromkeys(pairs.values()))
+    numeric = norm.str.fullmatch(_INTEGER)
+    if wanted is None:
+        if numeric.any() and not numeric.all():
+            mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
             raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
-                            "make the labels consistent or pass a label_map.")
+                            "make the labels consistent, or set LABEL_NAMES with value=name pairs.")
+        wanted, spelled = _names_from_data(norm, raw)
+        return norm.map(spelled), wanted, f"labels taken from the data ({len(wanted)}): {', '.join(wanted)}"
+    by_key = {normalize_label(n): n for n in wanted}
+    if pairs:
+        names = norm.map(lambda v: pairs.get(v, v))
+        rule = "labels mapped by LABEL_NAMES: " + ", ".join(f"{k} -> {v}" for k, v in list(pairs.items())[:8])
+    elif numeric.all() and not any(re.fullmatch(_INTEGER, k) for k in by_key):
+        ints = norm.astype(int)
+        base = _integer_rule(ints, wanted, label_col, where)
+        names = ints.map(lambda i: wanted[i - base])
+        rule = (f"integer labels counted from {base} ({'0-based' if base == 0 else '1-based'}): "
+                + ", ".join(f"{i + base} -> {n}" for i, n in enumerate(wanted)))
+    else:
+        if numeric.any() and not numeric.all() and not any(re.fullmatch(_INTEGER, k) for k in by_key):
+            mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
+            raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
+                            "make the labels consistent, or set LABEL_NAMES with value=name pairs.")
+        names = norm
+        rule = f"labels matched by name: {', '.join(wanted)}"
+    names = names.map(lambda v: by_key.get(normalize_label(v), v))
     unknown = Counter(v for v in names if v not in wanted)
     if unknown:
         shown = ", ".join(f"{v!r} ({n} rows)" for v, n in unknown.most_common(5))
-        raise DataError(f"Unknown label values in column {label_col!r} of {where}: {shown}; expected "
-                        f"{', '.join(wanted)}. Set LABEL_COL to the label column or LABEL_NAMES to your labels.")
-    return names, wanted
+        found = sorted(set(raw.astype(str).str.strip()))
+        raise DataError(f"Labels in column {label_col!r} of {where} do not match LABEL_NAMES: found "
+                        f"{{{', '.join(found[:8])}{', ...' if len(found) > 8 else ''}}}, LABEL_NAMES has "
+                        f"{{{', '.join(wanted)}}} (unknown: {shown}); set LABEL_NAMES to your labels (or None to "
+                        "take them from the data), or LABEL_COL to the label column.")
+    absent = [n for n in wanted if n not in set(names)]
+    if absent:
+        rule += f" (no rows for {', '.join(absent)})"
+    return names, wanted, rule
 
 
 # --------------------------------------------------------------------------- the main entry point
@@ -343,7 +611,8 @@ def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape
 def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
                  columns: list[str] | None = None, header: bool | None = None, label_values: list[str] | None = None,
                  hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
-                 seed: int = 42) -> tuple[pd.DataFrame, DataSource]:
+                 seed: int = 42, wanted: list[str] | None = None,
+                 label_col: str | None = None) -> tuple[pd.DataFrame, DataSource]:
     """The raw table behind `source`: a local file, a Hub dataset (reachable or cached), or the
     generated `sample` (announced) when allowed. Raises a one-line `DataError` otherwise."""
     source_str = None if source is None else str(source)
@@ -353,7 +622,8 @@ def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin
         if local is not None:
             if local.is_dir():
                 raise DataError(f"{local} is a folder; point DATA_SOURCE at a data file inside it.")
-            frame, used = read_table(local, columns=columns, header=header, label_values=label_values)
+            frame, used = read_table(local, columns=columns, header=header, label_values=label_values,
+                                     wanted=wanted, label_col=label_col)
             used.requested = source_str
         elif looks_like_file(source_str):
             raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
@@ -374,7 +644,8 @@ def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin
             f"using the generated sample {path.relative_to(PROJECT_ROOT)} (template sentences, same layout)",
             "metrics on it say the code works, not how good a model is; see data/README.md for real data",
         ])
-        frame, used = read_table(path, columns=columns, header=header, label_values=label_values)
+        frame, used = read_table(path, columns=columns, header=header, label_values=label_values, wanted=wanted,
+                                 label_col=label_col)
         used = DataSource(requested=source_str, used=str(path.relative_to(PROJECT_ROOT)), kind="sample",
                           standin=True, encoding=used.encoding, header=used.header)
 
@@ -382,36 +653,56 @@ def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin
 
 
 def load_labeled_data(source: str | Path | None, *, text_col: str = "text", label_col: str = "label",
-                      label_names: list[str] | None = None, label_map: dict[Any, str] | None = None,
-                      columns: list[str] | None = None, header: bool | None = None,
-                      sample: str | None = None, allow_standin: bool = True, hub_split: str = "train",
-                      hub_config: str | None = None, hub_max_rows: int | None = None, text_join: str = ". ",
-                      unescape: bool = False, seed: int = 42) -> LoadedData:
+                      text_pair_col: str | None = None, label_names: str | list[str] | None = None,
+                      label_map: dict[Any, str] | None = None, columns: list[str] | None = None,
+                      header: bool | None = None, sample: str | None = None, allow_standin: bool = True,
+                      hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
+                      text_join: str = ". ", unescape: bool = False, seed: int = 42) -> LoadedData:
     """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
 
-    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt), a Hub dataset id, or "auto"/None
-    for the generated sample named by `sample`. `text_col` may join columns ("title+content", with
-    `text_join`). `hub_max_rows` streams a random subset of a large Hub split instead of
-    downloading it all. Returns columns `text` and `label` (label *names*; map them to a model's ids
-    with `to_label_ids`).
+    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt, also .gz/.zip), a Hub dataset id,
+    or "auto"/None for the generated sample named by `sample`. `text_col` may join columns
+    ("title+content", with `text_join`); `text_pair_col` adds the second text of sentence pairs
+    (column `text_pair`, for the tokenizer's pair encoding). `label_names`: None takes the label
+    set from the data; names or `value=name` pairs (see `parse_label_names`) fix it. `columns`
+    names a headerless file's columns (the recipe's layout); the user's `text_col` / `label_col`
+    always win over it. `hub_max_rows` streams a random subset of a large Hub split.
+    Returns columns `text` (and `text_pair`) and `label` (label *names*; map them to a model's ids
+    with `to_label_ids`). Lines that could not be read and rows dropped in cleaning are all in `report`.
     """
+    wanted = [*text_columns(text_col), *([text_pair_col] if text_pair_col else []), label_col]
+    parsed_names, _ = parse_label_names(label_names)
     frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, columns=columns, header=header,
-                               label_values=label_names, hub_split=hub_split, hub_config=hub_config,
-                               hub_max_rows=hub_max_rows, seed=seed)
+                               label_values=parsed_names or _COMMON_LABELS, hub_split=hub_split,
+                               hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed, wanted=wanted,
+                               label_col=label_col)
     where = Path(used.used).name
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
-    check_columns(frame, [*text_columns(text_col), label_col], where)
-    frame = frame.assign(**{"__text__": build_text(frame, text_col, join=text_join, unescape=unescape)})
-    text_col = "__text__"
-    frame, report = clean_labeled(frame, text_col, label_col)
+    check_columns(frame, wanted, where)
+    frame = frame.assign(__text__=build_text(frame, text_col, join=text_join, unescape=unescape))
+    pair = None
+    if text_pair_col:
+        frame = frame.assign(__pair__=build_text(frame, text_pair_col, join=text_join, unescape=unescape))
+        pair = "__pair__"
+    frame, report = clean_labeled(frame, "__text__", label_col, pair)
+    for reason, lines in used.skipped.items():  # lines the reader could not take count as read and dropped
+        report.rows_read += len(lines)
+        report.add(reason, lines)
     if frame.empty:
         raise DataError(f"No rows left in {where} after cleaning ({report.to_dict()['dropped']}); check TEXT_COL.")
-    names, label_names = encode_label_names(frame, label_col, label_names, label_map, where)
-    out = pd.DataFrame({"text": frame[text_col].astype(str).str.strip(), "label": names})
+    names, label_names, rule = encode_label_names(frame, label_col, label_names, label_map, where)
+    out = {"text": frame["__text__"].astype(str).str.strip()}
+    if pair:
+        out["text_pair"] = frame[pair].astype(str).str.strip()
+    out["label"] = names
     import datasets
 
-    return LoadedData(datasets.Dataset.from_pandas(out, preserve_index=False), used, report, label_names)
+    return LoadedData(datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False), used, report,
+                      label_names, rule)
+
+
+_COMMON_LABELS = ["positive", "negative", "neutral", "pos", "neg", "true", "false", "yes", "no"]
 
 
 def _hub_dataset_cached(dataset_id: str) -> bool:
@@ -475,13 +766,18 @@ def to_label_ids(dataset, label2id: dict[str, int], *, label_col: str = "label")
     """
     import datasets
 
-    lookup = {normalize_label(k): v for k, v in label2id.items()}
-    missing = sorted(set(dataset[label_col]) - set(lookup))
+    lookup = {normalize_label(k): int(v) for k, v in label2id.items()}
+    values = dataset.unique(label_col)
+    missing = sorted(str(v) for v in values if normalize_label(v) not in lookup)
     if missing:
-        raise DataError(f"Labels {missing} are not in the model's label map {sorted(lookup)}; "
+        raise DataError(f"Labels {missing} are not in the model's label map {sorted(label2id)}; "
                         "pass the dataset's label names when loading the model.")
-    names = [name for name, _ in sorted(lookup.items(), key=lambda kv: kv[1])]
-    return dataset.cast_column(label_col, datasets.ClassLabel(names=names))
+    names = [name for name, _ in sorted(label2id.items(), key=lambda kv: kv[1])]
+    ids = {v: lookup[normalize_label(v)] for v in values}
+    features = dataset.features.copy()
+    features[label_col] = datasets.ClassLabel(names=[str(n) for n in names])
+    return dataset.map(lambda batch: {label_col: [ids[v] for v in batch[label_col]]}, batched=True,
+                       features=features, desc="label ids")
 
 
 def label_counts(dataset, label_col: str = "label") -> dict[str, int]:

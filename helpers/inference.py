@@ -26,12 +26,94 @@ def _model_folder(path: str | Path) -> Path:
         return path / "model"
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return path
-    raise FileNotFoundError(f"No saved model in {path}; pass a notebook's OUTPUT_DIR or its model/ folder.")
+    raise FileNotFoundError(f"No saved model in {path} (no config.json or adapter_config.json); pass a notebook's "
+                            "OUTPUT_DIR, its model/ folder, or a folder written by save_pretrained.")
+
+
+class FolderError(ValueError):
+    """A folder this workbook cannot serve: one line saying what it holds and what to do."""
 
 
 def read_info(folder: str | Path) -> dict[str, Any]:
+    """The folder's `workbook.json`; for a folder the workbook did not write, what its own files say."""
     file = Path(folder) / WORKBOOK_FILE
-    return json.loads(file.read_text()) if file.exists() else {"task": "text-classification"}
+    return json.loads(file.read_text()) if file.exists() else infer_info(folder)
+
+
+_ADAPTER_TASKS = {"SEQ_CLS": "text-classification", "CAUSAL_LM": "summarization-causal",
+                  "SEQ_2_SEQ_LM": "summarization-seq2seq"}
+
+
+def infer_info(folder: str | Path) -> dict[str, Any]:
+    """Task and settings of a plain `save_pretrained` (or peft adapter) folder, from its config files.
+
+    `config.architectures` decides (…ForSequenceClassification, …ForCausalLM, …ForConditionalGeneration);
+    an adapter's `adapter_config.json` gives its `task_type` and base model. Anything else is refused.
+    """
+    folder = Path(folder)
+    adapter_file = folder / "adapter_config.json"
+    if adapter_file.exists():
+        adapter = json.loads(adapter_file.read_text())
+        task = _ADAPTER_TASKS.get(str(adapter.get("task_type")))
+        if task is None:
+            raise FolderError(f"{folder} holds a peft adapter for task_type {adapter.get('task_type')!r}; the workbook "
+                              f"serves {', '.join(_ADAPTER_TASKS)} adapters.")
+        info = {"task": task, "base_model_path": adapter.get("base_model_name_or_path")}
+        config_dir = info["base_model_path"]
+    else:
+        info, config_dir = {}, folder
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(config_dir) if config_dir and Path(str(config_dir)).is_dir() else None
+    except (OSError, ValueError):
+        config = None
+    if "task" not in info:
+        if config is None:
+            raise FolderError(f"{folder} has no readable config.json; point at a folder written by save_pretrained.")
+        arch = " ".join(config.architectures or [])
+        if "ForSequenceClassification" in arch:
+            info["task"] = "text-classification"
+        elif "ForCausalLM" in arch:
+            info["task"] = "summarization-causal"
+        elif "ForConditionalGeneration" in arch and getattr(config, "is_encoder_decoder", False):
+            info["task"] = "summarization-seq2seq"
+        else:
+            raise FolderError(f"{folder} holds a {arch or config.model_type} model with no task head the workbook "
+                              "serves (a sequence classifier, a causal LM or a seq2seq LM).")
+    from .models import model_max_length
+    from .textgen import DEFAULT_PROMPT
+
+    limit = model_max_length(config) if config is not None else 512
+    if info["task"] == "summarization-causal":
+        info.update(max_length=min(limit, 2048), prompt_template=DEFAULT_PROMPT, generation={"max_new_tokens": 128})
+    elif info["task"] == "summarization-seq2seq":
+        is_t5 = getattr(config, "model_type", "") in ("t5", "mt5", "umt5")
+        info.update(prefix="summarize: " if is_t5 else "", max_source_length=min(limit, 512),
+                    generation={"max_new_tokens": 64})
+    else:
+        info["max_length"] = min(limit, 512)
+    info["inferred"] = True  # no workbook.json: settings are the defaults for the task
+    return info
+
+
+def _check_base_model(folder: Path, info: dict[str, Any], base_model: str | None) -> str:
+    """The base model an adapter folder needs, found locally, in the HF cache or on the Hub; else refused at once."""
+    from . import hub
+    from .models import _in_hf_cache
+
+    base = base_model or info.get("base_model_path")
+    if not base:
+        raise FolderError(f"{folder} holds a LoRA adapter but names no base model; pass --base-model (a folder "
+                          "or Hub id) or set base_model_path in its workbook.json.")
+    base = str(base)
+    if Path(base).expanduser().is_dir() or _in_hf_cache(base):
+        return str(Path(base).expanduser()) if Path(base).expanduser().is_dir() else base
+    if not base.startswith((".", "/", "~")) and hub.hub_available():
+        return base
+    raise FolderError(f"{folder} is a LoRA adapter for base model {base!r}, which is not on this machine (no Hub "
+                      f"access, not in the HF cache); download it where the Hub is reachable (hf download {base} "
+                      "--local-dir models/base) and pass --base-model models/base.")
 
 
 @dataclass
@@ -59,25 +141,62 @@ class TextClassifier:
     def max_length(self) -> int:
         return int(self.info.get("max_length") or min(512, getattr(self.tokenizer, "model_max_length", 512)))
 
+    @property
+    def takes_pairs(self) -> bool:
+        """True for a sentence-pair model (trained on `(text, text_pair)`)."""
+        return bool(self.info.get("text_pair"))
+
     @torch.inference_mode()
-    def predict(self, texts: str | list[str], *, batch_size: int = 32) -> list[dict[str, Any]]:
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start: start + batch_size]
-            enc = self.tokenizer(chunk, truncation=True, max_length=self.max_length, padding=True,
-                                 return_tensors="pt").to(self.device)
-            with dev.autocast(self.device, self.precision):
-                logits = self.model(**enc).logits.float()
-            probs = logits.softmax(-1).cpu()
-            lengths = enc["attention_mask"].sum(-1).tolist()
-            for row, n_tokens in zip(probs, lengths):
-                best = int(row.argmax())
-                results.append({"label": self.labels[best], "score": float(row[best]),
-                                "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
-                                "truncated": n_tokens >= self.max_length})
+    def predict(self, texts, *, batch_size: int = 32) -> Any:
+        """Label, score and all probabilities for each input.
+
+        An input is a text, a `(text, text_pair)` tuple or a `{"text": ..., "text_pair": ...}` dict
+        (sentence-pair models read both through the tokenizer's pair encoding). One input gives one
+        result; a list of inputs gives a list of results.
+        """
+        single = isinstance(texts, (str, dict)) or (isinstance(texts, tuple) and len(texts) == 2
+                                                    and all(isinstance(t, str) for t in texts))
+        items = [split_pair(t) for t in ([texts] if single else list(texts))]
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        for with_pair in (False, True):  # a tokenizer call takes pairs for all its texts or for none
+            index = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pair]
+            for start in range(0, len(index), batch_size):
+                chunk = index[start: start + batch_size]
+                firsts = [items[i][0] for i in chunk]
+                pairs = [items[i][1] for i in chunk] if with_pair else None
+                for i, result in zip(chunk, self._predict_batch(firsts, pairs)):
+                    results[i] = result
         return results[0] if single else results
+
+    def _predict_batch(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
+        enc = self.tokenizer(texts, pairs, truncation="longest_first", max_length=self.max_length, padding=True,
+                             return_tensors="pt").to(self.device)
+        with dev.autocast(self.device, self.precision):
+            logits = self.model(**enc).logits.float()
+        probs = logits.softmax(-1).cpu()
+        full = self.tokenizer(texts, pairs, truncation=False)["input_ids"]
+        out = []
+        for row, ids in zip(probs, full):
+            best = int(row.argmax())
+            out.append({"label": self.labels[best], "score": float(row[best]),
+                        "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
+                        "truncated": len(ids) > self.max_length})
+        return out
+
+
+def split_pair(item) -> tuple[str, str | None]:
+    """(text, text_pair or None) from a text, a `(text, text_pair)` tuple or a dict with those keys."""
+    if isinstance(item, str):
+        return item, None
+    if isinstance(item, dict):
+        text, pair = item.get("text", item.get("sentence")), item.get("text_pair")
+    elif isinstance(item, (tuple, list)) and 1 <= len(item) <= 2:
+        text, pair = item[0], (item[1] if len(item) == 2 else None)
+    else:
+        raise TypeError(f"expected a text, a (text, text_pair) tuple or a dict, got {type(item).__name__}")
+    if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):
+        raise TypeError("text and text_pair must be strings")
+    return text, pair
 
 
 SUMMARIZATION_TASKS = ("summarization-causal", "summarization-seq2seq")
@@ -157,12 +276,7 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = info.get("base_model_path") or adapter.get("base_model_name_or_path")
-        if not base:
-            raise FileNotFoundError(f"{folder} holds a LoRA adapter but names no base model; set "
-                                    "base_model_path in its workbook.json.")
-        model = PeftModel.from_pretrained(auto.from_pretrained(base), folder)
+        model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model_path"]), folder)
     else:
         model = auto.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
@@ -170,22 +284,47 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
     return model, tokenizer
 
 
-def load(path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32"):
-    """Load a saved folder (OUTPUT_DIR or OUTPUT_DIR/model) for the task it records:
-    a `TextClassifier` or a `Summarizer`."""
+def load(path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32",
+         base_model: str | None = None):
+    """Load a saved folder (OUTPUT_DIR, OUTPUT_DIR/model, or any `save_pretrained` / peft adapter folder)
+    for the task it records (or, without `workbook.json`, the task its config names): a `TextClassifier`
+    or a `Summarizer`. `base_model` overrides the base an adapter folder goes on.
+
+    Raises `FolderError` (one line) for a folder it cannot serve; the Hub is probed once, so an
+    unreachable Hub costs seconds, not retries.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from . import hub
+
+    hub.hub_available()  # one short probe; offline mode from here on when the Hub is out of reach
     folder = _model_folder(path)
     info = read_info(folder)
+    if (folder / "adapter_config.json").exists():
+        info["base_model_path"] = _check_base_model(folder, info, base_model)
     device = torch.device(device) if device is not None else dev.best_device()
     task = info.get("task", "text-classification")
-    if task in SUMMARIZATION_TASKS:
-        model, tokenizer = _load_generative(folder, task, info)
-        return Summarizer(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
+    try:
+        if task in SUMMARIZATION_TASKS:
+            model, tokenizer = _load_generative(folder, task, info)
+            return Summarizer(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
+                              precision=precision)
+        if task != "text-classification":
+            raise FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
+                              f"known tasks: text-classification, {', '.join(SUMMARIZATION_TASKS)}.")
+        if (folder / "adapter_config.json").exists():
+            from peft import PeftModel
+
+            base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"])
+            model = PeftModel.from_pretrained(base, folder)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        if isinstance(err, FolderError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
+                          "tokenizer files, as save_pretrained writes them for model and tokenizer.") from err
+    return TextClassifier(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
                           precision=precision)
-    if task != "text-classification":
-        raise ValueError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
-                         f"known tasks: text-classification, {', '.join(SUMMARIZATION_TASKS)}.")
-    model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    return TextClassifier(model=model, tokenizer=tokenizer, info=info, device=device, precision=precision)

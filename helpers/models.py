@@ -175,16 +175,20 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
 
         torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(source.used)
-    wanted = [_normalized(n) for n in label_names]
-    existing = {i: _normalized(v) for i, v in (config.id2label or {}).items()}
-    if _has_real_label_names(config) and sorted(existing.values()) == sorted(wanted):
-        id2label = {int(i): v for i, v in existing.items()}
+    spelled = {_normalized(n): str(n).strip() for n in label_names}  # the user's spelling, matched case-insensitively
+    existing = {int(i): _normalized(v) for i, v in (config.id2label or {}).items()}
+    if _has_real_label_names(config) and sorted(existing.values()) == sorted(spelled):
+        id2label = {i: spelled[v] for i, v in existing.items()}  # the checkpoint's head, in its own order
         model = AutoModelForSequenceClassification.from_pretrained(source.used)
         new_head = False
     else:
-        id2label = dict(enumerate(wanted))
+        id2label = dict(enumerate(spelled.values()))
+        if _has_real_label_names(config):
+            print(f"note: {source.requested} has a head for {sorted(existing.values())}, not for "
+                  f"{list(spelled.values())}: it gets a new classification head ({len(spelled)} labels, "
+                  "random weights) that fine-tuning trains")
         model = AutoModelForSequenceClassification.from_pretrained(
-            source.used, num_labels=len(wanted), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+            source.used, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
             ignore_mismatched_sizes=True)
         new_head = True
     model.config.id2label = id2label

@@ -5,7 +5,10 @@ This file is copied as `score.py` into every saved model folder; it reads `workb
 
 Hosted model APIs (Domino style), called with {"data": {"sentence": ...}} or {"data": {"text": ...}}:
     predict_sentiment(sentence) -> {"label", "score", "probabilities", "truncated"}
-    summarize(text)             -> {"summary", "truncated"}
+    predict_sentiment([s1, s2]) -> a list of those, one per text
+    predict_sentiment(sentence, text_pair=...)  sentence-pair models
+    summarize(text)             -> {"summary", "truncated"} (a list of texts: a list of those)
+Texts must be non-empty strings; anything else raises ValueError with the reason.
 OCI Data Science model deployment:
     load_model() -> the loaded model;  predict(data, model=load_model()) -> {"prediction": [...]}
     `data`: a text, a list of texts, {"text": ...}, {"texts": [...]}, or {"data": {...}} with those keys.
@@ -35,12 +38,17 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
     import transformers
 
     info = json.loads((folder / "workbook.json").read_text()) if (folder / "workbook.json").exists() else {}
-    task = info.get("task", "text-classification")
+    task = info.get("task") or _task_from_config(folder)
     auto = {"text-classification": transformers.AutoModelForSequenceClassification,
             "summarization-causal": transformers.AutoModelForCausalLM,
             "summarization-seq2seq": transformers.AutoModelForSeq2SeqLM}.get(task)
     if auto is None:
-        raise ValueError(f"{folder}/workbook.json names task {task!r}, which this score.py cannot run.")
+        raise ValueError(f"{folder} holds a model for {task!r}, which this score.py cannot run (it runs sequence "
+                         "classifiers, causal LMs and seq2seq LMs).")
+    if not info and task != "text-classification":  # a plain save_pretrained folder: the task's defaults
+        info = {"max_length": 1024, "prompt_template": "{source}\n\nTL;DR:", "max_source_length": 512,
+                "prefix": "summarize: " if "T5" in (folder / "config.json").read_text() else "",
+                "generation": {"max_new_tokens": 64}}
     if (folder / "adapter_config.json").exists():  # a LoRA adapter: base model + adapter (needs peft)
         from peft import PeftModel
 
@@ -58,23 +66,58 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
     return _LOADED
 
 
+def _task_from_config(folder: Path) -> str:
+    """The task of a folder without workbook.json: from an adapter's task_type or config.architectures."""
+    adapter = folder / "adapter_config.json"
+    if adapter.exists():
+        kind = json.loads(adapter.read_text()).get("task_type")
+        return {"SEQ_CLS": "text-classification", "CAUSAL_LM": "summarization-causal",
+                "SEQ_2_SEQ_LM": "summarization-seq2seq"}.get(kind, str(kind))
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").exists() else {}
+    arch = " ".join(config.get("architectures") or [])
+    if "ForSequenceClassification" in arch:
+        return "text-classification"
+    if "ForCausalLM" in arch:
+        return "summarization-causal"
+    if "ForConditionalGeneration" in arch and config.get("is_encoder_decoder"):
+        return "summarization-seq2seq"
+    return arch or "unknown"
+
+
+def _check_text(text, where: str = "text") -> str:
+    """The same rules as `workbook serve`: a non-empty string with something visible in it."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where} must be a string, got {type(text).__name__}")
+    if not text.strip() or not any(c.isprintable() and not c.isspace() and c not in "\u200b\u200c\u200d\ufeff"
+                                    for c in text):
+        raise ValueError(f"{where} is empty (no visible characters); send some text")
+    return text
+
+
 # --------------------------------------------------------------------------- classification
 
 @torch.inference_mode()
-def _classify(texts: list[str], loaded: dict, batch_size: int = 32) -> list[dict]:
+def _classify(items: list, loaded: dict, batch_size: int = 32) -> list[dict]:
+    """Items are texts or (text, text_pair) tuples (sentence-pair models)."""
     model, tokenizer, info = loaded["model"], loaded["tokenizer"], loaded["info"]
     max_length = int(info.get("max_length") or min(512, tokenizer.model_max_length))
     labels = [str(model.config.id2label[i]) for i in range(len(model.config.id2label))]
-    out = []
-    for start in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[start: start + batch_size], truncation=True, max_length=max_length, padding=True,
-                        return_tensors="pt").to(loaded["device"])
-        probs = model(**enc).logits.float().softmax(-1).cpu()
-        for row, n in zip(probs, enc["attention_mask"].sum(-1).tolist()):
-            best = int(row.argmax())
-            out.append({"label": labels[best], "score": float(row[best]),
-                        "probabilities": {name: float(p) for name, p in zip(labels, row)},
-                        "truncated": n >= max_length})
+    out: list = [None] * len(items)
+    for with_pair in (False, True):  # one tokenizer call takes pairs for all its texts or for none
+        index = [i for i, item in enumerate(items) if isinstance(item, tuple) == with_pair]
+        for start in range(0, len(index), batch_size):
+            chunk = index[start: start + batch_size]
+            texts = [items[i][0] if with_pair else items[i] for i in chunk]
+            pairs = [items[i][1] for i in chunk] if with_pair else None
+            enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length, padding=True,
+                            return_tensors="pt").to(loaded["device"])
+            probs = model(**enc).logits.float().softmax(-1).cpu()
+            full = tokenizer(texts, pairs, truncation=False)["input_ids"]
+            for i, row, ids in zip(chunk, probs, full):
+                best = int(row.argmax())
+                out[i] = {"label": labels[best], "score": float(row[best]),
+                          "probabilities": {name: float(p) for name, p in zip(labels, row)},
+                          "truncated": len(ids) > max_length}
     return out
 
 
@@ -152,40 +195,49 @@ def _summarize(texts: list[str], loaded: dict, batch_size: int = 8, **overrides)
 
 # --------------------------------------------------------------------------- entry points
 
-def _texts(data) -> tuple[list[str], bool]:
-    """(texts, single) from any accepted payload shape."""
+def _texts(data) -> tuple[list, bool]:
+    """(inputs, single) from any accepted payload shape; inputs are texts or (text, text_pair) tuples."""
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
+    pair = None
     if isinstance(data, dict):
-        for key in ("sentence", "text", "texts"):
+        pair = data.get("text_pair")
+        for key in ("sentence", "text", "texts", "sentences"):
             if key in data:
                 data = data[key]
                 break
         else:
             raise ValueError('send {"text": "..."}, {"texts": [...]}, or {"data": {"sentence": "..."}}')
     if isinstance(data, str):
-        return [data], True
-    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
-        return list(data), False
-    raise ValueError(f"expected a text or a list of texts, got {type(data).__name__}")
+        text = _check_text(data)
+        return [(text, _check_text(pair, "text_pair")) if pair is not None else text], True
+    if isinstance(data, (list, tuple)) and data:
+        return [_check_text(t, f"texts[{i}]") for i, t in enumerate(data)], False
+    raise ValueError(f"expected a text or a non-empty list of texts, got {type(data).__name__}")
 
 
-def predict_sentiment(sentence: str) -> dict:
-    """Domino-style scoring function of a classifier: label, its probability, all probabilities."""
-    return _classify([sentence], load_model())[0]
+def predict_sentiment(sentence, text_pair: str | None = None):
+    """Domino-style scoring function of a classifier: label, its probability, all probabilities.
+    A list of sentences gives a list of results; `text_pair` is the second text of a sentence pair."""
+    items, single = _texts({"text": sentence, "text_pair": text_pair} if text_pair is not None else sentence)
+    results = _classify(items, load_model())
+    return results[0] if single else results
 
 
-def summarize(text: str, **overrides) -> dict:
-    """Domino-style scoring function of a summarizer: the summary and whether the text was cut."""
-    return _summarize([text], load_model(), **overrides)[0]
+def summarize(text, **overrides):
+    """Domino-style scoring function of a summarizer: the summary and whether the text was cut
+    (a list of texts gives a list of results)."""
+    items, single = _texts(text)
+    results = _summarize(items, load_model(), **overrides)
+    return results[0] if single else results
 
 
 def predict(data, model: dict | None = None) -> dict:
     """OCI Data Science entry point: {"prediction": [...]} for a text, a list, or a dict payload."""
     loaded = model or load_model()
-    texts, _ = _texts(data)
+    items, _ = _texts(data)
     run = _classify if loaded["task"] == "text-classification" else _summarize
-    return {"prediction": run(texts, loaded)}
+    return {"prediction": run(items, loaded)}
 
 
 if __name__ == "__main__":  # python score.py "some text" ...

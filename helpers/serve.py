@@ -4,23 +4,38 @@
     curl -s localhost:8000/predict -H 'Content-Type: application/json' \\
          -d '{"data": {"sentence": "there is a shortage of capital, and we need extra financing"}}'
 
-Endpoints: `GET /` (the page), `GET /health`, `POST /predict` (classifiers), `POST /summarize`
-(summarizers). Both POST endpoints accept `{"text": ...}`, `{"texts": [...]}` and the seeds' shapes
-`{"data": {"sentence": ...}}` / `{"data": {"text": ...}}`. Bad input gets a 4xx with a message;
-model calls are serialized with a lock, so concurrent requests are answered correctly.
+Endpoints: `GET /` (the page; `POST /` is its plain HTML form, so it works without JavaScript),
+`GET /health`, `POST /predict` (classifiers), `POST /summarize` (summarizers), and `POST /model`
+(also `/models/<id>/latest/model`), which answers like a Domino model API. The client shapes
+accepted, each documented with curl in the README:
+
+- `{"text": ...}` (with `"text_pair"` for sentence-pair models), `{"texts": [...]}`;
+- the seeds' `{"data": {"sentence" | "text" | "texts": ...}}`; on `/model` the answer is wrapped
+  as Domino wraps a scoring function's return value: `{"result": ..., "request_id": ..., ...}`;
+- a bare JSON list of strings (OCI Data Science clients): `{"prediction": [...]}`;
+- an HTML form post (`text=...`): the page, with the answer in it.
+
+A text longer than the model reads is cut, and the answer says so (`"truncated": true` and a
+`"note"`); only absurd sizes (megabytes) get a 413. Bad input gets a 4xx with a message; model
+calls are serialized with a lock, so concurrent requests are answered correctly.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+import time
+import unicodedata
+import uuid
 from pathlib import Path
 from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"  # local only unless asked: a model server is not for the open internet
 DEFAULT_PORT = 8000
 MAX_TEXTS = 64  # texts per request
-CHARS_PER_TOKEN_LIMIT = 50  # a text longer than max_input_tokens * this many characters (at least
-MIN_CHARS_LIMIT = 10_000     # MIN_CHARS_LIMIT) is refused: it is mostly text the model would never read
+MAX_CHARS = 1_000_000  # characters per text: longer is not text for a model that reads a few hundred tokens
+MAX_BODY_BYTES = 8 * 2**20  # a request body over this is refused (413) before it is read
+TEXT_KEYS = ("text", "sentence", "texts", "sentences")
 
 
 class BadRequest(ValueError):
@@ -29,168 +44,314 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def parse_texts(payload: Any, *, max_texts: int = MAX_TEXTS, max_chars: int | None = None) -> tuple[list[str], bool]:
-    """(texts, single) from a request body; `BadRequest` naming the problem and the fix otherwise."""
-    example = 'send {"text": "..."}, {"texts": ["...", "..."]} or {"data": {"sentence": "..."}}'
-    if not isinstance(payload, dict):
-        raise BadRequest(f"the body must be a JSON object; {example}")
-    body = payload
+EXAMPLE = 'send {"text": "..."}, {"texts": ["...", "..."]}, ["...", "..."] or {"data": {"sentence": "..."}}'
+
+
+def check_text(text: Any, where: str, *, max_chars: int = MAX_CHARS) -> str:
+    """A text the model can read, or `BadRequest` saying what is wrong with it."""
+    if not isinstance(text, str):
+        raise BadRequest(f'"{where}" must be a string, got {type(text).__name__}')
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRequest(f"{where} holds characters that are not valid Unicode (e.g. a lone surrogate at position "
+                         f"{err.start}); send UTF-8 text") from None
+    if not text.strip():
+        raise BadRequest(f"{where} is empty or only whitespace; send some text")
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in text):
+        raise BadRequest(f"{where} holds no visible characters (only control, format or zero-width ones); "
+                         "send some text")
+    if len(text) > max_chars:
+        raise BadRequest(f"{where} has {len(text):,} characters, far over what the model reads; send at most "
+                         f"{max_chars:,} characters (longer texts are cut to what the model reads anyway)", 413)
+    return text
+
+
+def _one_item(value: Any, where: str, pairs: bool, max_chars: int):
+    """A text, or for a sentence-pair model a (text, text_pair) tuple, from a string or an object."""
+    if isinstance(value, dict):
+        text = check_text(value.get("text", value.get("sentence")), f"{where}.text", max_chars=max_chars)
+        if value.get("text_pair") is None:
+            return text
+        return text, check_text(value["text_pair"], f"{where}.text_pair", max_chars=max_chars)
+    return check_text(value, where, max_chars=max_chars)
+
+
+def parse_texts(payload: Any, *, max_texts: int = MAX_TEXTS, max_chars: int = MAX_CHARS,
+                pairs: bool = False) -> tuple[list, bool]:
+    """(inputs, single) from a request body; `BadRequest` naming the problem and the fix otherwise.
+
+    An input is a text, or `(text, text_pair)` when the body gives `"text_pair"`.
+    """
+    if isinstance(payload, list):  # a bare JSON list of texts (OCI Data Science clients)
+        body: Any = {"texts": payload}
+    elif isinstance(payload, dict):
+        body = payload
+    else:
+        raise BadRequest(f"the body must be a JSON object or a list of texts; {EXAMPLE}")
     if "data" in body:
         body = body["data"]
-        if isinstance(body, str):
-            body = {"text": body}
+        if isinstance(body, (str, list)):
+            body = {"texts" if isinstance(body, list) else "text": body}
         if not isinstance(body, dict):
-            raise BadRequest(f'"data" must be an object, got {type(body).__name__}; {example}')
-    keys = [k for k in ("text", "sentence", "texts") if k in body]
+            raise BadRequest(f'"data" must be an object, got {type(body).__name__}; {EXAMPLE}')
+    keys = [k for k in TEXT_KEYS if k in body]
     if len(keys) != 1:
-        raise BadRequest(f"give exactly one of text / sentence / texts (got {sorted(body) or 'none'}); {example}")
+        raise BadRequest(f"give exactly one of text / sentence / texts (got {sorted(map(str, body)) or 'none'}); "
+                         f"{EXAMPLE}")
     key = keys[0]
     value = body[key]
-    single = key != "texts"
-    if single:
-        if not isinstance(value, str):
-            raise BadRequest(f'"{key}" must be a string, got {type(value).__name__}')
-        texts = [value]
-    else:
-        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-            raise BadRequest('"texts" must be a list of strings')
-        if not value:
-            raise BadRequest('"texts" is empty; send at least one text')
-        if len(value) > max_texts:
-            raise BadRequest(f"{len(value)} texts in one request; send at most {max_texts} per request", 413)
-        texts = value
-    for i, text in enumerate(texts):
-        where = f"{key}" if single else f"texts[{i}]"
-        if not text.strip():
-            raise BadRequest(f"{where} is empty or only whitespace; send some text")
-        if max_chars is not None and len(text) > max_chars:
-            raise BadRequest(f"{where} has {len(text):,} characters, far over what the model reads "
-                             f"(it cuts input at a few thousand); send at most {max_chars:,} characters", 413)
-    return texts, single
+    if key in ("text", "sentence"):
+        item = _one_item(value, key, pairs, max_chars)
+        if body.get("text_pair") is not None:
+            item = (item, check_text(body["text_pair"], "text_pair", max_chars=max_chars))
+        return [item], True
+    if not isinstance(value, list):
+        raise BadRequest(f'"{key}" must be a list of strings, got {type(value).__name__}')
+    if not value:
+        raise BadRequest(f'"{key}" is empty; send at least one text')
+    if len(value) > max_texts:
+        raise BadRequest(f"{len(value)} texts in one request; send at most {max_texts} per request", 413)
+    if not all(isinstance(t, (str, dict)) for t in value):
+        raise BadRequest(f'"{key}" must be a list of strings (or of {{"text", "text_pair"}} objects)')
+    return [_one_item(t, f"{key}[{i}]", pairs, max_chars) for i, t in enumerate(value)], False
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """JSON from a request body; `BadRequest` for anything that is not (broken, too deeply nested, not UTF-8)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8 text; send JSON encoded as UTF-8") from None
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply; send a flat object such as {\"text\": \"...\"}") from None
+    except ValueError as err:
+        raise BadRequest(f"the body is not valid JSON ({err}); {EXAMPLE}") from None
+
+
+def with_note(result: dict, reads_tokens: int) -> dict:
+    """Say in the answer when a text was cut to what the model reads."""
+    if result.get("truncated"):
+        result = {**result, "note": f"the text was longer than the model reads ({reads_tokens} tokens); "
+                                    "only its start was used"}
+    return result
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
+<title>{{ title }}</title><link rel="icon" href="data:,">
 <style>
- body {{ font-family: system-ui, sans-serif; max-width: 760px; margin: 2rem auto; padding: 0 1rem; color: #222; }}
- textarea {{ width: 100%; min-height: 8rem; font: inherit; padding: .5rem; box-sizing: border-box; }}
- button {{ font: inherit; padding: .5rem 1.25rem; margin-top: .5rem; cursor: pointer; }}
- button:disabled {{ cursor: wait; opacity: .6; }}
- #result {{ margin-top: 1rem; padding: .75rem; border-radius: 6px; background: #f3f5f8; min-height: 1.5rem; }}
- #result.error {{ background: #fdecea; color: #a11; }}
- .bar {{ height: .6rem; background: #3b82f6; border-radius: 3px; }}
- table {{ width: 100%; border-collapse: collapse; }} td {{ padding: .15rem .5rem; }} td:last-child {{ width: 55%; }}
- .muted {{ color: #667; font-size: .9rem; }}
+ body { font-family: system-ui, sans-serif; max-width: 760px; margin: 2rem auto; padding: 0 1rem; color: #222; }
+ textarea { width: 100%; min-height: 7rem; font: inherit; padding: .5rem; box-sizing: border-box; }
+ button { font: inherit; padding: .5rem 1.25rem; margin-top: .5rem; cursor: pointer; border: 0; border-radius: 6px;
+          background: #2563eb; color: #fff; }
+ button:disabled { cursor: wait; opacity: .6; }
+ #result { margin-top: 1rem; padding: .75rem; border-radius: 6px; background: #f3f5f8; min-height: 1.5rem; }
+ #result.error { background: #fdecea; color: #a11; }
+ .bar { height: .6rem; background: #3b82f6; border-radius: 3px; }
+ .banner { background: #fff7e6; border: 1px solid #f5c26b; border-radius: 6px; padding: .6rem .8rem; margin: 1rem 0; }
+ table { width: 100%; border-collapse: collapse; } td { padding: .15rem .5rem; } td:last-child { width: 55%; }
+ .muted { color: #667; font-size: .9rem; }
 </style></head>
 <body>
-<h1>{title}</h1>
-<p class="muted">Model: <code>{model}</code> &middot; task: {task} &middot; API: <code>POST {endpoint}</code>,
- <code>GET /health</code></p>
-<label for="text">{prompt}</label>
-<textarea id="text" placeholder="{placeholder}"></textarea>
-<button id="go" type="button">{button}</button>
-<div id="result" role="status" aria-live="polite"></div>
+<h1>{{ title }}</h1>
+<p class="muted">Model: <code id="model">{{ model }}</code> &middot; task: {{ task }} &middot; API:
+ <code>POST {{ endpoint }}</code>, <code>GET /health</code></p>
+{% if standin %}<div class="banner" id="standin"><strong>Offline stand-in.</strong> {{ standin }}</div>{% endif %}
+<form id="form" method="post" action="/">
+<label for="text">{{ prompt }}</label>
+<textarea id="text" name="text" placeholder="{{ placeholder }}">{{ text }}</textarea>
+{% if pairs %}<label for="text_pair">Second text of the pair</label>
+<textarea id="text_pair" name="text_pair">{{ text_pair }}</textarea>{% endif %}
+<button id="go" type="submit">{{ button }}</button> <span class="muted">(Ctrl+Enter)</span>
+</form>
+<p class="muted">The model reads up to {{ reads_tokens }} tokens (roughly {{ reads_chars }} characters of English);
+ longer texts are cut and the answer says so.</p>
+<div id="result" role="status" aria-live="polite" class="{{ 'error' if error else '' }}">
+{%- if error %}Error: {{ error }}{% elif result %}
+ {%- if result.label is defined %}<p>Label: <strong id="label">{{ result.label }}</strong>
+  ({{ '%.1f' % (100 * result.score) }}%)</p><table>
+  {%- for name, p in result.probabilities.items() %}<tr><td>{{ name }}</td><td>{{ '%.1f' % (100 * p) }}%</td>
+  <td><div class="bar" style="width:{{ '%.1f' % (100 * p) }}%"></div></td></tr>{% endfor %}</table>
+ {%- else %}<p id="summary">{{ result.summary or '(empty summary)' }}</p>{% endif %}
+ {%- if result.truncated %}<p class="muted" id="truncated">{{ result.note }}</p>{% endif %}
+ {%- if standin %}<p class="muted">Answered by the offline stand-in model, not {{ requested }}.</p>{% endif %}
+{%- endif %}</div>
 <script>
-const endpoint = "{endpoint}";
-const go = document.getElementById("go"), box = document.getElementById("text"), out = document.getElementById("result");
-function esc(s) {{ return s.replace(/[&<>"]/g, c => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}}[c])); }}
-function show(r) {{
+const endpoint = {{ endpoint | tojson }}, standin = {{ (standin != "") | tojson }}, requested = {{ requested | tojson }};
+const form = document.getElementById("form"), go = document.getElementById("go"), box = document.getElementById("text");
+const pairBox = document.getElementById("text_pair"), out = document.getElementById("result"), label = go.textContent;
+function esc(s) { return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
+function show(r) {
   let html = "";
-  if (r.label !== undefined) {{
-    html = `<p>Label: <strong id="label">${{esc(r.label)}}</strong> (${{(100 * r.score).toFixed(1)}}%)</p><table>`;
+  if (r.label !== undefined) {
+    html = `<p>Label: <strong id="label">${esc(r.label)}</strong> (${(100 * r.score).toFixed(1)}%)</p><table>`;
     for (const [name, p] of Object.entries(r.probabilities))
-      html += `<tr><td>${{esc(name)}}</td><td>${{(100 * p).toFixed(1)}}%</td><td><div class="bar" style="width:${{100 * p}}%"></div></td></tr>`;
+      html += `<tr><td>${esc(name)}</td><td>${(100 * p).toFixed(1)}%</td><td><div class="bar" style="width:${(100 * p).toFixed(1)}%"></div></td></tr>`;
     html += "</table>";
-  }} else {{
-    html = `<p id="summary">${{esc(r.summary) || "<em>(empty summary)</em>"}}</p>`;
-  }}
-  if (r.truncated) html += '<p class="muted" id="truncated">The text was longer than the model reads; only its start was used.</p>';
+  } else {
+    html = `<p id="summary">${r.summary ? esc(r.summary) : "<em>(empty summary)</em>"}</p>`;
+  }
+  if (r.truncated) html += `<p class="muted" id="truncated">${esc(r.note || "The text was cut to what the model reads.")}</p>`;
+  if (standin) html += `<p class="muted">Answered by the offline stand-in model, not ${esc(requested)}.</p>`;
   out.className = ""; out.innerHTML = html;
-}}
-go.addEventListener("click", async () => {{
-  if (!box.value.trim()) {{ out.className = "error"; out.textContent = "Type some text first."; return; }}
+}
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  if (!box.value.trim()) { out.className = "error"; out.textContent = "Type some text first."; return; }
+  const body = {text: box.value};
+  if (pairBox && pairBox.value.trim()) body.text_pair = pairBox.value;
   go.disabled = true; go.textContent = "Working..."; out.className = ""; out.textContent = "Working...";
-  try {{
-    const res = await fetch(endpoint, {{method: "POST", headers: {{"Content-Type": "application/json"}},
-                                        body: JSON.stringify({{text: box.value}})}});
-    const body = await res.json();
-    if (!res.ok) throw new Error(body.error || res.statusText);
-    show(body);
-  }} catch (err) {{
+  try {
+    const res = await fetch(endpoint, {method: "POST", headers: {"Content-Type": "application/json"},
+                                       body: JSON.stringify(body)});
+    const answer = await res.json();
+    if (!res.ok) throw new Error(answer.error || res.statusText);
+    show(answer);
+  } catch (err) {
     out.className = "error"; out.textContent = "Error: " + err.message;
-  }} finally {{
-    go.disabled = false; go.textContent = "{button}";
-  }}
-}});
+  } finally {
+    go.disabled = false; go.textContent = label;
+  }
+});
+form.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+});
 </script>
 </body></html>
 """
 
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                                "img-src data:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+                                "frame-ancestors 'none'"),
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
-def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None):
-    """A Flask app serving `source`: a saved folder (OUTPUT_DIR or its model/) or a loaded predictor."""
-    from flask import Flask, jsonify, request
+
+def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
+    """(the model actually used, what was requested, a stand-in notice or '') from workbook.json."""
+    base = info.get("base_model") or {}
+    requested = str(base.get("requested") or fallback)
+    used = str(base.get("used") or requested)
+    if not base.get("standin"):
+        return requested, requested, ""
+    from .models import STANDIN_ENCODER_NAME
+
+    shown = STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else Path(used).name
+    notice = (f"This model was fine-tuned from an offline stand-in ({shown}) because {requested} could not be "
+              "reached; its answers show that the code works, not how good the requested model is.")
+    if info.get("task") != "text-classification":
+        notice += " The stand-in summarizer is tiny and untrained, so its summaries are gibberish."
+    return f"{shown} (stand-in for {requested})", requested, notice
+
+
+def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None):
+    """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
+    or a loaded predictor."""
+    from flask import Flask, jsonify, render_template_string, request
 
     from . import inference
 
-    predictor = inference.load(source, device=device) if isinstance(source, (str, Path)) else source
+    predictor = (inference.load(source, device=device, base_model=base_model) if isinstance(source, (str, Path))
+                 else source)
     classifier = predictor.task == "text-classification"
+    pairs = classifier and getattr(predictor, "takes_pairs", False)
     endpoint = "/predict" if classifier else "/summarize"
-    max_chars = max(predictor.max_input_tokens * CHARS_PER_TOKEN_LIMIT, MIN_CHARS_LIMIT)
-    name = str(predictor.info.get("base_model", {}).get("requested") or getattr(source, "name", "model"))
+    reads_tokens = int(predictor.max_input_tokens)
+    model_name, requested, standin = describe_model(predictor.info, getattr(source, "name", "model"))
     lock = threading.Lock()
     app = Flask("finetune_workbook")
     app.json.sort_keys = False
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["WORKBOOK_ENDPOINT"] = endpoint
 
     def error(message: str, status: int):
         return jsonify({"error": message}), status
 
-    @app.get("/")
-    def page():
-        title = "Sentiment / text classification" if classifier else "Summarization"
-        return PAGE.format(title=title, model=name, task=predictor.task, endpoint=endpoint,
-                           prompt="Text to classify" if classifier else "Text to summarize",
-                           placeholder="Type a headline or a sentence..." if classifier else "Paste a text...",
-                           button="Predict" if classifier else "Summarize")
+    def run(items: list, overrides: dict) -> list[dict]:
+        with lock:  # one model call at a time: correct answers under concurrent requests
+            if classifier:
+                results = predictor.predict(items)
+            else:
+                try:
+                    results = predictor.summarize(items, **overrides)
+                except (TypeError, ValueError) as err:
+                    raise BadRequest(str(err)) from err
+        return [with_note(r, reads_tokens) for r in results]
 
-    @app.get("/health")
-    def health():
-        body = {"status": "ok", "task": predictor.task, "model": name, "endpoint": endpoint,
-                "max_input_tokens": predictor.max_input_tokens, "max_texts": max_texts}
-        if classifier:
-            body["labels"] = predictor.labels
-        return jsonify(body)
+    def page(**values):
+        title = "Text classification" if classifier else "Summarization"
+        html = render_template_string(
+            PAGE, title=title, model=model_name, requested=requested, standin=standin, task=predictor.task,
+            endpoint=endpoint, pairs=pairs, reads_tokens=reads_tokens, reads_chars=f"{reads_tokens * 4:,}",
+            prompt="Text to classify" if classifier else "Text to summarize",
+            placeholder="Type a headline or a sentence..." if classifier else "Paste a text...",
+            button="Predict" if classifier else "Summarize", **{"text": "", "text_pair": "", "result": None,
+                                                               "error": None, **values})
+        return html, values.get("status", 200), {"Content-Type": "text/html; charset=utf-8"}
+
+    def form_post():
+        text, pair = request.form.get("text", request.form.get("sentence", "")), request.form.get("text_pair")
+        try:
+            item = check_text(text, "text")
+            if pair:
+                item = (item, check_text(pair, "text_pair"))
+            result = run([item], {})[0]
+        except BadRequest as err:
+            return page(text=text, text_pair=pair or "", error=str(err), status=err.status)
+        return page(text=text, text_pair=pair or "", result=result)
+
+    def read_payload():
+        """The JSON body, or None for an HTML form post (JSON sent as a form, as plain `curl -d` does, is JSON)."""
+        raw = request.get_data(cache=True)
+        if request.mimetype == "application/json" or raw.lstrip()[:1] in (b"{", b"["):
+            return parse_json_body(raw)
+        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return None
+        raise BadRequest('send a JSON body with Content-Type: application/json, e.g. {"text": "..."}', 415)
 
     def handle(kind: str):
         if kind != endpoint:
             other = "a text classifier" if classifier else "a summarizer"
             return error(f"this server holds {other}; POST {endpoint} instead", 400)
-        payload = request.get_json(silent=True)
-        if payload is None:
-            return error('send a JSON body with Content-Type: application/json, e.g. {"text": "..."}', 415
-                         if not request.is_json else 400)
         try:
-            texts, single = parse_texts(payload, max_texts=max_texts, max_chars=max_chars)
+            payload = read_payload()
+            if payload is None:
+                return form_post()
+            items, single = parse_texts(payload, max_texts=max_texts, pairs=pairs)
             overrides = payload.get("parameters", {}) if isinstance(payload, dict) else {}
             if overrides and classifier:
                 raise BadRequest('"parameters" are for summarizers only')
             if not isinstance(overrides, dict):
                 raise BadRequest('"parameters" must be an object, e.g. {"num_beams": 4}')
-            with lock:  # one model call at a time: correct answers under concurrent requests
-                if classifier:
-                    results = predictor.predict(texts)
-                else:
-                    try:
-                        results = predictor.summarize(texts, **overrides)
-                    except (TypeError, ValueError) as err:
-                        raise BadRequest(str(err)) from err
+            results = run(items, overrides)
         except BadRequest as err:
             return error(str(err), err.status)
+        if isinstance(payload, list):  # OCI Data Science's answer shape
+            return jsonify({"prediction": results})
         if single:
             return jsonify(results[0])
         return jsonify({"predictions" if classifier else "summaries": results})
+
+    @app.get("/")
+    def index():
+        return page()
+
+    @app.post("/")
+    def index_form():
+        return handle(endpoint)
+
+    @app.get("/health")
+    def health():
+        body = {"status": "ok", "task": predictor.task, "model": model_name, "requested": requested,
+                "standin": bool(standin), "endpoint": endpoint, "max_input_tokens": reads_tokens,
+                "max_texts": max_texts, "text_pair": pairs}
+        if classifier:
+            body["labels"] = predictor.labels
+        return jsonify(body)
 
     @app.post("/predict")
     def predict():
@@ -200,6 +361,31 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None)
     def summarize():
         return handle("/summarize")
 
+    @app.post("/model")
+    @app.post("/models/<model_id>/latest/model")
+    def domino(model_id: str | None = None):
+        """Domino's model API: {"data": {<argument>: value}} in, the function's return value as "result" out."""
+        start = time.perf_counter()
+        try:
+            payload = parse_json_body(request.get_data(cache=True))
+            if not isinstance(payload, dict) or not isinstance(payload.get("data"), (dict, str, list)):
+                raise BadRequest('a Domino model API call is {"data": {"sentence": "..."}} '
+                                 '(or {"data": {"text": ...}} / {"data": {"texts": [...]}})')
+            items, single = parse_texts({"data": payload["data"]}, max_texts=max_texts, pairs=pairs)
+            results = run(items, {})
+        except BadRequest as err:
+            return error(str(err), err.status)
+        elapsed = round(1000 * (time.perf_counter() - start), 1)
+        return jsonify({"result": results[0] if single else results, "request_id": str(uuid.uuid4()),
+                        "model_time_in_ms": elapsed, "timing": elapsed,
+                        "release": {"harness_version": "finetune-workbook", "model_version": model_name}})
+
+    @app.after_request
+    def headers(response):
+        response.headers.update(SECURITY_HEADERS)
+        response.headers["Server"] = "finetune-workbook"
+        return response
+
     @app.errorhandler(404)
     def not_found(_):
         return error(f"no such endpoint; use GET /, GET /health or POST {endpoint}", 404)
@@ -208,6 +394,10 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None)
     def wrong_method(_):
         return error(f"wrong method; the API is POST {endpoint} with a JSON body", 405)
 
+    @app.errorhandler(413)
+    def too_large(_):
+        return error(f"the request body is over {MAX_BODY_BYTES // 2**20} MB; send fewer or shorter texts", 413)
+
     @app.errorhandler(500)
     def failed(err):
         return error(f"the model failed on this input ({getattr(err, 'original_exception', err)})", 500)
@@ -215,11 +405,23 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None)
     return app
 
 
-def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None) -> None:
-    """Run the app with a threaded server until interrupted."""
+def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
+          base_model: str | None = None) -> None:
+    """Run the app with a threaded server until interrupted. The port is claimed before the model loads."""
+    import socket
+
     from werkzeug.serving import make_server
 
-    app = create_app(source, device=device)
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        probe.bind((host, port))
+    except OSError as err:
+        raise OSError(f"cannot listen on {host}:{port} ({err.strerror}); is another server running there? "
+                      "Pick another port with --port (make serve PORT=...)") from None
+    finally:
+        probe.close()
+    print(f"loading the model from {source} ...", flush=True)
+    app = create_app(source, device=device, base_model=base_model)
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.server_port}"
     endpoint = app.config["WORKBOOK_ENDPOINT"]

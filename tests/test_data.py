@@ -77,7 +77,7 @@ def test_other_formats(tmp_path, suffix):
     (None, "not found", "DATA_SOURCE"),
     ("", "is empty", "DATA_SOURCE"),
     ("a,b,c\n1,2,3\n", "no column", "TEXT_COL / LABEL_COL"),
-    ("bullish,Stocks rallied .\nneutral,Talks continue .\n", "Unknown label values", "LABEL_NAMES"),
+    ("bullish,Stocks rallied .\nneutral,Talks continue .\n", "do not match LABEL_NAMES: found {bullish, neutral}", "None to take them from the data"),
     ("positive,Profit rose .\n1,Talks continue .\n", "mixes numbers and names", "consistent"),
 ])
 def test_bad_files_give_one_line_errors_with_a_fix(tmp_path, content, needle, fix):
@@ -170,7 +170,7 @@ def test_integer_labels_of_unclear_base_are_refused(tmp_path):
     path.write_text("2,ok\n3,fine\n2,meh\n")
     with pytest.raises(DataError, match="count from 0 or 1"):
         hp.data.load_labeled_data(path, text_col="text", label_col="label", columns=["label", "text"],
-                                  label_names=["1", "2", "3", "4", "5"])
+                                  label_names=["1 star", "2 stars", "3 stars", "4 stars", "5 stars"])
 
 
 def test_ordinal_metrics():

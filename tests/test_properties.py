@@ -35,7 +35,8 @@ def _write(tmp_path, rows_, encoding: str, newline: str) -> object:
 
 
 @FAST
-@given(rows_=rows, encoding=st.sampled_from(["utf-8", "latin-1", "utf-8-sig"]), newline=st.sampled_from(["\n", "\r\n"]))
+@given(rows_=rows, encoding=st.sampled_from(["utf-8", "latin-1", "utf-8-sig"]),
+       newline=st.sampled_from(["\n", "\r\n", "\r"]))
 def test_labeled_loader_never_loses_a_row_silently(tmp_path_factory, rows_, encoding, newline):
     path = _write(tmp_path_factory.mktemp("p"), rows_, encoding, newline)
     try:
@@ -49,6 +50,27 @@ def test_labeled_loader_never_loses_a_row_silently(tmp_path_factory, rows_, enco
     assert len(loaded.dataset) == report.rows_kept
     assert set(loaded.dataset["label"]) <= set(LABELS)
     assert all(t.strip() for t in loaded.dataset["text"])
+
+
+messy = st.text(alphabet=st.sampled_from(list('ab "\t\n\r,;') + ["é", "x"]), max_size=20)
+
+
+@FAST
+@given(rows_=st.lists(st.tuples(st.sampled_from(["0", "1"]), messy), min_size=1, max_size=25))
+def test_glue_style_tsv_with_stray_quotes_tabs_and_newlines_accounts_for_every_line(tmp_path_factory, rows_):
+    """Raw TSV lines (no quoting), whatever the text holds: every non-blank line is a row read, kept or reported."""
+    body = "".join(f"{text}\t{label}\n" for label, text in rows_)
+    path = tmp_path_factory.mktemp("p") / "train.tsv"
+    path.write_text("sentence\tlabel\n" + body)
+    lines = [line for line in body.replace("\r", "\n").split("\n") if line.strip()]
+    try:
+        loaded = hp.data.load_labeled_data(path, text_col="sentence", label_col="label", label_names="neg,pos")
+    except hp.data.DataError as err:
+        assert "\n" not in str(err)
+        return
+    report = loaded.report
+    assert report.rows_read == len(lines) == report.rows_kept + sum(report.dropped.values())
+    assert all(t.strip() and t in body for t in loaded.dataset["text"])
 
 
 @FAST

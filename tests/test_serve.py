@@ -139,10 +139,13 @@ BAD = [
     ({"texts": ["ok", 3]}, 400, "must be a list of strings"),
     ({"texts": []}, 400, "is empty"),
     ({"texts": ["x"] * 65}, 413, "at most 64"),
-    ({"text": "word " * 5000}, 413, "far over what the model reads"),
+    ({"text": "word " * 400_000}, 413, "far over what the model reads"),
     ({"sentence": "a", "text": "b"}, 400, "exactly one of"),
     ({}, 400, "exactly one of"),
-    ([1, 2], 400, "must be a JSON object"),
+    ([1, 2], 400, "must be a list of strings"),
+    ("just a string", 400, "must be a JSON object or a list of texts"),
+    ({"text": "\u200b\u200b\x00\x07"}, 400, "no visible characters"),
+    ({"text": "ok", "text_pair": 3}, 400, "must be a string, got int"),
     ({"data": 5}, 400, '"data" must be an object'),
     ({"text": "fine", "parameters": {"num_beams": 2}}, 400, "for summarizers only"),
 ]
@@ -156,8 +159,13 @@ def test_api_bad_input_gets_a_4xx_and_the_server_keeps_serving(clf_client, paylo
 
 
 def test_api_other_mistakes(clf_client, summ_client):
-    r = clf_client.post("/predict", data="text=hello", content_type="application/x-www-form-urlencoded")
+    r = clf_client.post("/predict", data="hello", content_type="text/plain")
     assert r.status_code == 415 and "application/json" in r.get_json()["error"]
+    nested = "[" * 100_000 + "]" * 100_000
+    r = clf_client.post("/predict", data=nested, content_type="application/json")
+    assert r.status_code == 400 and "nested too deeply" in r.get_json()["error"]
+    r = clf_client.post("/predict", data='{"text": "\\ud800"}', content_type="application/json")
+    assert r.status_code == 400 and "lone surrogate" in r.get_json()["error"]
     assert clf_client.post("/predict", data="{not json", content_type="application/json").status_code == 400
     wrong = clf_client.post("/summarize", json={"text": "x"})
     assert wrong.status_code == 400 and "POST /predict" in wrong.get_json()["error"]
