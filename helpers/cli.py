@@ -134,7 +134,7 @@ def _cmd_predict(args) -> int:
     if model.task == "text-classification":
         inputs = texts
         if getattr(model, "takes_pairs", False):
-            inputs = [_pair(t) for t in texts]
+            inputs = [inference.parse_pair_text(t) for t in texts]
             if any(p is None for p in inputs):
                 print("error: this model reads sentence pairs; give each as 'first text ||| second text' "
                       "(or with a TAB between them on stdin)", file=sys.stderr)
@@ -153,15 +153,6 @@ def _cmd_predict(args) -> int:
         else:
             print(f"{text[:70]}{cut}\n  -> {r['summary']}")
     return 0
-
-
-def _pair(text: str) -> tuple[str, str] | None:
-    """'first ||| second' or 'first<TAB>second' -> (first, second); None when there is no separator."""
-    for sep in ("|||", "\t"):
-        if sep in text:
-            first, second = (part.strip() for part in text.split(sep, 1))
-            return (first, second) if first and second else None
-    return None
 
 
 def _cmd_serve(args) -> int:

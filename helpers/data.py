@@ -218,8 +218,8 @@ def _read_unquoted(text: str, delimiter: str, header: bool, names: list[str] | N
         columns = [f"column_{i}" for i in range(width)]
     good = [r for r in rows if len(r) == width]
     bad = [delimiter.join(r) for r in rows if len(r) != width]
-    skipped = {f"malformed line (not {width} {'tab-' if delimiter == chr(9) else ''}separated fields)": bad} if bad else {}
-    return pd.DataFrame(good, columns=columns, dtype=str), skipped
+    reason = f"malformed line (not {width} {'tab-' if delimiter == chr(9) else ''}separated fields)"
+    return pd.DataFrame(good, columns=columns, dtype=str), ({reason: bad} if bad else {})
 
 
 def _merged_records(text: str, delimiter: str, width: int) -> int:
@@ -889,3 +889,103 @@ def fingerprint(splits) -> dict[str, Any]:
             digest.update(column.encode())
             digest.update(json.dumps(list(split[column]), ensure_ascii=False, default=str).encode())
     return {"rows": rows, "sha256": digest.hexdigest()}
+
+
+# --------------------------------------------------------------------------- pairs with their own splits
+
+SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
+
+
+def split_files(folder: str | Path) -> dict[str, list[Path]]:
+    """Data files of a dataset folder by split, from their names: `train.csv`, `validation.jsonl`,
+    `data/test-00000-of-00001.parquet` (a Hub dataset downloaded with `hf download --repo-type dataset`)."""
+    found: dict[str, list[Path]] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in _FILE_SUFFIXES | {".gz"} or ".cache" in path.parts:
+            continue
+        stem = path.name.lower()
+        for split, names in SPLIT_NAMES.items():
+            if any(re.match(rf"{name}([-_.]|$)", stem) for name in names):
+                found.setdefault(split, []).append(path)
+    return found
+
+
+@dataclass
+class LoadedPairSplits:
+    """Cleaned train/validation/test source -> target pairs, where they came from, and what was dropped."""
+
+    splits: Any  # datasets.DatasetDict with columns source, target (and id)
+    source: DataSource
+    report: DropReport
+    how: str  # "the dataset's own splits" or "a seeded 80/10/10 split"
+
+
+def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool, hub_config: str | None,
+                 hub_max_rows: int | None, seed: int) -> tuple[dict[str, pd.DataFrame], DataSource]:
+    """{split: raw frame} from a folder of split files, a Hub dataset with splits, or one file / sample."""
+    local = find_local_file(source) if source not in (None, "", "auto") else None
+    if local is not None and local.is_dir():
+        files = split_files(local)
+        if "train" not in files:
+            raise DataError(f"{local} is a folder without a train file (train.csv, train.jsonl, "
+                            "data/train-*.parquet, ...); set DATA_SOURCE to a data file or such a folder.")
+        frames = {split: pd.concat([read_table(f)[0] for f in paths], ignore_index=True)
+                  for split, paths in files.items()}
+        return frames, DataSource(requested=source, used=str(local), kind="folder")
+    if local is None and source not in (None, "", "auto") and not looks_like_file(source) and (
+            hub.hub_available() or _hub_dataset_cached(source)):
+        import datasets
+
+        try:
+            names = datasets.get_dataset_split_names(source, hub_config)
+        except Exception:  # noqa: BLE001 - no split listing: fall back to the train split alone
+            names = ["train"]
+        frames = {}
+        for split, aliases in SPLIT_NAMES.items():
+            name = next((n for n in names if n in aliases), None)
+            if name is not None:
+                cap = hub_max_rows if hub_max_rows is None or split == "train" else max(1, hub_max_rows // 8)
+                frames[split] = _load_hub_frame(source, name, hub_config, cap, seed)
+        return frames, DataSource(requested=source, used=source, kind="hub")
+    frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, hub_config=hub_config,
+                               hub_max_rows=hub_max_rows, seed=seed)
+    return {"train": frame}, used
+
+
+def load_pair_splits(source: str | Path | None, *, source_col: str = "Input", target_col: str = "Output",
+                     id_col: str | None = None, sample: str | None = None, allow_standin: bool = True,
+                     hub_config: str | None = None, hub_max_rows: int | None = None, seed: int = 42,
+                     validation_size: float = 0.1, test_size: float = 0.1) -> LoadedPairSplits:
+    """Source -> target pairs in train/validation/test, using the dataset's own splits when it has them
+    (a Hub dataset such as `zqz979/meta-review`, or a folder of `train` / `validation` / `test` files),
+    else a seeded 80/10/10 split. Empty rows and duplicate pairs are dropped from each split and reported."""
+    import datasets
+
+    frames, used = _pair_frames(None if source is None else str(source), sample=sample, allow_standin=allow_standin,
+                                hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed)
+    report = DropReport()
+    cleaned = {}
+    for split, frame in frames.items():
+        where = f"{Path(used.used).name} ({split})" if len(frames) > 1 else Path(used.used).name
+        if frame.empty:
+            raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
+        missing = [c for c in (source_col, target_col) if c not in frame.columns]
+        if missing:
+            raise DataError(f"{where} has no column {', '.join(map(repr, missing))} (columns: "
+                            f"{', '.join(map(str, frame.columns))}); set SOURCE_COL / TARGET_COL to the right names.")
+        frame, part = clean_pairs(frame, source_col, target_col)
+        report.rows_read += part.rows_read
+        for reason, count in part.dropped.items():
+            report.dropped[reason] = report.dropped.get(reason, 0) + count
+            report.examples.setdefault(reason, []).extend(part.examples.get(reason, []))
+        for reason, count in part.flagged.items():
+            report.flagged[reason] = report.flagged.get(reason, 0) + count
+        out = {"source": frame[source_col].str.strip(), "target": frame[target_col].str.strip()}
+        if id_col and id_col in frame.columns:
+            out["id"] = frame[id_col].map(_id_string)
+        cleaned[split] = datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False)
+    if all(name in cleaned and len(cleaned[name]) for name in SPLIT_NAMES):
+        return LoadedPairSplits(datasets.DatasetDict(cleaned), used, report, "the dataset's own splits")
+    whole = datasets.concatenate_datasets(list(cleaned.values()))
+    splits = random_split(whole, validation_size=validation_size, test_size=test_size, seed=seed)
+    return LoadedPairSplits(splits, used, report, "a seeded 80/10/10 split")

@@ -184,6 +184,16 @@ class TextClassifier:
         return out
 
 
+def parse_pair_text(text: str) -> tuple[str, str] | None:
+    """'first ||| second' or 'first<TAB>second' (how a pair is typed in a box or a shell) -> (first, second);
+    None when there is no separator or a side is empty."""
+    for sep in ("|||", "\t"):
+        if sep in text:
+            first, second = (part.strip() for part in text.split(sep, 1))
+            return (first, second) if first and second else None
+    return None
+
+
 def split_pair(item) -> tuple[str, str | None]:
     """(text, text_pair or None) from a text, a `(text, text_pair)` tuple or a dict with those keys."""
     if isinstance(item, str):

@@ -254,7 +254,7 @@ _RATINGS = {True: ["I lean towards acceptance.", "Overall I recommend acceptance
 
 
 def meta_review_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
-    """(reviews joined by " <sep> ", meta-review) rows: the `zqz979/meta-review` CSV layout `text, summary`.
+    """(reviews joined by " <sep> ", meta-review) rows: the `zqz979/meta-review` layout `Input, Output`.
 
     The meta-review restates the reviews' main points and the decision, as area chairs do,
     so a model can learn to copy the salient phrases.
@@ -287,14 +287,16 @@ def meta_review_rows(n: int = 240, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def write_meta_review_csv(path: str | Path, n: int = 240, seed: int = 0) -> Path:
-    """The meta-review CSV: a header `text,summary`, UTF-8, one row per paper."""
+    """The meta-review CSV in the Hub's layout: a header `Input,Output`, UTF-8, one row per paper."""
     import csv
     import io
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["text", "summary"])
-    writer.writerows(meta_review_rows(n, seed))
+    writer.writerow(["Input", "Output"])
+    rows = meta_review_rows(n, seed)
+    rows.insert(len(rows) // 3, (rows[0][0] + " <sep> One more review.", ""))  # the Hub has rows with no Output
+    writer.writerows(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buffer.getvalue(), encoding="utf-8")

@@ -77,7 +77,8 @@ def test_other_formats(tmp_path, suffix):
     (None, "not found", "DATA_SOURCE"),
     ("", "is empty", "DATA_SOURCE"),
     ("a,b,c\n1,2,3\n", "no column", "TEXT_COL / LABEL_COL"),
-    ("bullish,Stocks rallied .\nneutral,Talks continue .\n", "do not match LABEL_NAMES: found {bullish, neutral}", "None to take them from the data"),
+    ("bullish,Stocks rallied .\nneutral,Talks continue .\n", "do not match LABEL_NAMES: found {bullish, neutral}",
+     "None to take them from the data"),
     ("positive,Profit rose .\n1,Talks continue .\n", "mixes numbers and names", "consistent"),
 ])
 def test_bad_files_give_one_line_errors_with_a_fix(tmp_path, content, needle, fix):

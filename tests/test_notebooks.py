@@ -199,3 +199,112 @@ def test_bad_input_as_a_user_gives_its_message_in_the_run_summary(tmp_path, para
     run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
     assert run["status"] == "failed" and message in run["error"]
     assert not (tmp_path / "01_finbert_financial_sentiment" / "checkpoints").exists()  # it stopped before training
+
+
+# --------------------------------------------------------------------------- the user's own data, real layouts
+
+def _paraphrase_pairs(path):
+    """A paraphrase corpus in the GLUE/MRPC spirit: `sentence1,sentence2,label` with the user's own labels."""
+    subjects = ["The company", "Profit", "The board", "Sales", "The bank", "Revenue", "The plant", "Shares"]
+    verbs = [("rose", "increased"), ("fell", "declined"), ("doubled", "grew twofold"), ("stalled", "stopped growing"),
+             ("was announced", "was made public"), ("was delayed", "was postponed")]
+    lines = ["sentence1,sentence2,label"]
+    for i, subject in enumerate(subjects):
+        for j, (verb, same) in enumerate(verbs):
+            for when in ("last year", "in March", "this quarter", "after the merger"):
+                lines.append(f"{subject} {verb} {when}.,{subject} {same} {when}.,paraphrase")
+                other = verbs[(j + 1 + i) % len(verbs)][1]
+                lines.append(f"{subject} {verb} {when}.,{subjects[(i + 3) % 8]} {other} {when}.,different")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_notebook_01_with_sentence_pairs_and_the_users_labels(tmp_path):
+    import subprocess
+    import sys
+
+    import helpers as hp
+    from helpers import cli
+
+    data = _paraphrase_pairs(tmp_path / "pairs.csv")
+    result = _run("01", tmp_path, DATA_SOURCE=str(data), TEXT_COL="sentence1", TEXT_PAIR_COL="sentence2")
+    m = result.metrics
+    assert m["data"]["rows"]["train"] == 192 and m["params"]["TEXT_PAIR_COL"] == "sentence2"
+    assert "labels taken from the data (2): different, paraphrase" in result.executed.read_text()
+    folder = result.output_dir / "model"
+    info = json.loads((folder / "workbook.json").read_text())
+    assert info["labels"] == ["different", "paraphrase"] and info["text_pair"] is True
+    pair = ("Sales rose in March.", "Sales increased in March.")
+    expected = hp.inference.load(folder, device="cpu").predict(pair)
+    assert expected["label"] in {"different", "paraphrase"}
+    assert cli.main(["predict", str(folder), f"{pair[0]} ||| {pair[1]}", "--json"]) == 0
+    client = hp.serve.create_app(folder, device="cpu").test_client()
+    served = client.post("/predict", json={"text": pair[0], "text_pair": pair[1]}).get_json()
+    assert served["label"] == expected["label"]
+    code = f"import json, score; print(json.dumps(score.predict_sentiment({pair[0]!r}, text_pair={pair[1]!r})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=120)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["label"] == expected["label"]
+
+
+def test_notebook_02_with_a_three_column_review_file(tmp_path):
+    """`review,sentiment,id` with a header: the user's columns win, nothing is renamed by position."""
+    lines = ["review,sentiment,id"]
+    for i in range(120):
+        item = ["blender", "lamp", "kettle", "novel", "charger", "mixer"][i % 6]
+        good = i % 2 == 0
+        verdict = ["Works great", "Love it", "Broke quickly", "Waste of money"][(i // 6) % 2 + (0 if good else 2)]
+        lines.append(f'"{verdict}: the {item} number {i} {"is fine" if good else "failed"}.",'
+                     f'{"positive" if good else "negative"},{i}')
+    path = tmp_path / "reviews.csv"
+    path.write_text("\n".join(lines) + "\n")
+    result = _run("02", tmp_path, DATA_SOURCE=str(path), TEXT_COL="review", LABEL_COL="sentiment", LABEL_NAMES=None)
+    text = result.executed.read_text()
+    assert "reading it as" not in text and "labels taken from the data (2): negative, positive" in text
+    assert result.metrics["data"]["rows"] == {"train": 96, "validation": 12, "test": 12}
+    assert "majority_accuracy" in result.metrics["baseline"]
+
+
+def _ag_news_layout(path):
+    """AG News' layout: header `label,title,description`, topics as 1-based integers."""
+    topics = {1: "election vote minister", 2: "match goal season", 3: "shares profit market", 4: "software chip space"}
+    lines = ["label,title,description"]
+    for i in range(240):
+        label = i % 4 + 1
+        words = topics[label].split()
+        lines.append(f'{label},"{words[i % 3].title()} news {i}","A story about the {words[(i + 1) % 3]} '
+                     f'and the {words[(i + 2) % 3]}, item {i}."')
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_notebook_03_with_one_based_topics(tmp_path):
+    from pathlib import Path
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "ag_news" / "test.csv"
+    data = real if real.exists() else _ag_news_layout(tmp_path / "topics.csv")
+    result = _run("03", tmp_path, DATA_SOURCE=str(data), TEXT_COL="title+description", RUN_TRAINER=False,
+                  LABEL_NAMES="World,Sports,Business,Sci/Tech")
+    assert "integer labels counted from 1 (1-based): 1 -> World" in result.executed.read_text()
+    info = json.loads((result.output_dir / "model" / "workbook.json").read_text())
+    assert info["labels"] == ["World", "Sports", "Business", "Sci/Tech"]
+    assert set(result.metrics["report"]["per_class"]) == set(info["labels"])
+
+
+def test_notebook_04_with_the_hub_layout_in_a_folder(tmp_path):
+    """zqz979/meta-review as `hf download --repo-type dataset` leaves it: data/{train,validation,test}-*.parquet,
+    columns Input / Output, some rows without an Output. The defaults read it; the splits are its own."""
+    import pandas as pd
+
+    rows = samples.meta_review_rows(110, seed=7)
+    folder = tmp_path / "meta-review" / "data"
+    folder.mkdir(parents=True)
+    parts = {"train": rows[:80], "validation": rows[80:95], "test": rows[95:]}
+    for split, part in parts.items():
+        frame = pd.DataFrame(part, columns=["Input", "Output"])
+        frame.loc[len(frame)] = [part[0][0] + " <sep> Another review.", ""]  # empty Output, as on the Hub
+        frame.to_parquet(folder / f"{split}-00000-of-00001.parquet")
+    result = _run("04", tmp_path, DATA_SOURCE=str(folder.parent), NUM_EPOCHS=1)
+    m = result.metrics
+    assert "splits: the dataset's own splits" in result.executed.read_text()
+    assert m["data"]["dropped"]["empty target"] == 3 and m["data"]["kind"] == "folder"
+    assert m["data"]["rows"]["test"] <= len(parts["test"])
