@@ -21,7 +21,8 @@ def run(kind: str, *, model: str | None = None, n: int = 48, batch_size: int = 1
     g.model.to(dev).eval()
     if kind == "causal-lm":
         hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
-        rows = hp.data.load_text_pairs("auto", sample="meta_review").dataset.select(range(n))
+        rows = hp.data.load_text_pairs("auto", sample="meta_review", source_col="Input",
+                                       target_col="Output").dataset.select(range(n))
         sources = [textgen.normalize_source(s) for s in rows["source"]]
         inputs, _ = textgen.encode_prompts(g.tokenizer, sources, textgen.PromptFormat(), 384)
     else:
