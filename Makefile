@@ -6,12 +6,13 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve bench run test lab lock samples lint clean help
+.PHONY: setup browser serve bench run test lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
 	@echo "make test   - set up if needed, then run the whole test suite"
 	@echo "make lab    - JupyterLab with the workbook's kernel"
+	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
 	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment - web page + JSON API for a saved model"
@@ -22,7 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -m ipykernel install --user --name $(KERNEL) --display-name "Python (finetune-workbook)" >/dev/null
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (finetune-workbook)" >/dev/null
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -46,6 +47,14 @@ browser:
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+# For a JupyterLab that runs outside .venv (OCI Data Science, Domino): a user-level kernel for this
+# checkout only, named after its folder, so two clones never share (or overwrite) one kernel.
+CHECKOUT_ID := $(shell printf '%s' "$(CURDIR)" | cksum | cut -d' ' -f1)
+kernel: setup
+	$(PY) -m ipykernel install --user --name finetune-workbook-$(CHECKOUT_ID) \
+	  --display-name "Python (finetune-workbook: $(notdir $(CURDIR)))"
+
 
 # A benchmark, not a test: (a) seeds' Trainer vs (b) tuned Trainer vs (c) the workbook loop, and
 # batched vs naive generation. Writes bench/results.json + bench/results.md (docs/benchmarks.md).

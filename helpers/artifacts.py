@@ -29,7 +29,8 @@ VOLATILE_PARAMS = {"OUTPUT_DIR", "RESUME", "OVERWRITE"}  # may change without ma
 
 
 class OutputDirInUseError(RuntimeError):
-    """OUTPUT_DIR holds another run (or an unfinished one) and neither OVERWRITE nor RESUME was asked for."""
+    """OUTPUT_DIR cannot take this run: it holds another (or an unfinished) one and neither OVERWRITE nor
+    RESUME was asked for, or it cannot be written."""
 RUNS_DIR = PROJECT_ROOT / "runs"
 
 
@@ -89,6 +90,16 @@ def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, r
     folder = Path(output_dir)
     if not is_main_process():  # rank 0 claims the folder for the whole multi-process run
         return folder
+    if folder.exists() and not folder.is_dir():
+        raise OutputDirInUseError(f"OUTPUT_DIR {folder} is a file, not a folder; choose another OUTPUT_DIR.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise OutputDirInUseError(f"OUTPUT_DIR {folder} cannot be written ({err.strerror or err}); choose a folder "
+                                  "you can write to (OUTPUT_DIR=...).") from None
     run_file = folder / RUN_FILE
     mine = {"notebook": notebook, "params": _same_run_params(params)}
     previous = json.loads(run_file.read_text()) if run_file.exists() else None

@@ -88,11 +88,15 @@ def _cmd_run(args) -> int:
         params["RESUME"] = True
     if args.overwrite:
         params["OVERWRITE"] = True
+    if args.log_output:  # papermill reports cells and their output through logging, at INFO
+        import logging
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = {"log_output": args.log_output}
     if args.runs_dir:
         from pathlib import Path
 
-        kwargs["runs_dir"] = Path(args.runs_dir)
+        kwargs["runs_dir"] = Path(args.runs_dir).expanduser().resolve()
     try:
         results = runner.run_many(args.notebooks, params, **kwargs)
     except runner.RunnerError as err:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -692,6 +693,11 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
     if frame.empty:
         raise DataError(f"No rows left in {where} after cleaning ({report.to_dict()['dropped']}); check TEXT_COL.")
     names, label_names, rule = encode_label_names(frame, label_col, label_names, label_map, where)
+    present = names.value_counts()
+    if len(present) < 2:
+        raise DataError(f"Only one label in {where} ({', '.join(f'{k!r}: {v} rows' for k, v in present.items())}): "
+                        "a classifier needs at least two labels with examples; check LABEL_COL "
+                        f"({label_col!r}) and that the file holds every class.")
     out = {"text": frame["__text__"].astype(str).str.strip()}
     if pair:
         out["text_pair"] = frame[pair].astype(str).str.strip()
@@ -729,6 +735,10 @@ def stratified_split(dataset, *, label_col: str = "label", validation_size: floa
     if rare:
         raise DataError(f"Labels {rare} have fewer than 3 rows, too few to split three ways; "
                         "add data or drop those labels.")
+    held_out = math.ceil(len(labels) * (validation_size + test_size))
+    if held_out < 2 * len(counts) or len(labels) - held_out < len(counts):
+        raise DataError(f"{len(labels)} rows for {len(counts)} labels are too few for a stratified train/validation/"
+                        f"test split with every label in each part; add data (at least {10 * len(counts)} rows).")
     index = list(range(len(dataset)))
     train_idx, rest_idx = train_test_split(index, test_size=validation_size + test_size, random_state=seed,
                                            stratify=labels)

@@ -54,6 +54,17 @@ def majority_baseline(train_labels: Sequence[Any], test_labels: Sequence[Any]) -
     return {"majority_label": majority, "accuracy": sum(t == majority for t in test) / max(len(test), 1)}
 
 
+def check_against_majority(accuracy: float, majority: dict[str, Any]) -> str:
+    """One line comparing a model's test accuracy with always answering the most common label; a model that
+    does not beat it has learned nothing beyond the class balance, and the line says so loudly."""
+    bar, label = float(majority["accuracy"]), majority["majority_label"]
+    if accuracy <= bar:
+        return (f"WARNING: test accuracy {accuracy:.3f} does not beat always answering {label!r} ({bar:.3f}): "
+                "the model has learned nothing beyond the class balance. Train longer, check the labels, or "
+                "use more data.")
+    return f"test accuracy {accuracy:.3f} vs {bar:.3f} for always answering {label!r} (the majority-class baseline)"
+
+
 def ordinal_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
     """For ordered classes (stars): off-by-one accuracy and mean absolute error in classes.
 

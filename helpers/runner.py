@@ -78,12 +78,43 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
+    """Refuse unknown names and unusable values before anything runs (the notebook checks them again)."""
+    from .notebook import ParameterError, check_parameter
+
     known = notebook_parameters(path)
-    for name in params:
+    for name, value in params.items():
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=1)
             hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
             raise RunnerError(f"{path.stem} has no parameter {name!r}; {hint}")
+        try:
+            check_parameter(name, value, parse_value(known[name]["default"]))
+        except ParameterError as err:
+            raise RunnerError(str(err)) from None
+
+
+PATH_PARAMS = ("MODEL_NAME", "DATA_SOURCE", "OUTPUT_DIR")  # values that may be paths typed in a shell
+
+
+def resolve_paths(params: dict[str, Any], cwd: Path | None = None) -> dict[str, Any]:
+    """Make the paths a user typed mean what they mean in their shell: relative to *their* working
+    directory, not the notebook's (papermill runs notebooks from notebooks/).
+
+    OUTPUT_DIR is always a path. MODEL_NAME and DATA_SOURCE become absolute when they exist relative
+    to `cwd` or look like paths (`./x`, `../x`, `~/x`); Hub ids (`ProsusAI/finbert`) stay as they are.
+    """
+    cwd = Path(cwd or Path.cwd())
+    out = dict(params)
+    for name in PATH_PARAMS:
+        value = out.get(name)
+        if not isinstance(value, str) or not value.strip() or value == "auto":
+            continue
+        path = Path(value).expanduser()
+        if path.is_absolute():
+            out[name] = str(path)
+        elif name == "OUTPUT_DIR" or (cwd / path).exists() or value.startswith(("./", "../", ".\\", "..\\")):
+            out[name] = str((cwd / path).resolve())
+    return out
 
 
 def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DIR,
@@ -92,7 +123,7 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    params = dict(params)
+    params = resolve_paths(params)
     params.setdefault("OUTPUT_DIR", str((runs_dir / path.stem).resolve()))
     check_parameters(path, params)
     executed = runs_dir / path.name
@@ -136,8 +167,8 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
         model_used = (f"stand-in for {model.get('requested')}" if model.get("standin")
                       else Path(str(model.get("used", "-"))).name)
         data_used = f"{Path(str(data.get('used', '-'))).name}" + (" (generated sample)" if data.get("standin") else "")
-        error = (r.error or "").replace("|", "/")
-        status = "ok" if r.status == "ok" else f"**failed**: {error[:160]}"
+        error = " ".join((r.error or "").replace("|", "/").split())
+        status = "ok" if r.status == "ok" else f"**failed**: {error}"
         lines.append(f"| {r.notebook} | {status} | {model_used} | {data_used} "
                      f"| {_fmt_metrics(r.metrics.get('test', {}))} "
                      f"| {_fmt_metrics(r.metrics.get('baseline', {}))} | {r.wall_s:.0f} s |")

@@ -35,6 +35,8 @@ DEFAULT_PORT = 8000
 MAX_TEXTS = 64  # texts per request
 MAX_CHARS = 1_000_000  # characters per text: longer is not text for a model that reads a few hundred tokens
 MAX_BODY_BYTES = 8 * 2**20  # a request body over this is refused (413) before it is read
+MAX_QUEUE = 64  # requests waiting for the model at once; more get 503 with Retry-After
+QUEUE_TIMEOUT_S = 20.0  # a request that waited this long for the model gets 503 (under common 30 s gateway limits)
 TEXT_KEYS = ("text", "sentence", "texts", "sentences")
 
 
@@ -42,6 +44,13 @@ class BadRequest(ValueError):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+
+
+class Busy(BadRequest):
+    """Too many requests waiting, or one waited too long: 503 with Retry-After, so clients back off."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 503)
 
 
 EXAMPLE = 'send {"text": "..."}, {"texts": ["...", "..."]}, ["...", "..."] or {"data": {"sentence": "..."}}'
@@ -248,7 +257,8 @@ def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
     return f"{shown} (stand-in for {requested})", requested, notice
 
 
-def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None):
+def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
+               max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
     or a loaded predictor."""
     from flask import Flask, jsonify, render_template_string, request
@@ -268,18 +278,34 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.config["WORKBOOK_ENDPOINT"] = endpoint
 
+    waiting = {"count": 0}
+    waiting_lock = threading.Lock()
+
     def error(message: str, status: int):
-        return jsonify({"error": message}), status
+        headers = {"Retry-After": "2"} if status == 503 else {}
+        return jsonify({"error": message}), status, headers
 
     def run(items: list, overrides: dict) -> list[dict]:
-        with lock:  # one model call at a time: correct answers under concurrent requests
-            if classifier:
-                results = predictor.predict(items)
-            else:
-                try:
-                    results = predictor.summarize(items, **overrides)
-                except (TypeError, ValueError) as err:
-                    raise BadRequest(str(err)) from err
+        with waiting_lock:  # a bounded queue: past it, clients are told to come back rather than pile up
+            if waiting["count"] >= max_queue:
+                raise Busy(f"the server is busy ({max_queue} requests waiting); retry shortly")
+            waiting["count"] += 1
+        try:
+            if not lock.acquire(timeout=queue_timeout_s):  # one model call at a time: correct answers
+                raise Busy(f"the model was busy for {queue_timeout_s:g} s; retry shortly")
+            try:
+                if classifier:
+                    results = predictor.predict(items)
+                else:
+                    try:
+                        results = predictor.summarize(items, **overrides)
+                    except (TypeError, ValueError) as err:
+                        raise BadRequest(str(err)) from err
+            finally:
+                lock.release()
+        finally:
+            with waiting_lock:
+                waiting["count"] -= 1
         return [with_note(r, reads_tokens) for r in results]
 
     def page(**values):

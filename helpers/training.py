@@ -542,10 +542,12 @@ def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None
         for step, value, lr_value in zip(pending_steps, values, lr_buffer):
             if not math.isfinite(value):
                 last = latest_checkpoint(ckpt_root) if ckpt_root else None
+                kept = f" The last good checkpoint, {last}, stays on disk." if last else ""
                 raise NonFiniteLossError(
                     f"Loss became {value} at step {step}. Likely causes: learning rate too high (LR={lr}), "
                     f"fp16 overflow (use PRECISION='bf16' or 'fp32'), or bad inputs (labels out of range). "
-                    f"Last good checkpoint: {last or 'none (set checkpoint_dir)'}; resume from it with a lower LR. "
+                    f"Fix: start over with a lower learning rate, e.g. LR={lr / 10:g} with OVERWRITE=True (a "
+                    f"resumed run keeps its parameters, so it cannot change LR).{kept} "
                     "The model in memory is not usable and was not saved.")
             history.steps.append(step)
             history.train_loss.append(value)

@@ -1,0 +1,156 @@
+"""Mistakes users make, tried as they make them: paths typed in a shell, parameters smoke mode must not
+override, unusable values, unwritable folders, advice that must work when followed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import helpers as hp
+from helpers import runner
+from helpers.notebook import ParameterError
+
+NB01 = "01_finbert_financial_sentiment"
+
+
+def test_relative_paths_mean_what_they_mean_in_the_users_shell(tmp_path):
+    (tmp_path / "models" / "finbert").mkdir(parents=True)
+    (tmp_path / "data.csv").write_text("label,sentence\n")
+    got = runner.resolve_paths({"MODEL_NAME": "models/finbert", "DATA_SOURCE": "data.csv", "OUTPUT_DIR": "relout",
+                                "LR": 1e-4}, cwd=tmp_path)
+    assert got == {"MODEL_NAME": str(tmp_path / "models" / "finbert"), "DATA_SOURCE": str(tmp_path / "data.csv"),
+                   "OUTPUT_DIR": str(tmp_path / "relout"), "LR": 1e-4}
+    hub = runner.resolve_paths({"MODEL_NAME": "ProsusAI/finbert", "DATA_SOURCE": "auto"}, cwd=tmp_path)
+    assert hub == {"MODEL_NAME": "ProsusAI/finbert", "DATA_SOURCE": "auto"}  # Hub ids stay Hub ids
+    missing = runner.resolve_paths({"MODEL_NAME": "./models/nowhere"}, cwd=tmp_path)
+    assert missing["MODEL_NAME"] == str(tmp_path / "models" / "nowhere")  # the error will name the full path
+
+
+def test_a_model_folder_relative_to_the_project_is_found_from_notebooks(monkeypatch, standin_dir, tmp_path):
+    monkeypatch.setattr(hp.models, "PROJECT_ROOT", tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "finbert").symlink_to(standin_dir)
+    monkeypatch.chdir(tmp_path / "models")  # like a notebook's working directory, notebooks/
+    source = hp.models.resolve_model("models/finbert", allow_standin=False)
+    assert source.how == "local folder" and not source.standin
+
+
+def _namespace(**values):
+    defaults = hp.notebook.notebook_defaults(NB01)
+    return {**defaults, **values}
+
+
+def test_smoke_changes_only_what_the_user_did_not_set(tmp_path):
+    ns = _namespace(SMOKE=True, NUM_EPOCHS=2, OUTPUT_DIR=str(tmp_path / "out"),
+                    In=["import helpers", "# Parameters\nNUM_EPOCHS = 2\nSMOKE = True\n"])
+    run = hp.notebook.start(NB01, ns, smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1, "TRAIN_BATCH_SIZE": 16})
+    assert ns["NUM_EPOCHS"] == 2 and run.params["NUM_EPOCHS"] == 2  # set by the user: kept, recorded
+    assert ns["MAX_TRAIN_SAMPLES"] == 192 and ns["TRAIN_BATCH_SIZE"] == 16
+    assert run.smoke_changed == {"MAX_TRAIN_SAMPLES": 192, "TRAIN_BATCH_SIZE": 16}
+    assert run.params["TRAIN_BATCH_SIZE"] == 16 and "NUM_EPOCHS" in run.set_by_user
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["params"]["TRAIN_BATCH_SIZE"] == 16
+
+
+@pytest.mark.parametrize("name,value,needle", [
+    ("NUM_EPOCHS", 0, "positive number of passes"),
+    ("TRAIN_BATCH_SIZE", 0, "at least 1"),
+    ("LR", -1, "positive learning rate"),
+    ("LR", "abc", "positive learning rate"),
+    ("WARMUP_RATIO", 1.5, "from 0 to below 1"),
+    ("MAX_LENGTH", 2, "at least 8"),
+    ("PRECISION", "fp8", '"auto", "bf16"'),
+    ("RESUME", "yes", "True or False"),
+    ("MAX_TRAIN_SAMPLES", -5, "or None"),
+])
+def test_unusable_values_are_refused_before_anything_loads(tmp_path, name, value, needle):
+    ns = _namespace(**{name: value}, OUTPUT_DIR=str(tmp_path / "out"))
+    with pytest.raises(ParameterError) as err:
+        hp.notebook.start(NB01, ns)
+    assert needle in str(err.value) and f"{name}={value!r}" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()  # refused before the folder was claimed
+    with pytest.raises(runner.RunnerError, match=name):  # `workbook run` refuses before papermill starts
+        runner.check_parameters(runner.find_notebook("01"), {name: value})
+
+
+def test_an_injected_unknown_parameter_is_refused_with_a_suggestion(tmp_path):
+    ns = _namespace(LRR=3e-5, OUTPUT_DIR=str(tmp_path / "o"), In=["# Parameters\nLRR = 3e-05\n"])
+    with pytest.raises(hp.notebook.UnknownParameterError, match=r"LRR \(did you mean LR\?\)"):
+        hp.notebook.start(NB01, ns)
+    rerun = _namespace(OUTPUT_DIR=str(tmp_path / "p"), LABELS=["a"], POOL=3)  # names the notebook set later
+    hp.notebook.start(NB01, rerun)  # re-running the cell in JupyterLab is fine
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "a-file"])
+def test_an_output_dir_that_cannot_be_written_is_one_clear_line(tmp_path, where):
+    (tmp_path / "file").write_text("x")
+    folder = tmp_path / "file" / "out" if where == "under-a-file" else tmp_path / "file"
+    with pytest.raises(hp.artifacts.OutputDirInUseError) as err:
+        hp.artifacts.prepare_output_dir(folder, notebook="01_x", params={})
+    assert "choose" in str(err.value) and "OUTPUT_DIR" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_nan_advice_works_when_followed(tmp_path):
+    """The NaN message says: lower LR with OVERWRITE=True. A resume with another LR is refused, so the
+    advice must not be 'resume'; following it in the same OUTPUT_DIR must be accepted."""
+    params = {"LR": 0.5, "SEED": 0}
+    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params=params)
+    (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)  # the run died after a checkpoint
+    with pytest.raises(hp.artifacts.OutputDirInUseError):
+        hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, resume=True)
+    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, overwrite=True)
+
+
+def test_summary_keeps_the_whole_error_with_its_fix(tmp_path):
+    long = "DataError: " + "x" * 200 + "; set TEXT_COL / LABEL_COL to the right names."
+    result = runner.RunResult("01_x", "failed", 1.0, tmp_path / "x.ipynb", tmp_path, {}, long)
+    text = runner.write_summary([result], tmp_path).read_text()
+    assert "set TEXT_COL / LABEL_COL to the right names." in text
+
+
+def test_verbose_run_configures_logging(monkeypatch, tmp_path):
+    import logging
+
+    from helpers import cli
+
+    seen = {}
+    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(kw) or [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])
+    assert cli.main(["run", "01", "-v", "--runs-dir", str(tmp_path)]) == 0
+    assert seen["log_output"] is True and logging.getLogger().level == logging.INFO
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("label,sentence\npositive,Profit rose .\npositive,Sales grew .\npositive,Orders up .\n",
+     "Only one label in bad.csv ('positive': 3 rows)"),
+    ("label,text,date\npositive,Profit rose .,2020\nnegative,Sales fell .,2021\n",
+     'no column \'sentence\' (columns: label, text, date); set TEXT_COL / LABEL_COL to the right names '
+     '(here perhaps TEXT_COL="text", LABEL_COL="label")'),
+])
+def test_data_mistakes_name_the_real_problem(tmp_path, content, needle):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(hp.data.DataError) as err:
+        hp.data.load_labeled_data(path, text_col="sentence", label_col="label", columns=["label", "sentence"])
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_first_line_over_128_kb_is_read(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("label,sentence\n" + "positive," + "word " * 40_000 + "\nnegative,Sales fell .\n")
+    loaded = hp.data.load_labeled_data(path, text_col="sentence", label_col="label")
+    assert len(loaded.dataset) == 2 and max(len(t) for t in loaded.dataset["text"]) > 190_000
+
+
+def test_too_few_rows_to_split_is_a_data_error_not_sklearns():
+    import datasets
+
+    tiny = datasets.Dataset.from_dict({"text": [f"t{i}" for i in range(9)], "label": ["a", "b", "c"] * 3})
+    with pytest.raises(hp.data.DataError, match="9 rows for 3 labels are too few.*at least 30 rows"):
+        hp.data.stratified_split(tiny)
+
+
+def test_majority_baseline_warning():
+    majority = {"majority_label": "neutral", "accuracy": 0.6}
+    assert hp.metrics.check_against_majority(0.55, majority).startswith("WARNING: test accuracy 0.550 does not beat")
+    assert "majority-class baseline" in hp.metrics.check_against_majority(0.8, majority)

@@ -1,0 +1,96 @@
+"""The web API under abuse: random bodies never give a 5xx, the queue is bounded, big bodies are refused."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import helpers as hp
+
+
+class SlowClassifier:
+    """A stand-in predictor that takes `delay` seconds per call (to fill the queue)."""
+
+    task = "text-classification"
+    info = {"max_length": 16}
+    max_input_tokens = 16
+    labels = ["negative", "positive"]
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def predict(self, items):
+        time.sleep(self.delay)
+        return [{"label": "positive", "score": 0.9, "probabilities": {"negative": 0.1, "positive": 0.9},
+                 "truncated": False} for _ in items]
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+    app = hp.serve.create_app(SlowClassifier(0.5), max_queue=2, queue_timeout_s=10)
+
+    def call(_):
+        with app.test_client() as client:
+            r = client.post("/predict", json={"text": "hello"})
+            return r.status_code, r.headers.get("Retry-After")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(call, range(6)))
+    codes = [c for c, _ in results]
+    assert codes.count(200) >= 2 and 503 in codes
+    assert all(after == "2" for code, after in results if code == 503)
+
+
+def test_a_request_that_waits_too_long_gets_503():
+    app = hp.serve.create_app(SlowClassifier(1.0), queue_timeout_s=0.2)
+    first = threading.Thread(target=lambda: app.test_client().post("/predict", json={"text": "a"}))
+    first.start()
+    time.sleep(0.1)
+    r = app.test_client().post("/predict", json={"text": "b"})
+    first.join()
+    assert r.status_code == 503 and "busy" in r.get_json()["error"]
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read():
+    client = hp.serve.create_app(SlowClassifier(0)).test_client()
+    r = client.post("/predict", data=b'{"text": "' + b"a" * (9 * 2**20) + b'"}', content_type="application/json")
+    assert r.status_code == 413 and "8 MB" in r.get_json()["error"]
+
+
+@pytest.fixture(scope="module")
+def real_client(tiny_encoder_dir, tmp_path_factory):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    folder = hp.artifacts.save_model(
+        tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
+        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
+    return hp.serve.create_app(folder, device="cpu").test_client()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["text", "texts", "sentence", "data", "text_pair", "parameters", "x"]) | st.text(max_size=5),
+        children, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=json_values, endpoint=st.sampled_from(["/predict", "/summarize", "/model", "/"]))
+def test_random_json_never_gives_a_5xx(real_client, body, endpoint):
+    r = real_client.post(endpoint, data=json.dumps(body), content_type="application/json")
+    assert r.status_code < 500, r.data[:300]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
+       mimetype=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
+def test_random_bytes_never_give_a_5xx_and_the_server_keeps_answering(real_client, raw, mimetype):
+    r = real_client.post("/predict", data=raw, content_type=mimetype)
+    assert r.status_code < 500, r.data[:300]
+    assert real_client.post("/predict", json={"text": "still here"}).status_code == 200
