@@ -154,3 +154,27 @@ def test_majority_baseline_warning():
     majority = {"majority_label": "neutral", "accuracy": 0.6}
     assert hp.metrics.check_against_majority(0.55, majority).startswith("WARNING: test accuracy 0.550 does not beat")
     assert "majority-class baseline" in hp.metrics.check_against_majority(0.8, majority)
+
+
+def test_the_label_advice_works_when_followed(tmp_path):
+    stars = tmp_path / "stars.csv"
+    stars.write_text("label,text\n2,ok\n3,fine\n2,meh\n")
+    with pytest.raises(hp.data.DataError, match="LABEL_NAMES='2=1 star,3=2 stars,...'") as err:
+        hp.data.load_labeled_data(stars, label_names="1 star,2 stars,3 stars,4 stars,5 stars")
+    assert "count from 0 or 1" in str(err.value)
+    loaded = hp.data.load_labeled_data(stars, label_names="2=two stars,3=three stars")
+    assert sorted(set(loaded.dataset["label"])) == ["three stars", "two stars"]
+    topics = tmp_path / "topics.csv"
+    topics.write_text("label,text\nsports,A goal .\nworld,A vote .\n")
+    with pytest.raises(hp.data.DataError, match="None to take them from the data"):
+        hp.data.load_labeled_data(topics, label_names="negative,positive")
+    assert hp.data.load_labeled_data(topics, label_names=None).label_names == ["sports", "world"]
+
+
+@pytest.mark.parametrize("labels,needle", [([f"0.{i}" for i in range(10, 70)], "decimal numbers"),
+                                           ([f"id-{i}" for i in range(60)], "looks like text or ids")])
+def test_a_column_that_is_not_labels_is_refused(tmp_path, labels, needle):
+    path = tmp_path / "scores.csv"
+    path.write_text("label,text\n" + "".join(f"{lab},text number {i}\n" for i, lab in enumerate(labels)))
+    with pytest.raises(hp.data.DataError, match=needle):
+        hp.data.load_labeled_data(path)
