@@ -18,29 +18,91 @@ PAD_VALUES = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "labe
               "decoder_input_ids": None, "decoder_attention_mask": 0}
 
 
-class TokenizedRows(torch.utils.data.Dataset):
-    """Rows held as plain Python lists: much cheaper to index per row than an Arrow table."""
+class _Ragged:
+    """One list column as flat arrays: `values` and `offsets` per Arrow chunk (the CSR layout Arrow list
+    arrays already have), taken zero-copy, so a memory-mapped dataset stays on disk until a row is read."""
+
+    def __init__(self, chunked):
+        self.values, self.offsets, starts = [], [], [0]
+        for chunk in chunked.chunks:
+            offsets = chunk.offsets.to_numpy(zero_copy_only=False)  # int32, chunk-relative
+            values = chunk.values.to_numpy(zero_copy_only=chunk.values.null_count == 0)
+            self.values.append(values)
+            self.offsets.append(offsets)
+            starts.append(starts[-1] + len(chunk))
+        self.starts = np.asarray(starts, dtype=np.int64)
+        self.single = len(self.values) == 1
+
+    def lengths(self) -> np.ndarray:
+        if not self.offsets:
+            return np.zeros(0, dtype=np.int32)
+        return np.concatenate([np.diff(o) for o in self.offsets]).astype(np.int32, copy=False)
+
+    def row(self, i: int) -> np.ndarray:
+        c = 0 if self.single else int(np.searchsorted(self.starts, i, side="right") - 1)
+        j = i - self.starts[c]
+        off = self.offsets[c]
+        return self.values[c][off[j]: off[j + 1]]
+
+    def nbytes(self) -> int:
+        return sum(v.nbytes for v in self.values) + sum(o.nbytes for o in self.offsets)
+
+
+class TokenStore(torch.utils.data.Dataset):
+    """Tokenized rows kept as flat NumPy arrays, read zero-copy from a `datasets.Dataset`'s Arrow buffers.
+
+    Memory does not grow with Python objects: a million rows of 100 tokens cost their Arrow buffers
+    (memory-mapped from the datasets cache when the dataset lives there) plus 4 bytes of length per
+    row, not ~40 bytes per token as Python lists of ints would. `store[i]` is a dict of NumPy views
+    (cheap per-row access); `lengths` feeds length grouping; `PadCollator` pads the views.
+    """
 
     def __init__(self, dataset, columns: Sequence[str] | None = None):
-        available = list(dataset.column_names if hasattr(dataset, "column_names") else dataset[0].keys())
+        if not hasattr(dataset, "column_names"):  # a list of row dicts (tests, small hand-made data)
+            import datasets
+
+            dataset = datasets.Dataset.from_list(list(dataset))
+        available = list(dataset.column_names)
         if "label" in available and "labels" not in available:
             dataset = dataset.rename_column("label", "labels")
             available = [("labels" if c == "label" else c) for c in available]
         wanted = [c for c in (columns or available) if c in available and (c in PAD_VALUES or c == "labels")]
         if "input_ids" not in wanted:
             raise ValueError("Tokenized data needs an 'input_ids' column; tokenize with Dataset.map first.")
-        self.columns = {c: list(dataset[c]) for c in wanted}
-        self.lengths = [len(x) for x in self.columns["input_ids"]]
+        if getattr(dataset, "_indices", None) is not None:  # after select/shuffle: one Arrow copy in row order
+            dataset = dataset.flatten_indices()
+        table = dataset.data.table
+        self.ragged: dict[str, _Ragged] = {}
+        self.scalars: dict[str, np.ndarray] = {}
+        for name in wanted:
+            column = table.column(name)
+            if column.num_chunks and hasattr(column.chunk(0), "offsets"):
+                self.ragged[name] = _Ragged(column)
+            else:
+                self.scalars[name] = column.to_numpy()
+        self.columns = [*self.ragged, *self.scalars]
+        self.lengths = self.ragged["input_ids"].lengths()
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {c: values[i] for c, values in self.columns.items()}
+        row: dict[str, Any] = {name: col.row(i) for name, col in self.ragged.items()}
+        for name, values in self.scalars.items():
+            row[name] = values[i]
+        return row
+
+    def nbytes(self) -> int:
+        """Bytes the store's arrays span (memory-mapped pages are read only when used)."""
+        return (sum(c.nbytes() for c in self.ragged.values()) + sum(v.nbytes for v in self.scalars.values())
+                + self.lengths.nbytes)
 
 
-def as_rows(data) -> TokenizedRows:
-    return data if isinstance(data, TokenizedRows) else TokenizedRows(data)
+TokenizedRows = TokenStore  # the earlier name
+
+
+def as_rows(data) -> TokenStore:
+    return data if isinstance(data, TokenStore) else TokenStore(data)
 
 
 class PadCollator:
@@ -57,16 +119,18 @@ class PadCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.padding_side = padding_side
 
-    def _pad(self, sequences: list[list[int]], value: int) -> torch.Tensor:
-        longest = max(len(s) for s in sequences)
+    def _pad(self, sequences: list, value: int) -> torch.Tensor:
+        lengths = [len(s) for s in sequences]
+        longest = max(lengths)
         if self.pad_to_multiple_of:
             longest = math.ceil(longest / self.pad_to_multiple_of) * self.pad_to_multiple_of
         out = np.full((len(sequences), longest), value, dtype=np.int64)
-        for i, seq in enumerate(sequences):
-            if self.padding_side == "right":
-                out[i, : len(seq)] = seq
+        right = self.padding_side == "right"
+        for i, (seq, n) in enumerate(zip(sequences, lengths)):
+            if right:
+                out[i, :n] = seq
             else:
-                out[i, longest - len(seq):] = seq
+                out[i, longest - n:] = seq
         return torch.from_numpy(out)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -77,10 +141,11 @@ class PadCollator:
                 pad = PAD_VALUES.get(key, 0)
                 batch[key] = self._pad(values, self.pad_token_id if pad is None else pad)
             else:
-                batch[key] = torch.tensor(values)
+                array = np.asarray(values)
+                batch[key] = torch.from_numpy(array.astype(np.float32) if array.dtype.kind == "f" else array)
         if "attention_mask" not in batch:
             lengths = [len(row["input_ids"]) for row in rows]
-            batch["attention_mask"] = self._pad([[1] * n for n in lengths], 0)
+            batch["attention_mask"] = self._pad([np.ones(n, dtype=np.int64) for n in lengths], 0)
         return batch
 
 

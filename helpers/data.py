@@ -448,6 +448,31 @@ def check_columns(frame: pd.DataFrame, needed: list[str], where: str) -> None:
             f"set TEXT_COL / LABEL_COL to the right names{suggest_columns(found)}.")
 
 
+_WHITESPACE = re.compile(r"\s+")
+
+
+def text_keys(texts: pd.Series, chunk_rows: int = 200_000) -> tuple[pd.Series, pd.Series]:
+    """(a 64-bit hash of each text with whitespace normalized, whether it is empty), in bounded chunks.
+
+    Comparing hashes instead of normalized copies keeps duplicate detection at 8 bytes a row (a million
+    reviews: 8 MB, not a second copy of every text); at 64 bits a collision among millions of rows is
+    about as likely as one in a billion.
+    """
+    hashes = np.empty(len(texts), dtype=np.uint64)
+    empty = np.empty(len(texts), dtype=bool)
+    for start in range(0, len(texts), chunk_rows):
+        part = texts.iloc[start: start + chunk_rows].str.replace(_WHITESPACE, " ", regex=True).str.strip()
+        empty[start: start + len(part)] = (part.str.len() == 0).to_numpy()
+        hashes[start: start + len(part)] = pd.util.hash_pandas_object(part, index=False).to_numpy()
+    return pd.Series(hashes, index=texts.index), pd.Series(empty, index=texts.index)
+
+
+def combine_keys(a: pd.Series, b: pd.Series) -> pd.Series:
+    """One key for a pair of text keys (order matters: (x, y) is not (y, x))."""
+    with np.errstate(over="ignore"):
+        return pd.Series(a.to_numpy() * np.uint64(0x9E3779B97F4A7C15) ^ b.to_numpy(), index=a.index)
+
+
 def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str,
                   pair_col: str | None = None) -> tuple[pd.DataFrame, DropReport]:
     """Drop empty texts, missing labels, duplicates and texts with conflicting labels; report each.
@@ -458,16 +483,15 @@ def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str,
     report = DropReport(rows_read=len(frame))
     frame = frame.copy()
     frame[text_col] = frame[text_col].fillna("").astype(str)
-    key = frame[text_col].str.split().str.join(" ")
-    empty = key.str.len() == 0
+    key, empty = text_keys(frame[text_col])
     report.add("empty text", frame.loc[empty, text_col].tolist())
     if pair_col is not None:
         frame[pair_col] = frame[pair_col].fillna("").astype(str)
-        pair_key = frame[pair_col].str.split().str.join(" ")
-        empty_pair = (pair_key.str.len() == 0) & ~empty
+        pair_key, pair_empty = text_keys(frame[pair_col])
+        empty_pair = pair_empty & ~empty
         report.add("empty text pair", frame.loc[empty_pair, text_col].tolist())
         empty |= empty_pair
-        key = key + " \x00 " + pair_key
+        key = combine_keys(key, pair_key)
     labels = frame[label_col]
     no_label = labels.isna() | (labels.astype(str).str.strip() == "")
     no_label &= ~empty
@@ -538,6 +562,16 @@ def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: str | l
         wanted = wanted or list(dict.fromkeys(pairs.values()))
     numeric = norm.str.fullmatch(_INTEGER)
     if wanted is None:
+        decimal = norm.str.fullmatch(r"-?\d*\.\d+")
+        if decimal.mean() > 0.5:
+            shown = ", ".join(sorted(set(raw[decimal].astype(str)))[:4])
+            raise DataError(f"Labels in {label_col!r} of {where} are decimal numbers ({shown}, ...): a score to "
+                            "regress, not classes; set LABEL_COL to a column of classes, or LABEL_NAMES with "
+                            "value=name pairs to say which values are classes.")
+        if len(frame) >= 50 and norm.nunique() > 0.5 * len(frame):
+            raise DataError(f"Column {label_col!r} of {where} holds {norm.nunique():,} different values in "
+                            f"{len(frame):,} rows: it looks like text or ids, not labels; set LABEL_COL to the "
+                            "label column (or LABEL_NAMES to the labels).")
         if numeric.any() and not numeric.all():
             mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
             raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
@@ -605,7 +639,7 @@ def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape
         sep = pd.Series(join, index=text.index).where((text != "") & (part != ""), "")
         text = text + sep + part
     if unescape:
-        text = text.str.replace("\\n", "\n", regex=False).str.replace('\\"', '"', regex=False)
+        text = text.str.replace("\\n", "\n", regex=False).str.replace('\\"', '"', regex=False).str.strip()
     return text
 
 
@@ -677,6 +711,17 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
                                label_values=parsed_names or _COMMON_LABELS, hub_split=hub_split,
                                hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed, wanted=wanted,
                                label_col=label_col)
+    return labeled_from_frame(frame, used, text_col=text_col, label_col=label_col, text_pair_col=text_pair_col,
+                              label_names=label_names, label_map=label_map, text_join=text_join, unescape=unescape)
+
+
+def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str = "text", label_col: str = "label",
+                       text_pair_col: str | None = None, label_names: str | list[str] | None = None,
+                       label_map: dict[Any, str] | None = None, text_join: str = ". ",
+                       unescape: bool = False) -> LoadedData:
+    """The cleaning half of `load_labeled_data`, for a table already read: texts built, rows cleaned and
+    reported, labels read, one Arrow-backed `datasets.Dataset` made."""
+    wanted = [*text_columns(text_col), *([text_pair_col] if text_pair_col else []), label_col]
     where = Path(used.used).name
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
@@ -698,9 +743,9 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
         raise DataError(f"Only one label in {where} ({', '.join(f'{k!r}: {v} rows' for k, v in present.items())}): "
                         "a classifier needs at least two labels with examples; check LABEL_COL "
                         f"({label_col!r}) and that the file holds every class.")
-    out = {"text": frame["__text__"].astype(str).str.strip()}
+    out = {"text": frame["__text__"]}  # build_text strips each part: no further copy of every text
     if pair:
-        out["text_pair"] = frame[pair].astype(str).str.strip()
+        out["text_pair"] = frame[pair]
     out["label"] = names
     import datasets
 
@@ -811,15 +856,14 @@ def clean_pairs(frame: pd.DataFrame, source_col: str, target_col: str) -> tuple[
     frame = frame.copy()
     for col in (source_col, target_col):
         frame[col] = frame[col].fillna("").astype(str)
-    src_key = frame[source_col].str.split().str.join(" ")
-    tgt_key = frame[target_col].str.split().str.join(" ")
-    empty_src = src_key.str.len() == 0
+    src_key, empty_src = text_keys(frame[source_col])
+    tgt_key, tgt_empty = text_keys(frame[target_col])
     report.add("empty source", frame.loc[empty_src, target_col].tolist())
-    empty_tgt = (tgt_key.str.len() == 0) & ~empty_src
+    empty_tgt = tgt_empty & ~empty_src
     report.add("empty target", frame.loc[empty_tgt, source_col].tolist())
     keep = ~empty_src & ~empty_tgt
-    frame, src_key, tgt_key = frame[keep], src_key[keep], tgt_key[keep]
-    duplicate = (src_key + "\x00" + tgt_key).duplicated(keep="first")
+    frame, key = frame[keep], combine_keys(src_key, tgt_key)[keep]
+    duplicate = key.duplicated(keep="first")
     report.add("duplicate (same source and target)", frame.loc[duplicate, source_col].tolist())
     frame = frame[~duplicate]
     mojibake = frame[source_col].str.contains(_MOJIBAKE) | frame[target_col].str.contains(_MOJIBAKE)
@@ -897,7 +941,9 @@ def fingerprint(splits) -> dict[str, Any]:
         digest.update(name.encode())
         for column in sorted(split.column_names):
             digest.update(column.encode())
-            digest.update(json.dumps(list(split[column]), ensure_ascii=False, default=str).encode())
+            for start in range(0, len(split), 50_000):  # in bounded chunks: millions of rows stay cheap
+                part = split.select_columns([column])[start: start + 50_000][column]
+                digest.update(json.dumps(list(part), ensure_ascii=False, default=str).encode())
     return {"rows": rows, "sha256": digest.hexdigest()}
 
 
