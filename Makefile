@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve bench run test lab lock samples lint clean help kernel
+.PHONY: setup browser serve bench bench-scale run test lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
@@ -15,6 +15,7 @@ help:
 	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
 	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
+	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
@@ -60,6 +61,11 @@ kernel: setup
 # batched vs naive generation. Writes bench/results.json + bench/results.md (docs/benchmarks.md).
 bench: setup
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Notebook 02's data path and first steps at 10k, 100k and 1M rows (SCALE_ARGS=--full adds 3.6M):
+# seconds per stage, peak RSS, the token store vs the Trainer. Writes bench/scale.{json,md,png}.
+bench-scale: setup
+	$(PY) -m bench.scale $(SCALE_ARGS)
 
 serve: setup
 	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment)

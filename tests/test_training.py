@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import helpers as hp
-from helpers.batching import LengthGroupedBatchSampler, PadCollator
 from helpers.training import NonFiniteLossError, list_checkpoints
 
 LABELS = ["negative", "neutral", "positive"]
@@ -104,35 +103,6 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_model, tiny_data):
     message = str(err.value)
     assert "step 5" in message and "learning rate" in message and "checkpoint-4" in message
     assert list_checkpoints(tmp_path)[-1].name == "checkpoint-4"  # the last good one survives
-
-
-def test_length_grouped_sampler_covers_every_row_once_and_groups_lengths():
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(5, 200, size=1000).tolist()
-    sampler = LengthGroupedBatchSampler(lengths, 16, seed=1)
-    batches = sampler.batches()
-    flat = sorted(i for b in batches for i in b)
-    assert flat == list(range(1000))
-    assert max(lengths[i] for i in batches[0]) == max(lengths)  # the longest batch comes first
-    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
-    naive = LengthGroupedBatchSampler(lengths, 16, seed=1, group_by_length=False).batches()
-    padded_naive = sum(len(b) * max(lengths[i] for i in b) for b in naive)
-    assert padded < 0.75 * padded_naive
-    assert sampler.batches() == batches  # same (seed, epoch): same order
-    sampler.set_epoch(1)
-    assert sampler.batches() != batches
-
-
-def test_collator_pads_to_the_longest_row_and_masks_labels():
-    collate = PadCollator(pad_token_id=0)
-    batch = collate([{"input_ids": [5, 6, 7], "labels": 1}, {"input_ids": [5], "labels": 0}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [1, 0]
-    seq = collate([{"input_ids": [1, 2], "labels": [3, 4]}, {"input_ids": [1], "labels": [3]}])
-    assert seq["labels"].tolist() == [[3, 4], [3, -100]]
-    left = PadCollator(pad_token_id=0, padding_side="left")([{"input_ids": [1, 2]}, {"input_ids": [3]}])
-    assert left["input_ids"].tolist() == [[1, 2], [0, 3]] and left["attention_mask"].tolist() == [[1, 1], [0, 1]]
 
 
 def test_evaluate_returns_outputs_in_data_order(tiny_model, tiny_data):
