@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
             "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups"}
-_SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training"}
+_SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training",
+              "TrainConfig": "training"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))
 

@@ -11,6 +11,7 @@ No host sync per step: losses stay on the device and are read every `log_every_s
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -332,40 +333,143 @@ def make_optimizer(model, lr: float, weight_decay: float, device: torch.device):
         return torch.optim.AdamW(groups, lr=lr, foreach=True)
 
 
-def train(model, train_data, eval_data=None, *, auto_batch_backoff: bool = False, **options) -> History:
-    """Fine-tune `model`; see `train_once` for every option. Returns a `History`.
+def _opt(default, doc: str):
+    """A `TrainConfig` field with its one-line documentation (shown by help(hp.train) and Shift-Tab)."""
+    return field(default=default, metadata={"doc": doc})
 
-    When a batch does not fit in memory (the longest batch comes first, so this shows at step 1),
-    the error says to halve `train_batch_size` and double `grad_accum_steps` (same effective
-    batch); with `auto_batch_backoff=True` the loop does exactly that itself, restarting from the
-    initial weights, until the batch fits.
+
+@dataclass
+class TrainConfig:
+    """Every option of `hp.train`, with its default. Pass one (`hp.train(model, train, val, config)`),
+    keywords (`hp.train(model, train, val, lr=3e-5)`), or both: keywords override the config."""
+
+    num_epochs: float = _opt(1, "passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps instead of num_epochs")
+    train_batch_size: int = _opt(16, "rows per micro-batch, over all processes")
+    eval_batch_size: int = _opt(64, "rows per evaluation batch (no gradients: can be larger)")
+    grad_accum_steps: int = _opt(1, "micro-batches per optimizer step (effective batch = batch x this)")
+    lr: float = _opt(5e-5, "peak learning rate of AdamW")
+    weight_decay: float = _opt(0.01, "AdamW weight decay (not on biases and LayerNorm weights)")
+    warmup_ratio: float = _opt(0.1, "share of the steps with a linearly rising learning rate, then linear decay")
+    max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this (None: no clipping)")
+    precision: str = _opt("auto", '"auto" (bf16 where the hardware has it), "bf16", "fp16" (GPU) or "fp32"')
+    allow_fp16: bool = _opt(True, "False refuses fp16 (T5 overflows in it)")
+    group_by_length: bool = _opt(True, "batch rows of similar length together (less padding)")
+    eval_every_steps: int | None = _opt(None, "also evaluate every N optimizer steps")
+    eval_each_epoch: bool = _opt(True, "evaluate at the end of each epoch (and of the run)")
+    max_eval_batches: int | None = _opt(None, "cap the evaluation cost (None: every row)")
+    metric_for_best: str = _opt("loss", '"loss" or a key of compute_metrics: picks the best model')
+    greater_is_better: bool | None = _opt(None, "None: True for every metric but loss")
+    early_stopping_patience: int | None = _opt(None, "stop after N evaluations without improvement")
+    load_best_at_end: bool = _opt(True, "restore the best evaluated model when training ends")
+    checkpoint_dir: str | Path | None = _opt(None, "where resumable checkpoints go (None: none)")
+    save_every_steps: int | None = _opt(None, "also checkpoint every N steps (always at each epoch end)")
+    keep_checkpoints: int = _opt(2, "newest complete checkpoints kept")
+    resume: bool | str | Path = _opt(False, "True: continue from the newest checkpoint in checkpoint_dir (or a path)")
+    log_every_steps: int = _opt(10, "read the loss from the device every N steps (the loop's one host sync)")
+    seed: int = _opt(42, "seeds initialization, dropout and the data order")
+    progress: bool = _opt(True, "tqdm bars and a line per evaluation")
+    cpu_fast_paths: bool | Collection[str] = _opt(
+        True, 'CPU only: cheaper dropout masks, bf16 attention, row-sparse embedding gradients (False: off; or '
+              'a subset of "dropout", "attention", "embedding"); see helpers/speedups.py')
+    auto_batch_backoff: bool = _opt(False, "out of memory: halve the batch, double grad_accum_steps, start over")
+    stop_after_steps: int | None = _opt(None, "end the run at this step as an interruption would (for tests)")
+
+    def replace(self, **changes) -> TrainConfig:
+        unknown = sorted(set(changes) - set(self.__dataclass_fields__))
+        if unknown:
+            import difflib
+
+            hints = [f"{u} (did you mean {difflib.get_close_matches(u, self.__dataclass_fields__, 1)[0]}?)"
+                     if difflib.get_close_matches(u, self.__dataclass_fields__, 1) else u for u in unknown]
+            raise TypeError(f"hp.train got unknown options {', '.join(hints)}; see help(hp.TrainConfig).")
+        return replace(self, **changes)
+
+    @classmethod
+    def describe(cls) -> str:
+        return "\n".join(f"    {f.name} = {f.default!r}: {f.metadata['doc']}" for f in fields(cls))
+
+
+def train(model, train_data, eval_data=None, config: TrainConfig | None = None, *,
+          compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+          pad_token_id: int | None = None, collate_fn: Callable | None = None, **options) -> History:
+    """Fine-tune `model` on tokenized `train_data` (evaluating on `eval_data`); returns a `History`.
+
+    The loop (notebook 01 shows it plainly first): for each batch, `model(**batch).loss`, backward,
+    clip, optimizer step, scheduler step. What this function adds: length-grouped dynamic padding,
+    gradient accumulation, bf16/fp16 where the hardware runs it, evaluation, best-model restore and
+    early stopping, atomic resumable checkpoints, a NaN/inf guard, out-of-memory advice or back-off,
+    and the CPU fast paths. See docs/architecture.md.
+
+    `train_data` / `eval_data`: tokenized `datasets.Dataset`s (or `TokenStore`s) with `input_ids` and
+    `label(s)`. `compute_metrics(logits, labels) -> dict` for classification; `pad_token_id` the
+    tokenizer's; `collate_fn` replaces the padding collator. Options: a `TrainConfig`, keywords, or both.
     """
-    batch = int(options.pop("train_batch_size", 16))
-    accum = int(options.pop("grad_accum_steps", 1))
-    initial = ({k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-               if auto_batch_backoff else None)
-    backoffs = 0
-    while True:
+    cfg = (config or TrainConfig()).replace(**options)
+    if not cfg.auto_batch_backoff:
         try:
-            history = train_once(model, train_data, eval_data, train_batch_size=batch, grad_accum_steps=accum,
-                                 **options)
-            history.batch_backoffs = backoffs
-            return history
-        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are handled
+            return train_once(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
+                              pad_token_id=pad_token_id, collate_fn=collate_fn)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
             if not is_out_of_memory(err):
                 raise
             _free_memory()
-            where = options.get("checkpoint_dir")
-            if not auto_batch_backoff or batch < 2:
-                raise BatchTooLargeError(
-                    f"TRAIN_BATCH_SIZE={batch} does not fit in memory ({str(err).splitlines()[0][:120]}). Use "
-                    f"TRAIN_BATCH_SIZE={max(1, batch // 2)} with GRAD_ACCUM_STEPS={accum * 2} (the same effective "
-                    f"batch), a smaller MAX_LENGTH, or AUTO_BATCH_BACKOFF=True to let the loop find a size."
-                    + (f" Checkpoints written so far stay in {where}." if where else "")) from err
-            batch, accum, backoffs = batch // 2, accum * 2, backoffs + 1
+            raise BatchTooLargeError(_oom_advice(cfg, err)) from err
+    return _train_with_backoff(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
+                               pad_token_id=pad_token_id, collate_fn=collate_fn)
+
+
+def _oom_advice(cfg: TrainConfig, err: BaseException) -> str:
+    batch, accum, where = cfg.train_batch_size, cfg.grad_accum_steps, cfg.checkpoint_dir
+    return (f"TRAIN_BATCH_SIZE={batch} does not fit in memory ({str(err).splitlines()[0][:120]}). Use "
+            f"TRAIN_BATCH_SIZE={max(1, batch // 2)} with GRAD_ACCUM_STEPS={accum * 2} (the same effective batch), "
+            f"a smaller MAX_LENGTH, or AUTO_BATCH_BACKOFF=True to let the loop find a size."
+            + (f" Checkpoints written so far stay in {where}." if where else ""))
+
+
+def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_options) -> History:
+    """Accelerate's `find_executable_batch_size` halves the batch on out-of-memory errors; here the
+    accumulation doubles with it (same effective batch) and each try starts from the initial weights."""
+    from accelerate.utils import find_executable_batch_size
+
+    initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    first = cfg.train_batch_size
+    tries = []
+    size = {"now": first}
+
+    def halve() -> int:  # accelerate's default is x0.9; halving keeps the effective batch exact
+        size["now"] //= 2
+        return size["now"]
+
+    @find_executable_batch_size(starting_batch_size=first, reduce_batch_size_fn=halve)
+    def attempt(batch_size: int) -> History:
+        if tries:
             model.load_state_dict(initial)
-            print(f"out of memory: retrying from the start with train_batch_size={batch}, "
-                  f"grad_accum_steps={accum} (same effective batch)")
+            print(f"out of memory: retrying from the start with train_batch_size={batch_size}, "
+                  f"grad_accum_steps={cfg.grad_accum_steps * first // batch_size} (same effective batch)")
+        tries.append(batch_size)
+        run = cfg.replace(train_batch_size=batch_size, grad_accum_steps=cfg.grad_accum_steps * first // batch_size)
+        try:
+            return train_once(model, train_data, eval_data, run, **data_options)
+        except MemoryError as err:  # Python's own: in the words accelerate recognises
+            raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({err})") from err
+
+    try:
+        history = attempt()
+    except RuntimeError as err:
+        if "No executable batch size found" in str(err):
+            raise BatchTooLargeError("Not even TRAIN_BATCH_SIZE=1 fits in memory; use a smaller MAX_LENGTH or "
+                                     "a smaller model.") from err
+        raise
+    history.batch_backoffs = len(tries) - 1
+    return history
+
+
+train.__signature__ = inspect.Signature(  # Shift-Tab / help(hp.train) list every option, not **options
+    [p for p in inspect.signature(train).parameters.values() if p.kind != p.VAR_KEYWORD]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+       for f in fields(TrainConfig)], return_annotation="History")
+train.__doc__ += "\n    Options (TrainConfig):\n" + TrainConfig.describe() + "\n"
 
 
 def _free_memory() -> None:
@@ -376,299 +480,335 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def train_once(model, train_data, eval_data=None, *, collate_fn: Callable | None = None,
-          pad_token_id: int | None = None, num_epochs: float = 1, max_steps: int | None = None,
-          train_batch_size: int = 16, eval_batch_size: int = 64, lr: float = 5e-5, weight_decay: float = 0.01,
-          warmup_ratio: float = 0.1, grad_accum_steps: int = 1, max_grad_norm: float | None = 1.0,
-          precision: str = "auto", allow_fp16: bool = True, group_by_length: bool = True,
-          eval_every_steps: int | None = None, eval_each_epoch: bool = True, max_eval_batches: int | None = None,
-          compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-          metric_for_best: str = "loss", greater_is_better: bool | None = None,
-          early_stopping_patience: int | None = None, load_best_at_end: bool = True,
-          checkpoint_dir: str | Path | None = None, save_every_steps: int | None = None, keep_checkpoints: int = 2,
-          resume: bool | str | Path = False, log_every_steps: int = 10, seed: int = 42, progress: bool = True,
-          cpu_fast_paths: bool | Collection[str] = True, stop_after_steps: int | None = None) -> History:
-    """Fine-tune `model` on tokenized `train_data`; returns a `History`.
+def train_once(model, train_data, eval_data, cfg: TrainConfig, *,
+               compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+               pad_token_id: int | None = None, collate_fn: Callable | None = None) -> History:
+    """The loop, step by step (each step a method of `_Loop` below)."""
+    loop = _Loop(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
+                 pad_token_id=pad_token_id, collate_fn=collate_fn)    # prepare: device, data, optimizer
+    loop.resume()                                                      # from the newest checkpoint, if asked
+    with loop.fast_paths:                                              # CPU fast paths, undone on exit
+        while not loop.stop:
+            for batch in loop.epoch_batches():                         # length-grouped, padded batches
+                loop.trim_heap(batch)
+                if not loop.train_step(batch):                         # forward, backward, clip, step
+                    continue                                           # (accumulating: no optimizer step yet)
+                loop.log()                                             # read losses every log_every_steps
+                loop.evaluate_and_checkpoint_if_due()
+                if loop.stop:
+                    break
+            if loop.end_epoch():                                       # evaluate + checkpoint at epoch end
+                break
+    return loop.finish()                                               # final eval, best model, timings
 
-    `train_data` / `eval_data`: `datasets.Dataset` (or `TokenizedRows`) with `input_ids` and
-    `labels` (or `label`). Training length is `num_epochs`, or `max_steps` optimizer steps when
-    given. `train_batch_size` is the global batch per micro-step (split across processes);
-    the effective batch is `train_batch_size * grad_accum_steps`.
 
-    Evaluation runs every `eval_every_steps` and at each epoch end; `metric_for_best`
-    ("loss" or a key of `compute_metrics`) picks the best model, which is restored at the end
-    when `load_best_at_end`; `early_stopping_patience` evaluations without improvement stop.
+class _Loop:
+    """The state of one training run and its steps. `train_once` reads as the algorithm; the details of
+    each step live in the method of the same name."""
 
-    With `checkpoint_dir`, checkpoints are written every `save_every_steps` and at each epoch
-    end (atomically, the newest `keep_checkpoints` kept); `resume=True` continues from the
-    newest complete one (or a path), restoring model, optimizer, scheduler, RNG and data order.
-    `cpu_fast_paths` (CPU only): cheaper dropout masks, bf16 attention with dropout and row-sparse
-    input-embedding gradients while training (`helpers.speedups`; the model is restored afterwards);
-    False turns them off, a subset of ("dropout", "attention", "embedding") picks some.
-    `stop_after_steps` ends the run early at that step (as an interruption would), for tests.
-    """
-    from accelerate.utils import DataLoaderConfiguration
-    from tqdm.auto import tqdm
+    def __init__(self, model, train_data, eval_data, cfg: TrainConfig, *, compute_metrics, pad_token_id, collate_fn):
+        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from transformers import get_scheduler
 
-    if greater_is_better is None:
-        greater_is_better = metric_for_best != "loss"
-    if max_steps is None and not num_epochs > 0:
-        raise ValueError(f"num_epochs must be positive (got {num_epochs}), or give max_steps.")
-    if grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be at least 1, got {grad_accum_steps}.")
+        if cfg.max_steps is None and not cfg.num_epochs > 0:
+            raise ValueError(f"num_epochs must be positive (got {cfg.num_epochs}), or give max_steps.")
+        if cfg.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be at least 1, got {cfg.grad_accum_steps}.")
+        self.cfg, self.compute_metrics = cfg, compute_metrics
+        self.greater_is_better = cfg.greater_is_better if cfg.greater_is_better is not None else (
+            cfg.metric_for_best != "loss")
+        device_guess = dev.best_device()
+        self.precision = dev.resolve_precision(cfg.precision, device_guess, allow_fp16=cfg.allow_fp16)
+        self.accelerator = acc = _fresh_accelerator(
+            mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
+            cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
+        self.device = acc.device
+        if cfg.train_batch_size % acc.num_processes:
+            raise ValueError(f"train_batch_size {cfg.train_batch_size} is split across {acc.num_processes} "
+                             "processes; make it a multiple of that.")
+        set_seed(cfg.seed)
+        self._prepare_data(model, train_data, eval_data, pad_token_id, collate_fn)
+        model.train()
+        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, self.device)
+        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, self.loader)
+        steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum_steps))
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(steps_per_epoch * cfg.num_epochs)
+        self.scheduler = get_scheduler("linear", self.optimizer.optimizer, num_training_steps=self.total_steps,
+                                       num_warmup_steps=int(cfg.warmup_ratio * self.total_steps))
+        self.history = History(metric_for_best=cfg.metric_for_best, precision=self.precision,
+                               device=str(self.device), num_processes=acc.num_processes,
+                               train_batch_size=cfg.train_batch_size, grad_accum_steps=cfg.grad_accum_steps)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.evals_without_improvement = 0
+        self.epoch, self.skip_batches, self.batches_done = 0, 0, 0
+        self.loss_buffer: list[torch.Tensor] = []
+        self.lr_buffer: list[float] = []
+        self.pending_steps: list[int] = []
+        self.step_loss, self.micro = torch.zeros((), device=self.device), 0
+        self.stop = self.interrupted = False
+        self.largest_batch, self.last_trim = 0, 0
+        self.fast_paths = _NoFastPaths(acc)  # the CPU fast paths are set up after resume (they read the optimizer)
 
-    device_guess = dev.best_device()
-    precision = dev.resolve_precision(precision, device_guess, allow_fp16=allow_fp16)
-    accelerator = _fresh_accelerator(
-        mixed_precision={"fp32": "no"}.get(precision, precision), gradient_accumulation_steps=grad_accum_steps,
-        dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
-        cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
-    device = accelerator.device
-    if train_batch_size % accelerator.num_processes:
-        raise ValueError(f"train_batch_size {train_batch_size} is split across {accelerator.num_processes} "
-                         "processes; make it a multiple of that.")
-    seed_everything(seed)
+    def _prepare_data(self, model, train_data, eval_data, pad_token_id, collate_fn) -> None:
+        """Rows as a `TokenStore`, a length-grouped sampler, a padding collator, a DataLoader."""
+        self.train_rows = as_rows(train_data)
+        self.eval_rows = as_rows(eval_data) if eval_data is not None else None
+        if len(self.train_rows) == 0:
+            raise ValueError("The training split is empty; check the data caps (MAX_TRAIN_SAMPLES) and filters.")
+        self.collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model),
+                                                    pad_to_multiple_of=8 if self.device.type == "cuda" else None)
+        self.sampler = LengthGroupedBatchSampler(self.train_rows.lengths, self.cfg.train_batch_size,
+                                                 seed=self.cfg.seed, group_by_length=self.cfg.group_by_length)
+        # A private generator: creating the DataLoader iterator must not consume the global RNG,
+        # or a resumed run would draw different dropout masks than an uninterrupted one.
+        self.loader = torch.utils.data.DataLoader(self.train_rows, batch_sampler=self.sampler,
+                                                  collate_fn=self.collate_fn,
+                                                  generator=torch.Generator().manual_seed(self.cfg.seed))
 
-    train_rows = as_rows(train_data)
-    eval_rows = as_rows(eval_data) if eval_data is not None else None
-    if len(train_rows) == 0:
-        raise ValueError("The training split is empty; check the data caps (MAX_TRAIN_SAMPLES) and filters.")
-    collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model),
-                                           pad_to_multiple_of=8 if device.type == "cuda" else None)
-    sampler = LengthGroupedBatchSampler(train_rows.lengths, train_batch_size, seed=seed,
-                                        group_by_length=group_by_length)
-    # A private generator: creating the DataLoader iterator must not consume the global RNG,
-    # or a resumed run would draw different dropout masks than an uninterrupted one.
-    loader = torch.utils.data.DataLoader(train_rows, batch_sampler=sampler, collate_fn=collate_fn,
-                                         generator=torch.Generator().manual_seed(seed))
-
-    model.train()
-    optimizer = make_optimizer(model, lr, weight_decay, device)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
-    steps_per_epoch = max(1, math.ceil(len(loader) / grad_accum_steps))
-    total_steps = max_steps if max_steps is not None else math.ceil(steps_per_epoch * num_epochs)
-    warmup_steps = int(warmup_ratio * total_steps)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer.optimizer, lr_lambda)
-
-    history = History(metric_for_best=metric_for_best, precision=precision, device=str(device),
-                      num_processes=accelerator.num_processes, train_batch_size=train_batch_size,
-                      grad_accum_steps=grad_accum_steps)
-    best_state: dict[str, torch.Tensor] | None = None
-    evals_without_improvement = 0
-    start_epoch, skip_batches = 0, 0
-    ckpt_root = Path(checkpoint_dir) if checkpoint_dir else None
-    unwrapped = accelerator.unwrap_model(model)
+    def _fast_paths(self):
+        cfg, acc = self.cfg, self.accelerator
+        if cfg.cpu_fast_paths and self.device.type == "cpu":
+            parts = PARTS if cfg.cpu_fast_paths is True else tuple(cfg.cpu_fast_paths)
+            return CpuFastPaths(self.unwrapped, self.optimizer.optimizer, parts=parts,
+                                sparse_embedding=acc.num_processes == 1, clip=acc.clip_grad_norm_)
+        return _NoFastPaths(acc)
 
     # ---- resume
-    if resume:
-        ckpt = Path(resume) if not isinstance(resume, bool) else (latest_checkpoint(ckpt_root) if ckpt_root else None)
-        if isinstance(resume, bool) and ckpt_root is None:
-            raise ValueError("resume=True needs checkpoint_dir (where the checkpoints are).")
-        if ckpt is None:
-            accelerator.print(f"resume: no complete checkpoint in {ckpt_root}; starting from scratch")
-        else:
-            if not (ckpt / "state.json").exists():
-                raise ValueError(f"{ckpt} is not a complete checkpoint (no state.json); pick another or start fresh.")
-            state = json.loads((ckpt / "state.json").read_text())
-            if state.get("total_steps") != total_steps or state.get("train_rows") != len(train_rows):
-                raise ValueError(
-                    f"Checkpoint {ckpt} belongs to a different run (steps {state.get('total_steps')} vs {total_steps}, "
-                    f"rows {state.get('train_rows')} vs {len(train_rows)}); resume with the same parameters, or "
-                    "start fresh in a new OUTPUT_DIR.")
-            unwrapped.load_state_dict(torch.load(ckpt / "model.pt", map_location=device, weights_only=True))
-            optimizer.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device,
-                                                           weights_only=False))
-            scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-            _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-            history = History.from_dict(state["history"])
-            history.resumed_from = str(ckpt)
-            evals_without_improvement = state["evals_without_improvement"]
-            start_epoch, skip_batches = state["epoch"], state["batches_done_in_epoch"]
-            best_path = ckpt_root / "best_model.pt" if ckpt_root else None
-            if best_path is not None and best_path.exists() and history.best_step is not None:
-                best_state = torch.load(best_path, map_location="cpu", weights_only=True)
-            accelerator.print(f"resumed from {ckpt} at step {history.global_step}")
+    def resume(self) -> None:
+        """Continue from a checkpoint: model, optimizer, scheduler, RNG, history and the data position.
 
-    def run_eval(epoch_float: float) -> bool:
-        """Evaluate, record, track the best model; True when early stopping says stop."""
-        nonlocal best_state, evals_without_improvement
-        if eval_rows is None:
+        Not `accelerator.save_state` / `load_state`: checkpoints here are written atomically (a run
+        killed mid-write never leaves a checkpoint that looks complete), carry the dense optimizer state
+        whatever fast paths ran, and record the history and data position; the SIGKILL test checks
+        that a resumed run is bit-identical to an uninterrupted one."""
+        cfg, acc = self.cfg, self.accelerator
+        if not cfg.resume:
+            self._start_clock()
+            return
+        if isinstance(cfg.resume, bool) and self.ckpt_root is None:
+            raise ValueError("resume=True needs checkpoint_dir (where the checkpoints are).")
+        ckpt = Path(cfg.resume) if not isinstance(cfg.resume, bool) else latest_checkpoint(self.ckpt_root)
+        if ckpt is None:
+            acc.print(f"resume: no complete checkpoint in {self.ckpt_root}; starting from scratch")
+            self._start_clock()
+            return
+        if not (ckpt / "state.json").exists():
+            raise ValueError(f"{ckpt} is not a complete checkpoint (no state.json); pick another or start fresh.")
+        state = json.loads((ckpt / "state.json").read_text())
+        if state.get("total_steps") != self.total_steps or state.get("train_rows") != len(self.train_rows):
+            raise ValueError(
+                f"Checkpoint {ckpt} belongs to a different run (steps {state.get('total_steps')} vs "
+                f"{self.total_steps}, rows {state.get('train_rows')} vs {len(self.train_rows)}); resume with the "
+                "same parameters, or start fresh in a new OUTPUT_DIR.")
+        self.unwrapped.load_state_dict(torch.load(ckpt / "model.pt", map_location=self.device, weights_only=True))
+        self.optimizer.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.device,
+                                                            weights_only=False))
+        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        self.history = History.from_dict(state["history"])
+        self.history.resumed_from = str(ckpt)
+        self.evals_without_improvement = state["evals_without_improvement"]
+        self.epoch, self.skip_batches = state["epoch"], state["batches_done_in_epoch"]
+        best_path = self.ckpt_root / "best_model.pt" if self.ckpt_root else None
+        if best_path is not None and best_path.exists() and self.history.best_step is not None:
+            self.best_state = torch.load(best_path, map_location="cpu", weights_only=True)
+        acc.print(f"resumed from {ckpt} at step {self.history.global_step}")
+        self._start_clock()
+
+    def _start_clock(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total_steps, initial=self.history.global_step, desc="train",
+                        disable=not (self.cfg.progress and self.accelerator.is_main_process), mininterval=1.0,
+                        dynamic_ncols=True)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+        self.stop = self.history.global_step >= self.total_steps
+        self.run_start, self.eval_s_before, self.ckpt_s = time.perf_counter(), self.history.eval_wall_s, 0.0
+        self.last_trim = self.history.global_step
+        self.fast_paths = self._fast_paths()
+        self.history.fast_paths = self.fast_paths.describe()
+        if self.history.fast_paths and self.cfg.progress and self.accelerator.is_main_process:
+            tqdm.write(f"CPU fast paths (cpu_fast_paths=False turns them off): {self.history.fast_paths}")
+        self.optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
+
+    # ---- the epoch and the step
+    def epoch_batches(self):
+        """This epoch's batches, skipping those a resumed run already trained on."""
+        if hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self.epoch)
+        self.sampler.set_epoch(self.epoch)
+        batches = (self.accelerator.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches
+                   else self.loader)
+        self.batches_done, self.skip_batches = self.skip_batches, 0
+        return batches
+
+    def trim_heap(self, batch) -> None:
+        """CPU: give freed heap back to the OS just before the largest batches (they set the peak RSS)."""
+        if self.device.type != "cpu":
+            return
+        tokens = batch["input_ids"].numel()
+        if tokens >= self.largest_batch or self.history.global_step - self.last_trim >= TRIM_EVERY_STEPS:
+            self.largest_batch, self.last_trim = max(self.largest_batch, tokens), self.history.global_step
+            trim_host_memory()
+
+    def train_step(self, batch) -> bool:
+        """Forward, backward, clip, optimizer and scheduler step; True when an optimizer step happened."""
+        acc, history = self.accelerator, self.history
+        with acc.accumulate(self.model):
+            loss = self.model(**batch).loss
+            acc.backward(loss)
+            self.step_loss += loss.detach()
+            self.micro += 1
+            if acc.sync_gradients and self.cfg.max_grad_norm:
+                self.fast_paths.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.fast_paths.step(self.optimizer, sync=acc.sync_gradients)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.batches_done += 1
+        history.total_examples += batch["input_ids"].shape[0] * acc.num_processes
+        if not acc.sync_gradients:
             return False
-        result = evaluate(unwrapped, eval_rows, collate_fn=collate_fn, batch_size=eval_batch_size,
-                          compute_metrics=compute_metrics, precision=precision, device=device,
-                          max_batches=max_eval_batches, progress=progress and accelerator.is_main_process)
+        self.scheduler.step()
+        history.global_step += 1
+        self.loss_buffer.append(self.step_loss / self.micro)  # stays on the device: no sync per step
+        self.lr_buffer.append(self.scheduler.get_last_lr()[0])
+        self.pending_steps.append(history.global_step)
+        self.step_loss, self.micro = torch.zeros((), device=self.device), 0
+        self.bar.update(1)
+        history.epoch = self.epoch + self.batches_done / len(self.loader)
+        return True
+
+    def log(self) -> None:
+        if self.history.global_step % self.cfg.log_every_steps == 0:
+            self.flush_losses()
+            self.bar.set_postfix(loss=f"{self.history.train_loss[-1]:.4f}", refresh=False)
+
+    def evaluate_and_checkpoint_if_due(self) -> None:
+        cfg, history = self.cfg, self.history
+        if cfg.eval_every_steps and history.global_step % cfg.eval_every_steps == 0:
+            self.stop = self.run_eval(history.epoch)
+        if cfg.save_every_steps and history.global_step % cfg.save_every_steps == 0:
+            self.save_checkpoint(self.epoch, self.batches_done)
+        self.stop = self.stop or history.global_step >= self.total_steps
+        if cfg.stop_after_steps is not None and history.global_step >= cfg.stop_after_steps:
+            self.stop = self.interrupted = True
+
+    def end_epoch(self) -> bool:
+        """At the end of an epoch: evaluate and checkpoint. True when the run must end now."""
+        if self.batches_done < len(self.loader):  # left mid-epoch (max_steps, early stop, interruption)
+            return self.stop
+        self.epoch += 1
+        self.history.epoch = float(self.epoch)
+        if self.interrupted:
+            return True
+        if self.cfg.eval_each_epoch and not self._evaluated_now():
+            self.stop = self.run_eval(float(self.epoch)) or self.stop
+        if self.ckpt_root is not None:
+            self.save_checkpoint(self.epoch, 0)
+        return self.stop
+
+    def _evaluated_now(self) -> bool:
+        return bool(self.history.evals and self.history.evals[-1]["step"] == self.history.global_step)
+
+    # ---- losses, evaluation, checkpoints
+    def flush_losses(self) -> None:
+        """The one host sync: read the buffered per-step losses, check they are finite (NaN/inf guard)."""
+        if not self.loss_buffer:
+            return
+        stacked = torch.stack(self.loss_buffer).float()
+        if self.accelerator.num_processes > 1:
+            stacked = self.accelerator.reduce(stacked, reduction="mean")
+        for step, value, lr_value in zip(self.pending_steps, stacked.cpu().tolist(), self.lr_buffer):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(self._nan_message(step, value))
+            self.history.steps.append(step)
+            self.history.train_loss.append(value)
+            self.history.learning_rate.append(lr_value)
+            self.history.examples_seen.append(self.history.total_examples)
+        self.loss_buffer.clear()
+        self.lr_buffer.clear()
+        self.pending_steps.clear()
+
+    def _nan_message(self, step: int, value: float) -> str:
+        lr = self.cfg.lr
+        last = latest_checkpoint(self.ckpt_root) if self.ckpt_root else None
+        kept = f" The last good checkpoint, {last}, stays on disk." if last else ""
+        return (f"Loss became {value} at step {step}. Likely causes: learning rate too high (LR={lr}), fp16 "
+                f"overflow (use PRECISION='bf16' or 'fp32'), or bad inputs (labels out of range). Fix: start over "
+                f"with a lower learning rate, e.g. LR={lr / 10:g} with OVERWRITE=True (a resumed run keeps its "
+                f"parameters, so it cannot change LR).{kept} The model in memory is not usable and was not saved.")
+
+    def run_eval(self, epoch_float: float) -> bool:
+        """Evaluate, record, track the best model; True when early stopping says stop."""
+        from tqdm.auto import tqdm
+
+        cfg, history, acc = self.cfg, self.history, self.accelerator
+        if self.eval_rows is None:
+            return False
+        result = evaluate(self.unwrapped, self.eval_rows, collate_fn=self.collate_fn, batch_size=cfg.eval_batch_size,
+                          compute_metrics=self.compute_metrics, precision=self.precision, device=self.device,
+                          max_batches=cfg.max_eval_batches, progress=cfg.progress and acc.is_main_process)
         history.eval_wall_s += result.wall_s
         record = {"step": history.global_step, "epoch": round(epoch_float, 3),
-                  "elapsed_s": round(time.perf_counter() - run_start, 3), **result.to_dict()}
+                  "elapsed_s": round(time.perf_counter() - self.run_start, 3), **result.to_dict()}
         history.evals.append(record)
-        if metric_for_best not in record:
-            raise KeyError(f"metric_for_best={metric_for_best!r} is not among the evaluation metrics "
+        if cfg.metric_for_best not in record:
+            raise KeyError(f"metric_for_best={cfg.metric_for_best!r} is not among the evaluation metrics "
                            f"{sorted(record)}; pick one of them.")
-        value = float(record[metric_for_best])
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items() if k not in ("step", "epoch", "elapsed_s")
-                          and isinstance(v, float))
-        if accelerator.is_main_process:
+        if acc.is_main_process and cfg.progress:
+            shown = ", ".join(f"{k}={v:.4f}" for k, v in record.items()
+                              if k not in ("step", "epoch", "elapsed_s") and isinstance(v, float))
             tqdm.write(f"step {history.global_step} (epoch {epoch_float:.2f}): {shown}")
-        if _is_better(value, history.best_metric, greater_is_better):
-            history.best_metric, history.best_step = value, history.global_step
-            evals_without_improvement = 0
-            if load_best_at_end:
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-                if ckpt_root is not None and accelerator.is_main_process:
-                    ckpt_root.mkdir(parents=True, exist_ok=True)
-                    _atomic_torch_save(best_state, ckpt_root / "best_model.pt")
-        else:
-            evals_without_improvement += 1
-        return early_stopping_patience is not None and evals_without_improvement >= early_stopping_patience
+        if not _is_better(float(record[cfg.metric_for_best]), history.best_metric, self.greater_is_better):
+            self.evals_without_improvement += 1
+            return (cfg.early_stopping_patience is not None
+                    and self.evals_without_improvement >= cfg.early_stopping_patience)
+        history.best_metric, history.best_step = float(record[cfg.metric_for_best]), history.global_step
+        self.evals_without_improvement = 0
+        if cfg.load_best_at_end:
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped.state_dict().items()}
+            if self.ckpt_root is not None and acc.is_main_process:
+                self.ckpt_root.mkdir(parents=True, exist_ok=True)
+                _atomic_torch_save(self.best_state, self.ckpt_root / "best_model.pt")
+        return False
 
-    loss_buffer: list[torch.Tensor] = []
-    lr_buffer: list[float] = []
-    pending_steps: list[int] = []
+    def save_checkpoint(self, epoch: int, batches_done: int) -> None:
+        start = time.perf_counter()
+        self.flush_losses()  # never checkpoint a model that has already gone non-finite
+        if self.ckpt_root is not None and self.accelerator.is_main_process:
+            state = {"history": self.history.to_dict(), "epoch": epoch, "batches_done_in_epoch": batches_done,
+                     "evals_without_improvement": self.evals_without_improvement, "total_steps": self.total_steps,
+                     "train_rows": len(self.train_rows), "seed": self.cfg.seed}
+            with self.fast_paths.dense_optimizer_state():  # checkpoints look the same with or without fast paths
+                _save_checkpoint(self.ckpt_root, self.history.global_step, model_state=self.unwrapped.state_dict(),
+                                 optimizer=self.optimizer, scheduler=self.scheduler, state=state,
+                                 keep=self.cfg.keep_checkpoints)
+        self.ckpt_s += time.perf_counter() - start
 
-    def flush_losses() -> None:
-        """The one host sync: read the buffered per-step losses, check they are finite."""
-        if not loss_buffer:
-            return
-        stacked = torch.stack(loss_buffer).float()
-        if accelerator.num_processes > 1:
-            stacked = accelerator.reduce(stacked, reduction="mean")
-        values = stacked.cpu().tolist()
-        for step, value, lr_value in zip(pending_steps, values, lr_buffer):
-            if not math.isfinite(value):
-                last = latest_checkpoint(ckpt_root) if ckpt_root else None
-                kept = f" The last good checkpoint, {last}, stays on disk." if last else ""
-                raise NonFiniteLossError(
-                    f"Loss became {value} at step {step}. Likely causes: learning rate too high (LR={lr}), "
-                    f"fp16 overflow (use PRECISION='bf16' or 'fp32'), or bad inputs (labels out of range). "
-                    f"Fix: start over with a lower learning rate, e.g. LR={lr / 10:g} with OVERWRITE=True (a "
-                    f"resumed run keeps its parameters, so it cannot change LR).{kept} "
-                    "The model in memory is not usable and was not saved.")
-            history.steps.append(step)
-            history.train_loss.append(value)
-            history.learning_rate.append(lr_value)
-            history.examples_seen.append(history.total_examples)
-        loss_buffer.clear()
-        lr_buffer.clear()
-        pending_steps.clear()
-
-    def save_checkpoint(epoch: int, batches_done: int) -> None:
-        flush_losses()  # never checkpoint a model that has already gone non-finite
-        if ckpt_root is None or not accelerator.is_main_process:
-            return
-        state = {"history": history.to_dict(), "epoch": epoch, "batches_done_in_epoch": batches_done,
-                 "evals_without_improvement": evals_without_improvement, "total_steps": total_steps,
-                 "train_rows": len(train_rows), "seed": seed}
-        with fast_paths.dense_optimizer_state():  # checkpoints look the same with or without the fast paths
-            _save_checkpoint(ckpt_root, history.global_step, model_state=unwrapped.state_dict(),
-                             optimizer=optimizer, scheduler=scheduler, state=state, keep=keep_checkpoints)
-
-    bar = tqdm(total=total_steps, initial=history.global_step, desc="train",
-               disable=not (progress and accelerator.is_main_process), mininterval=1.0, dynamic_ncols=True)
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    stop = history.global_step >= total_steps
-    interrupted = False
-    epoch = start_epoch
-    step_loss = torch.zeros((), device=device)
-    micro = 0
-    run_start, eval_s_before, ckpt_s = time.perf_counter(), history.eval_wall_s, 0.0
-    if cpu_fast_paths and device.type == "cpu":
-        parts = PARTS if cpu_fast_paths is True else tuple(cpu_fast_paths)
-        fast_paths = CpuFastPaths(unwrapped, optimizer.optimizer, parts=parts,
-                                  sparse_embedding=accelerator.num_processes == 1, clip=accelerator.clip_grad_norm_)
-    else:
-        fast_paths = _NoFastPaths(accelerator)
-    history.fast_paths = fast_paths.describe()
-    if history.fast_paths and progress and accelerator.is_main_process:
-        tqdm.write(f"CPU fast paths (cpu_fast_paths=False turns them off): {history.fast_paths}")
-    optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
-    largest_batch, last_trim = 0, history.global_step
-    with fast_paths:
-        while not stop:
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            sampler.set_epoch(epoch)
-            epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-            batches_done, skip_batches = skip_batches, 0
-            for batch in epoch_loader:
-                if device.type == "cpu":
-                    tokens = batch["input_ids"].numel()
-                    if tokens >= largest_batch or history.global_step - last_trim >= TRIM_EVERY_STEPS:
-                        # the peak resident memory is set by the largest batches: free the heap just before
-                        largest_batch, last_trim = max(largest_batch, tokens), history.global_step
-                        trim_host_memory()
-                with accelerator.accumulate(model):
-                    loss = model(**batch).loss
-                    accelerator.backward(loss)
-                    step_loss += loss.detach()
-                    micro += 1
-                    if accelerator.sync_gradients and max_grad_norm:
-                        fast_paths.clip_grad_norm_(model.parameters(), max_grad_norm)
-                    fast_paths.step(optimizer, sync=accelerator.sync_gradients)
-                    optimizer.zero_grad(set_to_none=True)
-                batches_done += 1
-                history.total_examples += batch["input_ids"].shape[0] * accelerator.num_processes
-                if not accelerator.sync_gradients:
-                    continue
-                scheduler.step()
-                history.global_step += 1
-                loss_buffer.append(step_loss / micro)
-                lr_buffer.append(scheduler.get_last_lr()[0])
-                pending_steps.append(history.global_step)
-                step_loss, micro = torch.zeros((), device=device), 0
-                bar.update(1)
-                history.epoch = epoch + batches_done / len(loader)
-                if history.global_step % log_every_steps == 0:
-                    flush_losses()
-                    bar.set_postfix(loss=f"{history.train_loss[-1]:.4f}", refresh=False)
-                if eval_every_steps and history.global_step % eval_every_steps == 0:
-                    stop = run_eval(history.epoch)
-                if save_every_steps and history.global_step % save_every_steps == 0:
-                    t = time.perf_counter()
-                    save_checkpoint(epoch, batches_done)
-                    ckpt_s += time.perf_counter() - t
-                stop = stop or history.global_step >= total_steps
-                if stop_after_steps is not None and history.global_step >= stop_after_steps:
-                    stop = interrupted = True
-                if stop:
-                    break
-            if batches_done >= len(loader):  # the epoch ran to its end
-                epoch += 1
-                history.epoch = float(epoch)
-                if interrupted:
-                    break
-                if eval_each_epoch and not (history.evals and history.evals[-1]["step"] == history.global_step):
-                    stop = run_eval(float(epoch)) or stop
-                if ckpt_root is not None:
-                    t = time.perf_counter()
-                    save_checkpoint(epoch, 0)
-                    ckpt_s += time.perf_counter() - t
-    flush_losses()
-    bar.close()
-    if not interrupted and eval_each_epoch and not (history.evals and history.evals[-1]["step"] == history.global_step):
-        run_eval(history.epoch)  # stopped mid-epoch (max_steps): evaluate the final model too
-    history.train_wall_s += time.perf_counter() - run_start - (history.eval_wall_s - eval_s_before) - ckpt_s
-    history.stopped_early = bool(early_stopping_patience is not None
-                                 and evals_without_improvement >= early_stopping_patience)
-    if interrupted:
-        return _finish(history, accelerator, model, device, None)
-    return _finish(history, accelerator, model, device, best_state if load_best_at_end else None)
-
-
-def _finish(history: History, accelerator, model, device, best_state) -> History:
-    history.samples_per_s = history.total_examples / history.train_wall_s if history.train_wall_s > 0 else 0.0
-    history.peak_mem_mb = dev.peak_memory_mb(device)
-    unwrapped = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
-    if best_state is not None and history.best_step is not None and history.best_step != history.global_step:
-        unwrapped.load_state_dict(best_state)
-        accelerator.print(f"restored the best model (step {history.best_step}, "
-                          f"{history.metric_for_best}={history.best_metric:.4f})")
-    unwrapped.eval()
-    accelerator.wait_for_everyone()
-    return history
+    # ---- the end
+    def finish(self) -> History:
+        """Final losses and evaluation, timings, the best model restored, the model in eval mode."""
+        cfg, history, acc = self.cfg, self.history, self.accelerator
+        self.flush_losses()
+        self.bar.close()
+        if not self.interrupted and cfg.eval_each_epoch and not self._evaluated_now():
+            self.run_eval(history.epoch)  # stopped mid-epoch (max_steps): evaluate the final model too
+        history.train_wall_s += (time.perf_counter() - self.run_start - (history.eval_wall_s - self.eval_s_before)
+                                 - self.ckpt_s)
+        history.stopped_early = bool(cfg.early_stopping_patience is not None
+                                     and self.evals_without_improvement >= cfg.early_stopping_patience)
+        history.samples_per_s = history.total_examples / history.train_wall_s if history.train_wall_s > 0 else 0.0
+        history.peak_mem_mb = dev.peak_memory_mb(self.device)
+        unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+        best = self.best_state if (cfg.load_best_at_end and not self.interrupted) else None
+        if best is not None and history.best_step is not None and history.best_step != history.global_step:
+            unwrapped.load_state_dict(best)
+            acc.print(f"restored the best model (step {history.best_step}, "
+                      f"{history.metric_for_best}={history.best_metric:.4f})")
+        unwrapped.eval()
+        acc.wait_for_everyone()
+        return history
