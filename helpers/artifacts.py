@@ -1,7 +1,7 @@
 """Saving what a notebook produced: the model folder, `metrics.json` and a model card.
 
 Layout of a notebook's OUTPUT_DIR:
-    metrics.json        one format for tests, the runner's summary and benchmarks (DESIGN.md section 4)
+    metrics.json        one format for tests, the runner's summary and benchmarks (docs/architecture.md)
     model/              save_pretrained model + tokenizer, workbook.json (task, labels, settings), README.md,
                         score.py (needs only torch + transformers: Domino / OCI Data Science scoring)
     plots/*.png         figures the notebook saved

@@ -1,8 +1,9 @@
 """Load any data source into a `datasets.Dataset`, clean it openly, split and cap it.
 
-Resolution order (DESIGN.md section 5): a local file the user names; a Hub dataset id (when the
-Hub is reachable or the dataset is cached); else, only when allowed, the project's generated
-sample in the same layout, announced loudly. Every row dropped is counted with its reason.
+Resolution order (docs/architecture.md, "Offline first"): a local file the user names; a Hub
+dataset id (when the Hub is reachable or the dataset is cached); else, only when allowed, the
+project's generated sample in the same layout, announced loudly. Every row dropped is counted
+with its reason.
 """
 
 from __future__ import annotations
@@ -449,7 +450,6 @@ def check_columns(frame: pd.DataFrame, needed: list[str], where: str) -> None:
             f"set TEXT_COL / LABEL_COL to the right names{suggest_columns(found)}.")
 
 
-_WHITESPACE = re.compile(r"\s+")
 
 
 def text_keys(texts: pd.Series, chunk_rows: int = 200_000) -> tuple[pd.Series, pd.Series]:
@@ -461,8 +461,9 @@ def text_keys(texts: pd.Series, chunk_rows: int = 200_000) -> tuple[pd.Series, p
     """
     hashes = np.empty(len(texts), dtype=np.uint64)
     empty = np.empty(len(texts), dtype=bool)
+    texts = texts.astype(str)  # Arrow-backed: the regex runs in Arrow (RE2), not per Python object
     for start in range(0, len(texts), chunk_rows):
-        part = texts.iloc[start: start + chunk_rows].str.replace(_WHITESPACE, " ", regex=True).str.strip()
+        part = texts.iloc[start: start + chunk_rows].str.replace(r"\s+", " ", regex=True).str.strip()
         empty[start: start + len(part)] = (part.str.len() == 0).to_numpy()
         hashes[start: start + len(part)] = pd.util.hash_pandas_object(part, index=False).to_numpy()
     return pd.Series(hashes, index=texts.index), pd.Series(empty, index=texts.index)
@@ -631,17 +632,30 @@ def text_columns(text_col: str) -> list[str]:
     return [c.strip() for c in text_col.split("+") if c.strip()]
 
 
-def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape: bool = False) -> pd.Series:
+def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape: bool = False,
+               chunk_rows: int = 100_000) -> pd.Series:
     """The text column, or several joined with `join` (empty parts skipped); optionally turn the
-    literal `\\n` escapes of the original Yelp/Amazon CSVs into real newlines."""
-    parts = [frame[c].fillna("").astype(str).str.strip() for c in text_columns(text_col)]
-    text = parts[0]
-    for part in parts[1:]:
-        sep = pd.Series(join, index=text.index).where((text != "") & (part != ""), "")
-        text = text + sep + part
+    literal `\\n` escapes of the original Yelp/Amazon CSVs into real newlines.
+
+    Done in Arrow (pandas' `str` dtype, `pyarrow.compute`): millions of reviews are joined without a
+    Python object per row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = [pa.chunked_array(pa.array(frame[c].fillna("").astype(str))) for c in text_columns(text_col)]
+    chunks = []
+    for start in range(0, len(frame), chunk_rows):  # bounded temporaries: a few copies of one chunk at most
+        parts = [pc.utf8_trim_whitespace(col.slice(start, chunk_rows).combine_chunks()) for col in columns]
+        text = parts[0]
+        for part in parts[1:]:
+            glued = pc.binary_join_element_wise(text, part, pa.scalar(join, type=text.type))
+            text = pc.if_else(pc.equal(part, ""), text, pc.if_else(pc.equal(text, ""), part, glued))
+        chunks.append(text)
+    joined = pa.chunked_array(chunks, type=chunks[0].type) if chunks else pa.chunked_array([], type=pa.large_string())
+    series = pd.Series(pd.arrays.ArrowStringArray(joined), index=frame.index)
     if unescape:
-        text = text.str.replace("\\n", "\n", regex=False).str.replace('\\"', '"', regex=False).str.strip()
-    return text
+        series = series.str.replace("\\n", "\n", regex=False).str.replace('\\"', '"', regex=False).str.strip()
+    return series
 
 
 def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
@@ -727,11 +741,16 @@ def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str =
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
     check_columns(frame, wanted, where)
-    frame = frame.assign(__text__=build_text(frame, text_col, join=text_join, unescape=unescape))
+    # The frame is consumed: its text columns go as soon as the text is built (one copy in memory).
+    text = build_text(frame, text_col, join=text_join, unescape=unescape)
+    pair_text = build_text(frame, text_pair_col, join=text_join, unescape=unescape) if text_pair_col else None
+    for column in [c for c in frame.columns if c != label_col]:
+        del frame[column]
+    frame["__text__"] = text
     pair = None
-    if text_pair_col:
-        frame = frame.assign(__pair__=build_text(frame, text_pair_col, join=text_join, unescape=unescape))
-        pair = "__pair__"
+    if pair_text is not None:
+        frame["__pair__"], pair = pair_text, "__pair__"
+    del text, pair_text
     frame, report = clean_labeled(frame, "__text__", label_col, pair)
     for reason, lines in used.skipped.items():  # lines the reader could not take count as read and dropped
         report.rows_read += len(lines)
@@ -744,14 +763,33 @@ def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str =
         raise DataError(f"Only one label in {where} ({', '.join(f'{k!r}: {v} rows' for k, v in present.items())}): "
                         "a classifier needs at least two labels with examples; check LABEL_COL "
                         f"({label_col!r}) and that the file holds every class.")
-    out = {"text": frame["__text__"]}  # build_text strips each part: no further copy of every text
+    columns = {"text": frame.pop("__text__")}
     if pair:
-        out["text_pair"] = frame[pair]
-    out["label"] = names
-    import datasets
+        columns["text_pair"] = frame.pop(pair)
+    columns["label"] = names
+    return LoadedData(arrow_dataset(columns), used, report, label_names, rule)
 
-    return LoadedData(datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False), used, report,
-                      label_names, rule)
+
+def arrow_dataset(columns: dict[str, pd.Series]):
+    """A `datasets.Dataset` of string columns built straight into Arrow, in chunks: no pandas round trip
+    (`Dataset.from_pandas` of a million reviews peaks at several copies of the text)."""
+    import datasets
+    import pyarrow as pa
+
+    import hashlib
+
+    arrays = {}
+    digest = hashlib.sha256()
+    for name in list(columns):
+        column = pa.chunked_array(columns.pop(name).astype(str).array.__arrow_array__())  # no copy
+        digest.update(name.encode())
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+        arrays[name] = column
+    # Given a fingerprint, datasets does not hash the table itself (which pickles every buffer: +2 copies).
+    return datasets.Dataset(datasets.table.InMemoryTable(pa.table(arrays)), fingerprint=digest.hexdigest()[:32])
 
 
 _COMMON_LABELS = ["positive", "negative", "neutral", "pos", "neg", "true", "false", "yes", "no"]

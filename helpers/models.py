@@ -1,8 +1,8 @@
 """Resolve a model name to real weights or an announced offline stand-in, and build models from it.
 
-Resolution order (DESIGN.md section 5): a local folder; the Hub id when the Hub is reachable or the
-files are in the local HF cache; else, when allowed, a stand-in that uses the same code path
-(`from_pretrained(path)`), announced in the output and recorded in `metrics.json`.
+Resolution order (docs/architecture.md, "Offline first"): a local folder; the Hub id when the Hub
+is reachable or the files are in the local HF cache; else, when allowed, a stand-in that uses the
+same code path (`from_pretrained(path)`), announced in the output and recorded in `metrics.json`.
 """
 
 from __future__ import annotations
