@@ -773,10 +773,10 @@ def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str =
 def arrow_dataset(columns: dict[str, pd.Series]):
     """A `datasets.Dataset` of string columns built straight into Arrow, in chunks: no pandas round trip
     (`Dataset.from_pandas` of a million reviews peaks at several copies of the text)."""
+    import hashlib
+
     import datasets
     import pyarrow as pa
-
-    import hashlib
 
     arrays = {}
     digest = hashlib.sha256()

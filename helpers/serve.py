@@ -257,6 +257,115 @@ def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
     return f"{shown} (stand-in for {requested})", requested, notice
 
 
+class ModelService:
+    """What the web app does, independent of its routes: parse a request, run the model (one call at a
+    time, through a bounded queue), shape the answer for the client that asked."""
+
+    def __init__(self, predictor, *, name: str, max_texts: int = MAX_TEXTS, max_queue: int = MAX_QUEUE,
+                 queue_timeout_s: float = QUEUE_TIMEOUT_S):
+        self.predictor = predictor
+        self.classifier = predictor.task == "text-classification"
+        self.pairs = self.classifier and getattr(predictor, "takes_pairs", False)
+        self.endpoint = "/predict" if self.classifier else "/summarize"
+        self.reads_tokens = int(predictor.max_input_tokens)
+        self.model_name, self.requested, self.standin = describe_model(predictor.info, name)
+        self.max_texts, self.max_queue, self.queue_timeout_s = max_texts, max_queue, queue_timeout_s
+        self.lock, self.waiting_lock, self.waiting = threading.Lock(), threading.Lock(), 0
+
+    def run(self, items: list, overrides: dict) -> list[dict]:
+        """The model on `items`; `Busy` when the queue is full or the wait too long."""
+        with self.waiting_lock:  # a bounded queue: past it, clients are told to come back rather than pile up
+            if self.waiting >= self.max_queue:
+                raise Busy(f"the server is busy ({self.max_queue} requests waiting); retry shortly")
+            self.waiting += 1
+        try:
+            if not self.lock.acquire(timeout=self.queue_timeout_s):  # one model call at a time
+                raise Busy(f"the model was busy for {self.queue_timeout_s:g} s; retry shortly")
+            try:
+                results = self._call_model(items, overrides)
+            finally:
+                self.lock.release()
+        finally:
+            with self.waiting_lock:
+                self.waiting -= 1
+        return [with_note(r, self.reads_tokens) for r in results]
+
+    def _call_model(self, items: list, overrides: dict) -> list[dict]:
+        if self.classifier:
+            if overrides:
+                raise BadRequest('"parameters" are for summarizers only')
+            return self.predictor.predict(items)
+        try:
+            return self.predictor.summarize(items, **overrides)
+        except (TypeError, ValueError) as err:
+            raise BadRequest(str(err)) from err
+
+    def answer_json(self, payload) -> tuple[dict, int]:
+        """A JSON request's answer: a result, {"predictions" | "summaries": [...]}, or OCI's {"prediction": [...]}."""
+        items, single = parse_texts(payload, max_texts=self.max_texts, pairs=self.pairs)
+        overrides = payload.get("parameters", {}) if isinstance(payload, dict) else {}
+        if not isinstance(overrides, dict):
+            raise BadRequest('"parameters" must be an object, e.g. {"num_beams": 4}')
+        results = self.run(items, overrides)
+        if isinstance(payload, list):  # OCI Data Science's answer shape
+            return {"prediction": results}, 200
+        if single:
+            return results[0], 200
+        return {"predictions" if self.classifier else "summaries": results}, 200
+
+    def answer_domino(self, payload) -> dict:
+        """Domino's model API: {"data": {<argument>: value}} in, the function's return value as "result" out."""
+        start = time.perf_counter()
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), (dict, str, list)):
+            raise BadRequest('a Domino model API call is {"data": {"sentence": "..."}} '
+                             '(or {"data": {"text": ...}} / {"data": {"texts": [...]}})')
+        items, single = parse_texts({"data": payload["data"]}, max_texts=self.max_texts, pairs=self.pairs)
+        results = self.run(items, {})
+        elapsed = round(1000 * (time.perf_counter() - start), 1)
+        return {"result": results[0] if single else results, "request_id": str(uuid.uuid4()),
+                "model_time_in_ms": elapsed, "timing": elapsed,
+                "release": {"harness_version": "finetune-workbook", "model_version": self.model_name}}
+
+    def answer_form(self, form) -> dict:
+        """An HTML form post (`text`, `text_pair`): the values to render the page with."""
+        text, pair = form.get("text", form.get("sentence", "")), form.get("text_pair")
+        try:
+            item = check_text(text, "text")
+            if pair:
+                item = (item, check_text(pair, "text_pair"))
+            return {"text": text, "text_pair": pair or "", "result": self.run([item], {})[0]}
+        except BadRequest as err:
+            return {"text": text, "text_pair": pair or "", "error": str(err), "status": err.status}
+
+    def page_values(self) -> dict:
+        return dict(title="Text classification" if self.classifier else "Summarization", model=self.model_name,
+                    requested=self.requested, standin=self.standin, task=self.predictor.task,
+                    endpoint=self.endpoint, pairs=self.pairs, reads_tokens=self.reads_tokens,
+                    reads_chars=f"{self.reads_tokens * 4:,}",
+                    prompt="Text to classify" if self.classifier else "Text to summarize",
+                    placeholder="Type a headline or a sentence..." if self.classifier else "Paste a text...",
+                    button="Predict" if self.classifier else "Summarize", text="", text_pair="", result=None,
+                    error=None)
+
+    def health(self) -> dict:
+        body = {"status": "ok", "task": self.predictor.task, "model": self.model_name, "requested": self.requested,
+                "standin": bool(self.standin), "endpoint": self.endpoint, "max_input_tokens": self.reads_tokens,
+                "max_texts": self.max_texts, "text_pair": self.pairs}
+        if self.classifier:
+            body["labels"] = self.predictor.labels
+        return body
+
+
+def read_payload(request):
+    """The JSON body, or None for an HTML form post (JSON sent as a form, as plain `curl -d` does, is JSON)."""
+    raw = request.get_data(cache=True)
+    if request.mimetype == "application/json" or raw.lstrip()[:1] in (b"{", b"["):
+        return parse_json_body(raw)
+    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return None
+    raise BadRequest('send a JSON body with Content-Type: application/json, e.g. {"text": "..."}', 415)
+
+
 def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
                max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
@@ -267,144 +376,52 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
 
     predictor = (inference.load(source, device=device, base_model=base_model) if isinstance(source, (str, Path))
                  else source)
-    classifier = predictor.task == "text-classification"
-    pairs = classifier and getattr(predictor, "takes_pairs", False)
-    endpoint = "/predict" if classifier else "/summarize"
-    reads_tokens = int(predictor.max_input_tokens)
-    model_name, requested, standin = describe_model(predictor.info, getattr(source, "name", "model"))
-    lock = threading.Lock()
+    service = ModelService(predictor, name=getattr(source, "name", "model"), max_texts=max_texts,
+                           max_queue=max_queue, queue_timeout_s=queue_timeout_s)
     app = Flask("finetune_workbook")
     app.json.sort_keys = False
-    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    app.config["WORKBOOK_ENDPOINT"] = endpoint
-
-    waiting = {"count": 0}
-    waiting_lock = threading.Lock()
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint)
 
     def error(message: str, status: int):
-        headers = {"Retry-After": "2"} if status == 503 else {}
-        return jsonify({"error": message}), status, headers
-
-    def run(items: list, overrides: dict) -> list[dict]:
-        with waiting_lock:  # a bounded queue: past it, clients are told to come back rather than pile up
-            if waiting["count"] >= max_queue:
-                raise Busy(f"the server is busy ({max_queue} requests waiting); retry shortly")
-            waiting["count"] += 1
-        try:
-            if not lock.acquire(timeout=queue_timeout_s):  # one model call at a time: correct answers
-                raise Busy(f"the model was busy for {queue_timeout_s:g} s; retry shortly")
-            try:
-                if classifier:
-                    results = predictor.predict(items)
-                else:
-                    try:
-                        results = predictor.summarize(items, **overrides)
-                    except (TypeError, ValueError) as err:
-                        raise BadRequest(str(err)) from err
-            finally:
-                lock.release()
-        finally:
-            with waiting_lock:
-                waiting["count"] -= 1
-        return [with_note(r, reads_tokens) for r in results]
+        return jsonify({"error": message}), status, ({"Retry-After": "2"} if status == 503 else {})
 
     def page(**values):
-        title = "Text classification" if classifier else "Summarization"
-        html = render_template_string(
-            PAGE, title=title, model=model_name, requested=requested, standin=standin, task=predictor.task,
-            endpoint=endpoint, pairs=pairs, reads_tokens=reads_tokens, reads_chars=f"{reads_tokens * 4:,}",
-            prompt="Text to classify" if classifier else "Text to summarize",
-            placeholder="Type a headline or a sentence..." if classifier else "Paste a text...",
-            button="Predict" if classifier else "Summarize", **{"text": "", "text_pair": "", "result": None,
-                                                               "error": None, **values})
-        return html, values.get("status", 200), {"Content-Type": "text/html; charset=utf-8"}
-
-    def form_post():
-        text, pair = request.form.get("text", request.form.get("sentence", "")), request.form.get("text_pair")
-        try:
-            item = check_text(text, "text")
-            if pair:
-                item = (item, check_text(pair, "text_pair"))
-            result = run([item], {})[0]
-        except BadRequest as err:
-            return page(text=text, text_pair=pair or "", error=str(err), status=err.status)
-        return page(text=text, text_pair=pair or "", result=result)
-
-    def read_payload():
-        """The JSON body, or None for an HTML form post (JSON sent as a form, as plain `curl -d` does, is JSON)."""
-        raw = request.get_data(cache=True)
-        if request.mimetype == "application/json" or raw.lstrip()[:1] in (b"{", b"["):
-            return parse_json_body(raw)
-        if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            return None
-        raise BadRequest('send a JSON body with Content-Type: application/json, e.g. {"text": "..."}', 415)
+        status = values.pop("status", 200)
+        html = render_template_string(PAGE, **{**service.page_values(), **values})
+        return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
     def handle(kind: str):
-        if kind != endpoint:
-            other = "a text classifier" if classifier else "a summarizer"
-            return error(f"this server holds {other}; POST {endpoint} instead", 400)
+        if kind != service.endpoint:
+            other = "a text classifier" if service.classifier else "a summarizer"
+            return error(f"this server holds {other}; POST {service.endpoint} instead", 400)
         try:
-            payload = read_payload()
+            payload = read_payload(request)
             if payload is None:
-                return form_post()
-            items, single = parse_texts(payload, max_texts=max_texts, pairs=pairs)
-            overrides = payload.get("parameters", {}) if isinstance(payload, dict) else {}
-            if overrides and classifier:
-                raise BadRequest('"parameters" are for summarizers only')
-            if not isinstance(overrides, dict):
-                raise BadRequest('"parameters" must be an object, e.g. {"num_beams": 4}')
-            results = run(items, overrides)
+                return page(**service.answer_form(request.form))
+            body, status = service.answer_json(payload)
         except BadRequest as err:
             return error(str(err), err.status)
-        if isinstance(payload, list):  # OCI Data Science's answer shape
-            return jsonify({"prediction": results})
-        if single:
-            return jsonify(results[0])
-        return jsonify({"predictions" if classifier else "summaries": results})
+        return jsonify(body), status
 
-    @app.get("/")
-    def index():
-        return page()
-
-    @app.post("/")
-    def index_form():
-        return handle(endpoint)
-
-    @app.get("/health")
-    def health():
-        body = {"status": "ok", "task": predictor.task, "model": model_name, "requested": requested,
-                "standin": bool(standin), "endpoint": endpoint, "max_input_tokens": reads_tokens,
-                "max_texts": max_texts, "text_pair": pairs}
-        if classifier:
-            body["labels"] = predictor.labels
-        return jsonify(body)
-
-    @app.post("/predict")
-    def predict():
-        return handle("/predict")
-
-    @app.post("/summarize")
-    def summarize():
-        return handle("/summarize")
-
-    @app.post("/model")
-    @app.post("/models/<model_id>/latest/model")
     def domino(model_id: str | None = None):
-        """Domino's model API: {"data": {<argument>: value}} in, the function's return value as "result" out."""
-        start = time.perf_counter()
         try:
-            payload = parse_json_body(request.get_data(cache=True))
-            if not isinstance(payload, dict) or not isinstance(payload.get("data"), (dict, str, list)):
-                raise BadRequest('a Domino model API call is {"data": {"sentence": "..."}} '
-                                 '(or {"data": {"text": ...}} / {"data": {"texts": [...]}})')
-            items, single = parse_texts({"data": payload["data"]}, max_texts=max_texts, pairs=pairs)
-            results = run(items, {})
+            return jsonify(service.answer_domino(parse_json_body(request.get_data(cache=True))))
         except BadRequest as err:
             return error(str(err), err.status)
-        elapsed = round(1000 * (time.perf_counter() - start), 1)
-        return jsonify({"result": results[0] if single else results, "request_id": str(uuid.uuid4()),
-                        "model_time_in_ms": elapsed, "timing": elapsed,
-                        "release": {"harness_version": "finetune-workbook", "model_version": model_name}})
+
+    app.add_url_rule("/", "index", lambda: page(), methods=["GET"])
+    app.add_url_rule("/", "form", lambda: handle(service.endpoint), methods=["POST"])
+    app.add_url_rule("/health", "health", lambda: jsonify(service.health()), methods=["GET"])
+    app.add_url_rule("/predict", "predict", lambda: handle("/predict"), methods=["POST"])
+    app.add_url_rule("/summarize", "summarize", lambda: handle("/summarize"), methods=["POST"])
+    app.add_url_rule("/model", "domino", domino, methods=["POST"])
+    app.add_url_rule("/models/<model_id>/latest/model", "domino_latest", domino, methods=["POST"])
+    _error_pages(app, error, service.endpoint)
+    return app
+
+
+def _error_pages(app, error, endpoint: str) -> None:
+    """JSON answers for 404 / 405 / 413 / 500, and the security headers on every response."""
 
     @app.after_request
     def headers(response):
@@ -412,23 +429,14 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
         response.headers["Server"] = "finetune-workbook"
         return response
 
-    @app.errorhandler(404)
-    def not_found(_):
-        return error(f"no such endpoint; use GET /, GET /health or POST {endpoint}", 404)
-
-    @app.errorhandler(405)
-    def wrong_method(_):
-        return error(f"wrong method; the API is POST {endpoint} with a JSON body", 405)
-
-    @app.errorhandler(413)
-    def too_large(_):
-        return error(f"the request body is over {MAX_BODY_BYTES // 2**20} MB; send fewer or shorter texts", 413)
-
-    @app.errorhandler(500)
-    def failed(err):
-        return error(f"the model failed on this input ({getattr(err, 'original_exception', err)})", 500)
-
-    return app
+    app.register_error_handler(404, lambda _: error(f"no such endpoint; use GET /, GET /health or POST {endpoint}",
+                                                    404))
+    app.register_error_handler(405, lambda _: error(f"wrong method; the API is POST {endpoint} with a JSON body",
+                                                    405))
+    app.register_error_handler(413, lambda _: error(f"the request body is over {MAX_BODY_BYTES // 2**20} MB; "
+                                                    "send fewer or shorter texts", 413))
+    app.register_error_handler(500, lambda err: error(
+        f"the model failed on this input ({getattr(err, 'original_exception', err)})", 500))
 
 
 def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
