@@ -6,11 +6,12 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve bench bench-scale run test lab lock samples lint clean help kernel
+.PHONY: setup browser serve bench bench-scale run test test-fast lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
-	@echo "make test   - set up if needed, then run the whole test suite"
+	@echo "make test   - set up if needed, then run the whole test suite (every notebook via nbmake, then tests/)"
+	@echo "make test-fast - the unit tier only (no notebooks, no browser): under a minute"
 	@echo "make lab    - JupyterLab with the workbook's kernel"
 	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
@@ -32,8 +33,16 @@ setup: $(STAMP)
 run: setup
 	$(VENV)/bin/workbook run $(RUN_ARGS)
 
+# One pytest run: every notebook through nbmake at smoke sizes (into a fresh runs folder, whose results
+# tests/test_notebooks.py then checks instead of running those notebooks again), then tests/.
+NBMAKE_RUNS := $(CURDIR)/.pytest_cache/nbmake-runs
 test: setup browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	rm -rf $(NBMAKE_RUNS)
+	WORKBOOK_SMOKE=1 WORKBOOK_RUNS_DIR=$(NBMAKE_RUNS) $(PY) -m pytest --nbmake notebooks tests $(PYTEST_ARGS)
+
+# The unit tier: no notebook runs, SIGKILL / two-process tests or browser (under a minute on 2 cores).
+test-fast: setup
+	$(PY) -m pytest -m "not slow and not notebook" $(PYTEST_ARGS)
 
 # The web app's browser test drives Debian's chromium headless; installed here when we are root
 # (CI is). Elsewhere install `chromium chromium-driver` yourself, or the browser test is skipped.

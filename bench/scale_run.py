@@ -29,6 +29,11 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def children_peak_mb() -> float:
+    """The largest peak RSS among finished child processes (Dataset.map's tokenizer processes)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parquet", required=True)
@@ -122,6 +127,7 @@ def main(argv=None) -> int:
         stage("steps", t)
     result["stages"] = stages
     result["peak_mb"] = round(peak_mb(), 1)
+    result["children_peak_mb"] = round(children_peak_mb(), 1)
     Path(args.out).write_text(json.dumps(result, indent=2))
     return 0
 

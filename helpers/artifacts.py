@@ -15,6 +15,7 @@ import json
 import math
 import platform
 import shutil
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,11 @@ RUNS_DIR = PROJECT_ROOT / "runs"
 
 
 def default_output_dir(notebook: str) -> Path:
-    """`runs/<notebook>/` at the project root, wherever the notebook runs from."""
-    return RUNS_DIR / notebook
+    """`runs/<notebook>/` at the project root, wherever the notebook runs from (`WORKBOOK_RUNS_DIR`
+    moves the runs folder: nbmake, which cannot set parameters, runs the notebooks into a fresh one)."""
+    import os
+
+    return Path(os.environ.get("WORKBOOK_RUNS_DIR") or RUNS_DIR) / notebook
 
 
 def versions() -> dict[str, str]:
@@ -209,3 +213,42 @@ def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, basel
 def folder_size_mb(folder: str | Path) -> float:
     """Size of the files in a folder (recursively), in MB."""
     return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 3)
+
+
+@dataclass
+class SavedRun:
+    """What `save_run` wrote: the model folder, metrics.json, and the records it put in both."""
+
+    folder: Path
+    metrics_path: Path
+    model_info: dict[str, Any]
+    data_info: dict[str, Any]
+    card: str
+
+
+def run_record(source, loaded, splits, *, model_extra: dict | None = None,
+               data_extra: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(model, data) records for workbook.json, the model card and metrics.json: what was asked for and
+    used (stand-ins included), rows per split, what cleaning dropped, and a fingerprint of the data."""
+    from .data import fingerprint
+
+    model_info = {**source.to_dict(), **(model_extra or {})}
+    data_info = {**loaded.source.to_dict(), "rows": {k: len(v) for k, v in splits.items()},
+                 "dropped": loaded.report.to_dict()["dropped"], "fingerprint": fingerprint(splits),
+                 **(data_extra or {})}
+    return model_info, data_info
+
+
+def save_run(output_dir: str | Path, *, notebook: str, model, tokenizer, task: str, info: dict[str, Any], title: str,
+             source, loaded, splits, history, test: dict, baseline: dict, params: dict,
+             model_extra: dict | None = None, data_extra: dict | None = None, **extra: Any) -> SavedRun:
+    """The end of every notebook in one call: the model folder (`save_model`, with `info` and the base
+    model recorded), a model card, and `metrics.json` (`write_metrics`; `extra` adds sections)."""
+    model_info, data_info = run_record(source, loaded, splits, model_extra=model_extra, data_extra=data_extra)
+    card = model_card(title=title, base_model=model_info, data=data_info, metrics=test, baseline=baseline,
+                      params=params)
+    folder = save_model(output_dir, model, tokenizer, task=task, info={**info, "base_model": model_info}, card=card)
+    path = write_metrics(output_dir, notebook=notebook, test=test, baseline=baseline,
+                         validation=history.evals[-1] if history.evals else {}, model=model_info, data=data_info,
+                         train=history.summary(), params=params, **extra)
+    return SavedRun(folder, path, model_info, data_info, card)

@@ -71,6 +71,15 @@ class DropReport:
             self.dropped[reason] = self.dropped.get(reason, 0) + len(texts)
             self.examples.setdefault(reason, []).extend(t[:80] for t in texts[:3])
 
+    def merge(self, other: DropReport) -> None:
+        """Add another part's counts (e.g. the splits of one dataset)."""
+        self.rows_read += other.rows_read
+        for reason, count in other.dropped.items():
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+            self.examples.setdefault(reason, []).extend(other.examples.get(reason, []))
+        for reason, count in other.flagged.items():
+            self.flagged[reason] = self.flagged.get(reason, 0) + count
+
     def summary(self) -> str:
         lines = [f"read {self.rows_read} rows, kept {self.rows_kept}"]
         for reason, count in self.dropped.items():
@@ -944,7 +953,16 @@ def load_text_pairs(source: str | Path | None, *, source_col: str = "text", targ
     """
     frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, hub_split=hub_split,
                                hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed)
-    where = Path(used.used).name
+    dataset, report = pairs_dataset(frame, Path(used.used).name, source_col, target_col, id_col)
+    return LoadedPairs(dataset, used, report)
+
+
+def pairs_dataset(frame: pd.DataFrame, where: str, source_col: str, target_col: str,
+                  id_col: str | None = None) -> tuple[Any, DropReport]:
+    """One table of source -> target rows, checked and cleaned: (a `datasets.Dataset` with columns
+    `source`, `target` and `id` when `id_col` is there, the drop report). One-line `DataError`s."""
+    import datasets
+
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
     missing = [c for c in (source_col, target_col) if c not in frame.columns]
@@ -958,9 +976,7 @@ def load_text_pairs(source: str | Path | None, *, source_col: str = "text", targ
     out = {"source": frame[source_col].str.strip(), "target": frame[target_col].str.strip()}
     if id_col and id_col in frame.columns:
         out["id"] = frame[id_col].map(_id_string)
-    import datasets
-
-    return LoadedPairs(datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False), used, report)
+    return datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False), report
 
 
 def _id_string(value: Any) -> str:
@@ -1084,23 +1100,8 @@ def load_pair_splits(source: str | Path | None, *, source_col: str = "Input", ta
     cleaned = {}
     for split, frame in frames.items():
         where = f"{Path(used.used).name} ({split})" if len(frames) > 1 else Path(used.used).name
-        if frame.empty:
-            raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
-        missing = [c for c in (source_col, target_col) if c not in frame.columns]
-        if missing:
-            raise DataError(f"{where} has no column {', '.join(map(repr, missing))} (columns: "
-                            f"{', '.join(map(str, frame.columns))}); set SOURCE_COL / TARGET_COL to the right names.")
-        frame, part = clean_pairs(frame, source_col, target_col)
-        report.rows_read += part.rows_read
-        for reason, count in part.dropped.items():
-            report.dropped[reason] = report.dropped.get(reason, 0) + count
-            report.examples.setdefault(reason, []).extend(part.examples.get(reason, []))
-        for reason, count in part.flagged.items():
-            report.flagged[reason] = report.flagged.get(reason, 0) + count
-        out = {"source": frame[source_col].str.strip(), "target": frame[target_col].str.strip()}
-        if id_col and id_col in frame.columns:
-            out["id"] = frame[id_col].map(_id_string)
-        cleaned[split] = datasets.Dataset.from_pandas(pd.DataFrame(out), preserve_index=False)
+        cleaned[split], part = pairs_dataset(frame, where, source_col, target_col, id_col)
+        report.merge(part)
     if all(name in cleaned and len(cleaned[name]) for name in SPLIT_NAMES):
         return LoadedPairSplits(datasets.DatasetDict(cleaned), used, report, "the dataset's own splits")
     whole = datasets.concatenate_datasets(list(cleaned.values()))

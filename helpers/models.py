@@ -102,11 +102,6 @@ _STANDINS = {
 }
 
 
-def register_standin(kind: str, builder, description: str) -> None:
-    """Let other modules add stand-ins (e.g. tiny GPT-NeoX / T5 models) for their model kinds."""
-    _STANDINS[kind] = (builder, description)
-
-
 def _in_hf_cache(repo_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache

@@ -15,7 +15,6 @@ models and on the right for encoder-decoders, uses the KV cache, and returns tex
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -261,6 +260,18 @@ def _generation_kwargs(model, tokenizer, settings: GenerationSettings | None, ov
     return kwargs
 
 
+def generation_config(model, tokenizer, settings: GenerationSettings | None = None, **overrides):
+    """A `transformers.GenerationConfig`: the model's own (decoder start token, ...) updated with the
+    workbook's decoding settings, pad and EOS, and for seq2seq models padding suppressed."""
+    import copy
+
+    config = copy.deepcopy(model.generation_config)
+    unused = config.update(**_generation_kwargs(model, tokenizer, settings, overrides))
+    if unused:
+        raise ValueError(f"Unknown generation settings {sorted(unused)}.")
+    return config
+
+
 def _decode(tokenizer, model, out: torch.Tensor, input_width: int) -> list[str]:
     new = out if _is_encoder_decoder(model) else out[:, input_width:]
     return [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
@@ -284,8 +295,8 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
         return []
     device = device or next(model.parameters()).device
     precision = dev.resolve_precision(precision, device)
-    kwargs = _generation_kwargs(model, tokenizer, settings, overrides)
-    collate = PadCollator(kwargs["pad_token_id"], padding_side="right" if _is_encoder_decoder(model) else "left")
+    config = generation_config(model, tokenizer, settings, **overrides)
+    collate = PadCollator(config.pad_token_id, padding_side="right" if _is_encoder_decoder(model) else "left")
     was_training = model.training
     model.eval()
     texts: list[str | None] = [None] * len(ids)
@@ -295,7 +306,7 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
                                   disable=not progress):
                 batch = collate([{"input_ids": ids[i]} for i in batch_ids])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                out = model.generate(**batch, use_cache=True, **kwargs)
+                out = model.generate(**batch, generation_config=config, use_cache=True)
                 for i, text in zip(batch_ids, _decode(tokenizer, model, out, batch["input_ids"].shape[1])):
                     texts[i] = text
     finally:
@@ -319,10 +330,3 @@ def generate_one_by_one(model, tokenizer, inputs, *, settings: GenerationSetting
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
             texts.extend(_decode(tokenizer, model, out, input_ids.shape[1]))
     return texts
-
-
-def timed(fn, *args, **kwargs) -> tuple[Any, float]:
-    """(result, seconds)."""
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - start

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import runner, samples
 
-pytestmark = pytest.mark.notebook
+pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
 
 def _run(name, tmp_path, **params):
@@ -18,9 +18,30 @@ def _run(name, tmp_path, **params):
     return result
 
 
+def _default_run(name, tmp_path):
+    """The notebook at its defaults in smoke mode. `make test` has just run every notebook that way with
+    nbmake (`pytest --nbmake notebooks/`, WORKBOOK_SMOKE=1, into WORKBOOK_RUNS_DIR): those runs are
+    checked here rather than run twice. Run alone, the tests run the notebook themselves (papermill)."""
+    import os
+    from pathlib import Path
+
+    path = runner.find_notebook(name)
+    runs = os.environ.get("WORKBOOK_RUNS_DIR")
+    metrics = Path(runs or "/nonexistent") / path.stem / "metrics.json"
+    if runs and hp_smoke() and metrics.exists():
+        return runner.RunResult(path.stem, "ok", 0.0, None, metrics.parent, json.loads(metrics.read_text()))
+    return _run(name, tmp_path)
+
+
+def hp_smoke() -> bool:
+    from helpers.notebook import smoke_from_env
+
+    return smoke_from_env(None)
+
+
 @pytest.fixture(scope="module")
 def nb01(tmp_path_factory):
-    return _run("01", tmp_path_factory.mktemp("nb01"))
+    return _default_run("01", tmp_path_factory.mktemp("nb01"))
 
 
 def test_notebook_01_offline_with_standins(nb01):
@@ -37,8 +58,9 @@ def test_notebook_01_offline_with_standins(nb01):
     assert (out / "model" / "config.json").exists() and (out / "model" / "workbook.json").exists()
     assert "stand-in" in (out / "model" / "README.md").read_text()
     assert (out / "plots" / "history.png").exists()
-    text = result.executed.read_text()
-    assert "OFFLINE STAND-IN MODEL" in text and "OFFLINE STAND-IN DATA" in text
+    if result.executed:  # an executed copy (papermill) also shows the announcements
+        text = result.executed.read_text()
+        assert "OFFLINE STAND-IN MODEL" in text and "OFFLINE STAND-IN DATA" in text
 
 
 def test_notebook_01_with_a_data_file_and_a_model_folder(tmp_path, standin_dir):
@@ -73,7 +95,7 @@ def test_notebook_02_with_the_seed_job_options(tmp_path, standin_dir, monkeypatc
 
 
 def test_notebook_03_trainer_and_loop_side_by_side(tmp_path):
-    result = _run("03", tmp_path)
+    result = _default_run("03", tmp_path)
     m = result.metrics
     assert set(m["comparison"]) == {"Trainer", "workbook loop"}
     for row in m["comparison"].values():
@@ -81,13 +103,13 @@ def test_notebook_03_trainer_and_loop_side_by_side(tmp_path):
     assert set(m["test"]) >= {"accuracy", "macro_f1", "off_by_one_accuracy", "mae_stars"}
     assert m["test"]["off_by_one_accuracy"] >= m["test"]["accuracy"]
     assert (result.output_dir / "trainer_model" / "config.json").exists()
-    assert "predictions.label_ids" in result.executed.read_text()
+    assert not result.executed or "predictions.label_ids" in result.executed.read_text()
 
 
 def test_notebook_04_summarization_offline(tmp_path):
     import pandas as pd
 
-    result = _run("04", tmp_path)
+    result = _default_run("04", tmp_path)
     m = result.metrics
     assert m["notebook"] == "04_pythia_meta_review_summarization"
     assert m["model"]["requested"] == "EleutherAI/pythia-70m" and m["model"]["standin"] is True
@@ -105,7 +127,7 @@ def test_notebook_04_summarization_offline(tmp_path):
     assert len(table) == m["data"]["rows"]["test"] and (out / "examples.html").stat().st_size > 1000
     info = json.loads((out / "model" / "workbook.json").read_text())
     assert info["task"] == "summarization-causal" and "{source}" in info["prompt_template"]
-    assert "labels -100, no loss" in result.executed.read_text()
+    assert not result.executed or "labels -100, no loss" in result.executed.read_text()
 
 
 def test_notebook_04_with_a_data_file_lora_and_gradient_checkpointing(tmp_path):

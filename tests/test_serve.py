@@ -206,6 +206,7 @@ def _chromium():
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (_chromium() and shutil.which("chromedriver")),
                     reason="needs chromium + chromium-driver (make test installs them when run as root)")
 def test_page_in_a_headless_browser(classifier_dir, tmp_path):

@@ -51,6 +51,7 @@ def _comparable(result: dict) -> dict:
             "weights_abs": result["weights_abs"]}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_checkpoint_write_and_mid_run_then_resume_is_bit_identical(tmp_path):
     reference = _train(tmp_path / "ref.json", "--checkpoint-dir", str(tmp_path / "ref-ckpt"), "--dropout", "0.1")
     ckpt = tmp_path / "ckpt"
@@ -77,6 +78,7 @@ def test_sigkill_mid_checkpoint_write_and_mid_run_then_resume_is_bit_identical(t
     assert not list(ckpt.glob(".tmp-*")) and len(hp.training.list_checkpoints(ckpt)) == 2  # rotated, cleaned
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_loss_curve_of_one(tmp_path):
     one = _train(tmp_path / "one.json")
     two = _train(tmp_path / "two.json", launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
