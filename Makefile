@@ -6,18 +6,19 @@ STAMP  := $(VENV)/.installed
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve bench bench-scale run test test-fast lab lock samples lint clean help kernel
+.PHONY: setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
 	@echo "make test   - set up if needed, then run the whole test suite (every notebook via nbmake, then tests/)"
 	@echo "make test-fast - the unit tier only (no notebooks, no browser): under a minute"
-	@echo "make lab    - JupyterLab with the workbook's kernel"
+	@echo "make lab    - JupyterLab in notebooks/ [PORT=8888 IP=127.0.0.1 LAB_ARGS=...]; works as root"
 	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
 	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
 	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
-	@echo "make serve DIR=runs/01_finbert_financial_sentiment - web page + JSON API for a saved model"
+	@echo "make bench-serve - workbook serve, micro-batching on vs off, 1/8/32 clients: requests/s, p50/p99"
+	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -55,8 +56,14 @@ browser:
 	  || echo "WARNING: could not install chromium; the browser test will be skipped"; \
 	else echo "note: chromium/chromedriver not installed and not root: the browser test will be skipped"; fi
 
+# JupyterLab from .venv, opening in notebooks/. As root (containers, OCI, Domino images) it adds
+# --allow-root. PORT, IP and LAB_ARGS pass through, e.g. make lab PORT=8890 IP=0.0.0.0 LAB_ARGS="--no-browser".
+# WORKBOOK_SMOKE=1 make lab: every notebook runs at smoke sizes (a quick interactive try).
+IP ?= 127.0.0.1
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(or $(PORT),8888) --ip=$(IP) \
+	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # For a JupyterLab that runs outside .venv (OCI Data Science, Domino): a user-level kernel for this
 # checkout only, named after its folder, so two clones never share (or overwrite) one kernel.
@@ -76,8 +83,12 @@ bench: setup
 bench-scale: setup
 	$(PY) -m bench.scale $(SCALE_ARGS)
 
+# workbook serve with micro-batching on and off, at 1, 8 and 32 clients on 127.0.0.1 (bench/serve.{json,md}).
+bench-serve: setup
+	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
+
 serve: setup
-	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment)
+	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment) --port $(or $(PORT),8000) $(SERVE_ARGS)
 
 samples: setup
 	$(VENV)/bin/workbook samples

@@ -73,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the best available)")
     serve.add_argument("--base-model", default=None,
                        help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
+    serve.add_argument("--max-batch", type=int, default=32,
+                       help="micro-batching: texts scored together at most (default 32)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="micro-batching: how long a request waits for others to join its batch (default 5)")
+    serve.add_argument("--no-batching", action="store_true", help="one request per model call")
     return parser
 
 
@@ -163,7 +168,10 @@ def _cmd_serve(args) -> int:
     from . import serve
 
     try:
-        serve.serve(args.folder, host=args.host, port=args.port, device=args.device, base_model=args.base_model)
+        batching = {"max_batch": 1, "max_wait_ms": 0} if args.no_batching else {
+            "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+        serve.serve(args.folder, host=args.host, port=args.port, device=args.device, base_model=args.base_model,
+                    **batching)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -74,11 +74,29 @@ def _reset_for_tests() -> None:
 
 
 def announce(title: str, lines: list[str]) -> None:
-    """Print a boxed notice that stands out in notebook output and logs (stand-ins, fallbacks)."""
-    width = max(len(title), *(len(line) for line in lines)) + 4
-    bar = "!" * width
-    print(bar)
-    print(f"! {title}")
-    for line in lines:
-        print(f"!   {line}")
-    print(bar, flush=True)
+    """A notice that stands out: a styled banner in JupyterLab (with the same words as plain text for
+    headless runs and logs), a plain block elsewhere. Used for stand-ins and fallbacks."""
+    import html
+
+    plain = "\n".join([f"** {title} **", *(f"   {line}" for line in lines)])
+    shell = _ipython_kernel()
+    if shell is None:
+        print(plain, flush=True)
+        return
+    from IPython.display import display
+
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    banner = ('<div style="border-left:4px solid #d97706;background:#fff7e6;color:#3d2a00;padding:8px 12px;'
+              'margin:6px 0;border-radius:4px;font-family:system-ui,sans-serif">'
+              f'<strong>{html.escape(title.capitalize())}</strong><ul style="margin:4px 0 0 0">{items}</ul></div>')
+    display({"text/plain": plain, "text/html": banner}, raw=True)
+
+
+def _ipython_kernel():
+    """The running Jupyter kernel's shell, or None (a script, a terminal IPython, a test)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return shell if shell is not None and type(shell).__name__ == "ZMQInteractiveShell" else None

@@ -18,6 +18,7 @@ import torch
 
 from . import device as dev
 from .artifacts import WORKBOOK_FILE
+from .models import quiet_peft
 
 
 def _model_folder(path: str | Path) -> Path:
@@ -286,7 +287,8 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model_path"]), folder)
+        with quiet_peft():
+            model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model_path"]), folder)
     else:
         model = auto.from_pretrained(folder)
     if tokenizer.pad_token_id is None:
@@ -326,7 +328,8 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
             from peft import PeftModel
 
             base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"])
-            model = PeftModel.from_pretrained(base, folder)
+            with quiet_peft():
+                model = PeftModel.from_pretrained(base, folder)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)

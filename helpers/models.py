@@ -7,6 +7,7 @@ same code path (`from_pretrained(path)`), announced in the output and recorded i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,14 +187,49 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
             print(f"note: {source.requested} has a head for {sorted(existing.values())}, not for "
                   f"{list(spelled.values())}: it gets a new classification head ({len(spelled)} labels, "
                   "random weights) that fine-tuning trains")
-        model = AutoModelForSequenceClassification.from_pretrained(
-            source.used, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            ignore_mismatched_sizes=True)
+        with expected_new_head():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                source.used, num_labels=len(id2label), id2label=id2label,
+                label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
         new_head = True
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
     tokenizer = AutoTokenizer.from_pretrained(source.used)
     return Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
+
+
+@contextlib.contextmanager
+def expected_new_head():
+    """Loading a checkpoint into a model with a new classification head: transformers logs a LOAD REPORT
+    listing `classifier.*` as MISSING, in red in notebooks. That is exactly what a new head is, and the
+    notebook says so itself (`Classifier.new_head`), so the report is not shown while this loads."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+@contextlib.contextmanager
+def quiet_peft():
+    """peft calls transformers' deprecated `is_gradient_checkpointing`, a FutureWarning on every LoRA
+    model it builds or loads: the library's matter, not the user's, so it is not shown."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        yield
+
+
+def add_lora(model, lora_config):
+    """`peft.get_peft_model(model, lora_config)`: the base weights frozen, low-rank adapters added."""
+    from peft import get_peft_model
+
+    with quiet_peft():
+        return get_peft_model(model, lora_config)
 
 
 @dataclass

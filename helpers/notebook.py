@@ -43,8 +43,17 @@ def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, An
     return {name: namespace[name] for name in names if name in namespace}
 
 
+def standin_note(*sources) -> str:
+    """'' when real models and data were used; else the reminder printed under every try-it answer."""
+    used = [s for s in sources if getattr(s, "standin", False)]
+    if not used:
+        return ""
+    what = " and ".join(f"the offline stand-in for {getattr(s, 'requested', None) or 'the data'}" for s in used)
+    return f"(answered by a model fine-tuned from {what}: it shows the code works, not how good the real model is)"
+
+
 def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str = "Predict",
-               description: str = "Text:") -> None:
+               description: str = "Text:", note: str = "") -> None:
     """Display an ipywidgets text box + button showing `predict(text)` (nothing where widgets are missing).
 
     Returns None so that, as a cell's last line, the box is not displayed a second time.
@@ -72,6 +81,8 @@ def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str =
             go.disabled, go.description = True, "Working..."
             try:
                 print(predict(text.value))
+                if note:
+                    print(note)
             except Exception as err:  # show the problem in the box, keep the notebook alive
                 print(f"error: {err}")
             finally:

@@ -27,6 +27,14 @@ def _save(ax, path: str | Path | None):
     return ax
 
 
+def _legend_below(ax, handles=None, labels=None) -> None:
+    """The legend under the plot, never on top of the data (a single point or a bar can hide behind it)."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(handles), 4),
+              frameon=False, fontsize=8)
+
+
 def label_distribution(labels: Sequence[Any], *, ax=None, title: str = "Label distribution", path=None):
     """Bar chart of label counts with percentages (class imbalance at a glance)."""
     from collections import Counter
@@ -84,7 +92,7 @@ def history(history, *, metric: str | None = None, ax=None, title: str = "Traini
         ax2.set_ylabel(metric)
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    ax.legend(handles, labels, loc="center right")
+    _legend_below(ax, handles, labels)
     return _save(ax, path)
 
 
@@ -124,7 +132,7 @@ def compare_bars(scores: dict[str, dict[str, float]], *, ax=None, title: str = "
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.set_xticks(x + width * (len(names) - 1) / 2, keys)
     ax.set(title=title)
-    ax.legend()
+    _legend_below(ax)
     ax.margins(y=0.15)
     return _save(ax, path)
 

@@ -257,43 +257,123 @@ def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
     return f"{shown} (stand-in for {requested})", requested, notice
 
 
+class _Job:
+    """One request waiting for the model: its inputs, settings, and where its answer goes."""
+
+    def __init__(self, items: list, overrides: dict):
+        self.items, self.overrides = items, overrides
+        self.done = threading.Event()
+        self.results: list[dict] | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+
+
+class MicroBatcher:
+    """Dynamic batching, as TorchServe and Triton do it: requests that arrive within `max_wait_ms` of
+    each other (up to `max_batch` texts) go through the model in one call; each caller gets its own
+    answers, and a request whose inputs fail is retried alone, so it cannot fail the others.
+
+    `max_batch=1` and `max_wait_ms=0` is one request per model call (what `--no-batching` serves)."""
+
+    def __init__(self, call, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = MAX_QUEUE):
+        import queue
+
+        self.call, self.max_batch, self.max_wait = call, max(1, max_batch), max(0.0, max_wait_ms) / 1000
+        self.queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self.worker = threading.Thread(target=self._work, name="micro-batcher", daemon=True)
+        self.worker.start()
+
+    def submit(self, items: list, overrides: dict, timeout_s: float) -> list[dict]:
+        import queue
+
+        job = _Job(items, overrides)
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise Busy(f"the server is busy ({self.queue.maxsize} requests waiting); retry shortly") from None
+        if not job.done.wait(timeout_s):
+            job.cancelled = True
+            raise Busy(f"the model was busy for {timeout_s:g} s; retry shortly")
+        if job.error is not None:
+            raise job.error
+        return job.results
+
+    def _work(self) -> None:
+        while True:
+            jobs = self._collect()
+            groups: dict[str, list[_Job]] = {}
+            for job in jobs:  # summarizer settings must match to share a generate call
+                groups.setdefault(json.dumps(job.overrides, sort_keys=True, default=str), []).append(job)
+            for group in groups.values():
+                self._run(group)
+
+    def _collect(self) -> list[_Job]:
+        """The first waiting request, and whatever else arrives within max_wait (up to max_batch texts)."""
+        import queue
+
+        first = self.queue.get()
+        jobs, size = [first], len(first.items)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            jobs.append(job)
+            size += len(job.items)
+        return [j for j in jobs if not j.cancelled]
+
+    def _run(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
+        try:
+            results = self.call([item for job in jobs for item in job.items], jobs[0].overrides)
+        except Exception as err:  # noqa: BLE001 - isolate the request that failed
+            if len(jobs) > 1:
+                for job in jobs:
+                    self._run([job])
+                return
+            jobs[0].error = err if isinstance(err, BadRequest) else BadRequest(
+                f"the model failed on this input ({type(err).__name__}: {err})", 500)
+            jobs[0].done.set()
+            return
+        at = 0
+        for job in jobs:
+            job.results, at = results[at: at + len(job.items)], at + len(job.items)
+            job.done.set()
+
+
 class ModelService:
-    """What the web app does, independent of its routes: parse a request, run the model (one call at a
-    time, through a bounded queue), shape the answer for the client that asked."""
+    """What the web app does, independent of its routes: parse a request, run the model (micro-batched,
+    through a bounded queue), shape the answer for the client that asked."""
 
     def __init__(self, predictor, *, name: str, max_texts: int = MAX_TEXTS, max_queue: int = MAX_QUEUE,
-                 queue_timeout_s: float = QUEUE_TIMEOUT_S):
+                 queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32, max_wait_ms: float = 5.0):
         self.predictor = predictor
         self.classifier = predictor.task == "text-classification"
         self.pairs = self.classifier and getattr(predictor, "takes_pairs", False)
         self.endpoint = "/predict" if self.classifier else "/summarize"
         self.reads_tokens = int(predictor.max_input_tokens)
         self.model_name, self.requested, self.standin = describe_model(predictor.info, name)
-        self.max_texts, self.max_queue, self.queue_timeout_s = max_texts, max_queue, queue_timeout_s
-        self.lock, self.waiting_lock, self.waiting = threading.Lock(), threading.Lock(), 0
+        self.max_texts, self.queue_timeout_s = max_texts, queue_timeout_s
+        self.batcher = MicroBatcher(self._call_model, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                                    max_queue=max_queue)
 
     def run(self, items: list, overrides: dict) -> list[dict]:
         """The model on `items`; `Busy` when the queue is full or the wait too long."""
-        with self.waiting_lock:  # a bounded queue: past it, clients are told to come back rather than pile up
-            if self.waiting >= self.max_queue:
-                raise Busy(f"the server is busy ({self.max_queue} requests waiting); retry shortly")
-            self.waiting += 1
-        try:
-            if not self.lock.acquire(timeout=self.queue_timeout_s):  # one model call at a time
-                raise Busy(f"the model was busy for {self.queue_timeout_s:g} s; retry shortly")
+        if overrides and self.classifier:
+            raise BadRequest('"parameters" are for summarizers only')
+        if not self.classifier:
             try:
-                results = self._call_model(items, overrides)
-            finally:
-                self.lock.release()
-        finally:
-            with self.waiting_lock:
-                self.waiting -= 1
+                self.predictor.settings(**overrides)  # unknown settings: this request's 400, before it is queued
+            except (TypeError, ValueError) as err:
+                raise BadRequest(str(err)) from None
+        results = self.batcher.submit(items, overrides, self.queue_timeout_s)
         return [with_note(r, self.reads_tokens) for r in results]
 
     def _call_model(self, items: list, overrides: dict) -> list[dict]:
         if self.classifier:
-            if overrides:
-                raise BadRequest('"parameters" are for summarizers only')
             return self.predictor.predict(items)
         try:
             return self.predictor.summarize(items, **overrides)
@@ -367,7 +447,8 @@ def read_payload(request):
 
 
 def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
-               max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S):
+               max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32,
+               max_wait_ms: float = 5.0):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
     or a loaded predictor."""
     from flask import Flask, jsonify, render_template_string, request
@@ -377,7 +458,8 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     predictor = (inference.load(source, device=device, base_model=base_model) if isinstance(source, (str, Path))
                  else source)
     service = ModelService(predictor, name=getattr(source, "name", "model"), max_texts=max_texts,
-                           max_queue=max_queue, queue_timeout_s=queue_timeout_s)
+                           max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_batch=max_batch,
+                           max_wait_ms=max_wait_ms)
     app = Flask("finetune_workbook")
     app.json.sort_keys = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint)
@@ -412,6 +494,7 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     app.add_url_rule("/", "index", lambda: page(), methods=["GET"])
     app.add_url_rule("/", "form", lambda: handle(service.endpoint), methods=["POST"])
     app.add_url_rule("/health", "health", lambda: jsonify(service.health()), methods=["GET"])
+    app.add_url_rule("/favicon.ico", "favicon", lambda: ("", 204), methods=["GET"])  # browsers ask; no 404
     app.add_url_rule("/predict", "predict", lambda: handle("/predict"), methods=["POST"])
     app.add_url_rule("/summarize", "summarize", lambda: handle("/summarize"), methods=["POST"])
     app.add_url_rule("/model", "domino", domino, methods=["POST"])
@@ -440,7 +523,7 @@ def _error_pages(app, error, endpoint: str) -> None:
 
 
 def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
-          base_model: str | None = None) -> None:
+          base_model: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
     """Run the app with a threaded server until interrupted. The port is claimed before the model loads."""
     import socket
 
@@ -455,7 +538,7 @@ def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device:
     finally:
         probe.close()
     print(f"loading the model from {source} ...", flush=True)
-    app = create_app(source, device=device, base_model=base_model)
+    app = create_app(source, device=device, base_model=base_model, max_batch=max_batch, max_wait_ms=max_wait_ms)
     server = make_server(host, port, app, threaded=True)
     url = f"http://{host}:{server.server_port}"
     endpoint = app.config["WORKBOOK_ENDPOINT"]

@@ -209,33 +209,58 @@ def _chromium():
 @pytest.mark.slow
 @pytest.mark.skipif(not (_chromium() and shutil.which("chromedriver")),
                     reason="needs chromium + chromium-driver (make test installs them when run as root)")
-def test_page_in_a_headless_browser(classifier_dir, tmp_path):
+def _browser(javascript: bool = True):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1000,900", "--disable-background-networking", "--disable-component-update"):
+        options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+def test_page_in_a_headless_browser(classifier_dir, tmp_path):
+    """With JavaScript: the empty-box message, a prediction, the stand-in banner. Without: the form posts."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     from werkzeug.serving import make_server
 
-    app = hp.serve.create_app(classifier_dir, device="cpu")
+    info = json.loads((classifier_dir / "workbook.json").read_text())
+    standin = tmp_path / "standin-model"
+    shutil.copytree(classifier_dir, standin)
+    (standin / "workbook.json").write_text(json.dumps(
+        {**info, "base_model": {"requested": "ProsusAI/finbert", "used": "/x", "standin": True}}))
+    app = hp.serve.create_app(standin, device="cpu")
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    options = webdriver.ChromeOptions()
-    options.binary_location = _chromium()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1000,800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    url = f"http://127.0.0.1:{server.server_port}/"
+    expected = hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES[0])["label"]
+    driver = _browser()
     try:
-        driver.get(f"http://127.0.0.1:{server.server_port}/")
+        driver.get(url)
+        assert "stand-in" in driver.find_element(By.ID, "standin").text
         driver.find_element(By.ID, "go").click()  # empty box: the page says so
         WebDriverWait(driver, 10).until(ec.text_to_be_present_in_element((By.ID, "result"), "Type some text first"))
         driver.find_element(By.ID, "text").send_keys(HEADLINES[0])
         driver.find_element(By.ID, "go").click()
         label = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "label"))).text
+        assert "not ProsusAI/finbert" in driver.find_element(By.ID, "result").text
         driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()
+    plain = _browser(javascript=False)
+    try:
+        plain.get(url)
+        plain.find_element(By.ID, "text").send_keys(HEADLINES[0])
+        plain.find_element(By.ID, "go").click()  # no script: the browser posts the form to /
+        posted = WebDriverWait(plain, 30).until(ec.visibility_of_element_located((By.ID, "label"))).text
+    finally:
+        plain.quit()
         server.shutdown()
-    assert label == hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES[0])["label"]
+    assert label == expected and posted == expected
     assert (tmp_path / "page.png").stat().st_size > 5000

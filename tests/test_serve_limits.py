@@ -32,7 +32,7 @@ class SlowClassifier:
 
 
 def test_a_full_queue_answers_503_with_retry_after():
-    app = hp.serve.create_app(SlowClassifier(0.5), max_queue=2, queue_timeout_s=10)
+    app = hp.serve.create_app(SlowClassifier(0.5), max_queue=2, queue_timeout_s=10, max_batch=1, max_wait_ms=0)
 
     def call(_):
         with app.test_client() as client:
@@ -94,3 +94,47 @@ def test_random_bytes_never_give_a_5xx_and_the_server_keeps_answering(real_clien
     r = real_client.post("/predict", data=raw, content_type=mimetype)
     assert r.status_code < 500, r.data[:300]
     assert real_client.post("/predict", json={"text": "still here"}).status_code == 200
+
+
+class CountingClassifier(SlowClassifier):
+    """Records the size of every model call; fails any call that holds the text "poison"."""
+
+    def __init__(self):
+        super().__init__(0.05)
+        self.calls = []
+
+    def predict(self, items):
+        self.calls.append(len(items))
+        if "poison" in items:
+            raise RuntimeError("cannot score poison")
+        return [{"label": "positive" if len(t) % 2 else "negative", "score": 0.9,
+                 "probabilities": {"negative": 0.1, "positive": 0.9}, "truncated": False} for t in items]
+
+
+def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer():
+    model = CountingClassifier()
+    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=50)
+    texts = [f"text number {i}" + "x" * (i % 3) for i in range(16)]
+
+    def call(text):
+        with app.test_client() as client:
+            return client.post("/predict", json={"text": text}).get_json()["label"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        labels = list(pool.map(call, texts))
+    assert labels == ["positive" if len(t) % 2 else "negative" for t in texts]
+    assert max(model.calls) > 1 and len(model.calls) < len(texts)  # batched: fewer calls than requests
+
+
+def test_one_bad_request_does_not_fail_the_others():
+    model = CountingClassifier()
+    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=50)
+
+    def call(text):
+        with app.test_client() as client:
+            r = client.post("/predict", json={"text": text})
+            return r.status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(call, ["good one", "poison", "good two", "good three", "good four", "good five"]))
+    assert codes[1] == 500 and codes[0] == 200 and codes[2:] == [200] * 4
