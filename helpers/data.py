@@ -818,7 +818,11 @@ def _hub_dataset_cached(dataset_id: str) -> bool:
 
 def stratified_split(dataset, *, label_col: str = "label", validation_size: float = 0.1, test_size: float = 0.1,
                      seed: int = 42):
-    """Seeded, stratified train/validation/test split (80/10/10 by default) -> `DatasetDict`."""
+    """Seeded, stratified train/validation/test split (80/10/10 by default) -> `DatasetDict`.
+
+    scikit-learn's `train_test_split(stratify=...)` rather than `Dataset.train_test_split(
+    stratify_by_column=...)`: the labels here are still names (the split comes before a model's label
+    ids exist), and datasets stratifies only on a `ClassLabel` column."""
     import datasets
     from sklearn.model_selection import train_test_split
 

@@ -280,6 +280,8 @@ class MicroBatcher:
 
         self.call, self.max_batch, self.max_wait = call, max(1, max_batch), max(0.0, max_wait_ms) / 1000
         self.queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
+        self.active = 0  # requests submitted and not yet answered: waiting makes sense only when > 1
+        self.active_lock = threading.Lock()
         self.worker = threading.Thread(target=self._work, name="micro-batcher", daemon=True)
         self.worker.start()
 
@@ -291,9 +293,15 @@ class MicroBatcher:
             self.queue.put_nowait(job)
         except queue.Full:
             raise Busy(f"the server is busy ({self.queue.maxsize} requests waiting); retry shortly") from None
-        if not job.done.wait(timeout_s):
-            job.cancelled = True
-            raise Busy(f"the model was busy for {timeout_s:g} s; retry shortly")
+        with self.active_lock:
+            self.active += 1
+        try:
+            if not job.done.wait(timeout_s):
+                job.cancelled = True
+                raise Busy(f"the model was busy for {timeout_s:g} s; retry shortly")
+        finally:
+            with self.active_lock:
+                self.active -= 1
         if job.error is not None:
             raise job.error
         return job.results
@@ -315,6 +323,8 @@ class MicroBatcher:
         jobs, size = [first], len(first.items)
         deadline = time.monotonic() + self.max_wait
         while size < self.max_batch:
+            if self.queue.empty() and self.active <= len(jobs):  # nobody else is asking: do not wait
+                break
             remaining = deadline - time.monotonic()
             try:
                 job = self.queue.get(timeout=remaining) if remaining > 0 else self.queue.get_nowait()

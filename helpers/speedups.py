@@ -135,13 +135,66 @@ def cpu_sdpa_attention(module, query, key, value, attention_mask, dropout: float
     return attention_math(query, key, value, attention_mask, dropout=dropout, scaling=scaling), None
 
 
-def _register_attention() -> None:
+def _register_attention() -> bool:
+    """Register the attention function under ATTENTION_NAME; True when this call registered it."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-    if ATTENTION_NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(ATTENTION_NAME, cpu_sdpa_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+    if ATTENTION_NAME in AttentionInterface._global_mapping:
+        return False
+    AttentionInterface.register(ATTENTION_NAME, cpu_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION_NAME, sdpa_mask)
+    return True
+
+
+def _unregister_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    for registry in (AttentionInterface, ALL_MASK_ATTENTION_FUNCTIONS):
+        registry._global_mapping.pop(ATTENTION_NAME, None)
+
+
+def _dropout_works() -> str | None:
+    """None when the integer-mask dropout behaves as dropout on this build of torch; else why not."""
+    x = torch.ones(1 << 14)
+    y = fast_dropout(x, 0.25)
+    zeros = float((y == 0).float().mean())
+    if abs(zeros - 0.25) > 0.03 or abs(float(y.mean()) - 1.0) > 0.05:
+        return f"its masks drop {zeros:.2f} of values, not 0.25"
+    return None
+
+
+def _attention_works(math=attention_math) -> str | None:
+    """None when transformers has the registries this path uses and it matches SDPA; else why not."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS  # noqa: F401
+    except ImportError as err:
+        return f"transformers has no attention registry ({err})"
+    if not hasattr(AttentionInterface, "_global_mapping") or not hasattr(AttentionInterface, "register"):
+        return "transformers' AttentionInterface changed"
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8, generator=gen) for _ in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    got = math(q, k, v, dropout=0.0)
+    got = got[0] if isinstance(got, tuple) else got
+    if got.shape != expected.shape or not torch.allclose(got.float(), expected, atol=5e-2):
+        return "it does not match torch's SDPA here"
+    return None
+
+
+def _embedding_works() -> str | None:
+    missing = [f for f in ("_foreach_norm", "_foreach_mul_") if not hasattr(torch, f)]
+    return f"torch has no {', '.join(missing)}" if missing else None
+
+
+def _checked(part: str, why_not: str | None) -> bool:
+    """True when the fast path may be used; else one printed line and the standard path."""
+    if why_not is None:
+        return True
+    print(f"CPU fast path {part!r} is off: {why_not}; the standard path is used instead")
+    return False
 
 
 class CpuFastPaths:
@@ -158,14 +211,19 @@ class CpuFastPaths:
             raise ValueError(f"Unknown CPU fast paths {sorted(unknown)}; choose from {list(PARTS)}.")
         self.model = model
         self._clip = clip or torch.nn.utils.clip_grad_norm_
-        self.dropouts = [m for m in model.modules() if type(m) is nn.Dropout] if "dropout" in parts else []
-        self.attention = "attention" in parts and _can_swap_attention(model)
-        embedding = _sparse_candidate(model) if sparse_embedding and "embedding" in parts else None
+        dropouts = [m for m in model.modules() if type(m) is nn.Dropout] if "dropout" in parts else []
+        self.dropouts = dropouts if dropouts and _checked("dropout", _dropout_works()) else []
+        self.attention = ("attention" in parts and _can_swap_attention(model)
+                          and _checked("attention", _attention_works()))
+        self.registered = False
+        embedding = (_sparse_candidate(model) if sparse_embedding and "embedding" in parts
+                     and _checked("embedding", _embedding_works()) else None)
         self.sparse_adam = (_SparseEmbeddingAdamW(embedding, optimizer)
                             if embedding is not None and _SparseEmbeddingAdamW.supports(embedding, optimizer) else None)
 
     def describe(self) -> str:
-        parts = [f"integer dropout masks ({len(self.dropouts)} modules)"]
+        """The fast paths actually in use ('' when none)."""
+        parts = [f"integer dropout masks ({len(self.dropouts)} modules)"] if self.dropouts else []
         if self.attention:
             parts.append("bf16 attention with dropout")
         if self.sparse_adam is not None:
@@ -177,7 +235,7 @@ class CpuFastPaths:
         for module in self.dropouts:
             module.__class__ = FastDropout
         if self.attention:
-            _register_attention()
+            self.registered = _register_attention()
             self.model.set_attn_implementation(ATTENTION_NAME)
         if self.sparse_adam is not None:
             self.sparse_adam.enter()
@@ -189,6 +247,9 @@ class CpuFastPaths:
                 module.__class__ = nn.Dropout
         if self.attention and self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
+        if self.registered:  # leave transformers' registries as they were
+            _unregister_attention()
+            self.registered = False
         if self.sparse_adam is not None:
             self.sparse_adam.exit()
 

@@ -221,3 +221,20 @@ def test_training_with_and_without_fast_paths_learns_and_gives_the_model_back(ti
         assert all(type(m) is nn.Dropout for m in model.modules() if isinstance(m, nn.Dropout))
         results[fast] = history.evals[-1]["loss"]
     assert abs(results[True] - results[False]) < 0.25 * results[False]  # different masks, same learning
+
+
+def test_a_fast_path_that_fails_its_check_falls_back_with_one_line(monkeypatch, tiny_model, capsys):
+    """Each path checks what it relies on before use; the attention registration is undone on exit;
+    describe() names only the paths in use."""
+    from transformers import AttentionInterface
+
+    from helpers import speedups
+
+    monkeypatch.setattr(speedups, "_dropout_works", lambda: "its masks drop 0.50 of values, not 0.25")
+    paths = speedups.CpuFastPaths(tiny_model)
+    assert "CPU fast path 'dropout' is off: its masks drop 0.50" in capsys.readouterr().out
+    assert paths.dropouts == [] and "integer dropout masks" not in paths.describe()
+    with paths:
+        if paths.attention:
+            assert speedups.ATTENTION_NAME in AttentionInterface._global_mapping
+    assert speedups.ATTENTION_NAME not in AttentionInterface._global_mapping
