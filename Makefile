@@ -61,7 +61,13 @@ browser:
 # WORKBOOK_SMOKE=1 make lab: every notebook runs at smoke sizes (a quick interactive try).
 IP ?= 127.0.0.1
 LAB_ARGS ?=
-lab: setup
+# Widget state (progress bars, the try-it box) is saved with the notebook, so a reopened notebook shows them.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
+$(LAB_SETTINGS): $(STAMP)
+	mkdir -p $(dir $@)
+	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' > $@
+
+lab: setup $(LAB_SETTINGS)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(or $(PORT),8888) --ip=$(IP) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
