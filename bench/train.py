@@ -28,6 +28,11 @@ def parse_args(argv=None):
     p.add_argument("--model", default="standin", help='"standin" (all-MiniLM-L6-v2), a folder or Hub id, '
                    'or "random:bert-base" (BERT-base config, random weights)')
     p.add_argument("--data-source", default="auto", help='"auto": the generated all-data.csv sample; or a file')
+    p.add_argument("--text-col", default="sentence", help='text column(s), e.g. "title+description"')
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--label-names", default="negative,neutral,positive",
+                   help="labels in order (integer labels: positions, 0- or 1-based)")
+    p.add_argument("--columns", default="label,sentence", help="column names of a headerless file")
     p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--test-size", type=float, default=0.1, help="share of rows in the test split")
     p.add_argument("--epochs", type=float, default=2)
@@ -49,8 +54,8 @@ def load_data(args, tokenizer, *, pad_to_max: bool):
     import helpers as hp
 
     loaded = hp.data.load_labeled_data(
-        None if args.data_source == "auto" else args.data_source, text_col="sentence", label_col="label",
-        columns=["label", "sentence"], label_names=LABELS, sample="financial_phrasebank")
+        None if args.data_source == "auto" else args.data_source, text_col=args.text_col, label_col=args.label_col,
+        columns=args.columns.split(","), label_names=LABELS, sample="financial_phrasebank")
     splits = hp.data.stratified_split(loaded.dataset, seed=args.seed, test_size=args.test_size)
     splits["train"] = hp.data.cap_samples(splits["train"], args.max_train_samples, seed=args.seed)
     label2id = {n: i for i, n in enumerate(LABELS)}
@@ -78,7 +83,7 @@ def load_model(args):
         # speed and memory do not depend on the weights: a BERT-base-sized encoder from its config
         tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
         torch.manual_seed(args.seed)
-        config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=3, id2label=id2label,
+        config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=len(LABELS), id2label=id2label,
                             label2id={v: k for k, v in id2label.items()})
         return BertForSequenceClassification(config), tokenizer
     name = hp.models.standin_encoder_dir() if args.model == "standin" else args.model
@@ -174,8 +179,12 @@ def run_loop(args) -> dict:
 
 
 def main(argv=None) -> int:
+    global LABELS
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import helpers as hp
+
+    LABELS = hp.data.parse_label_names(args.label_names)[0]
     import torch
 
     if args.variant == "loop":
