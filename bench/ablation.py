@@ -2,9 +2,10 @@
 
     python -m bench.ablation [--repeats 2] [--epochs 3]
 
-Same workload as `make bench` (the generated PhraseBank sample, the stand-in encoder); every run
-is its own process, the configurations alternate, and each reports its median run. Writes
-bench/ablation.json and prints a markdown table (docs/benchmarks.md).
+Same workload as `make bench` (real AG News where ../shared/data has it, else --data-source, else the
+generated sample, announced; the stand-in encoder); every run is its own process, the configurations
+alternate, and each reports its median run. Writes bench/ablation.json and prints a markdown table
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -32,21 +33,28 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--rows", type=int, default=1600)
+    p.add_argument("--rows", type=int, default=1600, help="rows of the generated sample (when there is no real data)")
+    p.add_argument("--data-source", default=None)
+    p.add_argument("--text-col", default=None)
+    p.add_argument("--label-col", default="label")
+    p.add_argument("--label-names", default=None)
+    p.add_argument("--max-train-samples", type=int, default=None)
     p.add_argument("--out", default=str(HERE / "ablation.json"))
     args = p.parse_args(argv)
 
-    import helpers as hp
+    from bench.run import choose_data
 
     work = HERE / "work"
     work.mkdir(exist_ok=True)
-    data = hp.samples.write_phrasebank_csv(work / f"all-data-{args.rows}.csv", n=args.rows, seed=1)
+    data, layout = choose_data(args, work)
+    if args.max_train_samples:
+        layout += ["--max-train-samples", str(args.max_train_samples)]
     runs: dict[str, list[dict]] = {name: [] for name in configurations()}
     for _ in range(args.repeats):
         for name, parts in configurations().items():
             out = work / "ablation-run.json"
             cmd = [sys.executable, "-m", "bench.train", "--variant", "loop", "--out", str(out), "--data-source",
-                   str(data), "--epochs", str(args.epochs), "--test-size", "0.2", "--fast-paths", parts]
+                   str(data), "--epochs", str(args.epochs), "--test-size", "0.2", "--fast-paths", parts, *layout]
             proc = subprocess.run(cmd, cwd=HERE.parent, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
