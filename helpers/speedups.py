@@ -1,7 +1,8 @@
-"""CPU fast paths the training loop switches on while it trains, and undoes when it returns.
+"""CPU fast paths the training loop can switch on while it trains (opt-in), and undoes when it returns.
 
-They keep the math of a training step (not its exact bits). `make bench` measures them
-(docs/benchmarks.md); `hp.train(..., cpu_fast_paths=False)` turns them off.
+They keep the math of a training step (not its exact bits). `python -m bench.ablation` measures them
+(docs/benchmarks.md): 1.09x on real data, below the 1.15x that would make them the default, so
+`hp.train(..., cpu_fast_paths=True)` asks for them.
 
 - **Dropout masks from random integers** (`FastDropout`, `fast_dropout`): `bernoulli_` draws one
   float per mask element; here one 64-bit draw from torch's generator gives four 16-bit integers,

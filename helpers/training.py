@@ -370,8 +370,9 @@ class TrainConfig:
     seed: int = _opt(42, "seeds initialization, dropout and the data order")
     progress: bool = _opt(True, "tqdm bars and a line per evaluation")
     cpu_fast_paths: bool | Collection[str] = _opt(
-        True, 'CPU only: cheaper dropout masks, bf16 attention, row-sparse embedding gradients (False: off; or '
-              'a subset of "dropout", "attention", "embedding"); see helpers/speedups.py')
+        False, 'CPU only, opt-in: cheaper dropout masks, bf16 attention, row-sparse embedding gradients (True: all; '
+               'or a subset of "dropout", "attention", "embedding"). On real data they gave 1.09x, below the '
+               '1.15x that would make them the default (docs/benchmarks.md); see helpers/speedups.py')
     auto_batch_backoff: bool = _opt(False, "out of memory: halve the batch, double grad_accum_steps, start over")
     stop_after_steps: int | None = _opt(None, "end the run at this step as an interruption would (for tests)")
 
@@ -633,7 +634,7 @@ class _Loop:
         self.fast_paths = self._fast_paths()
         self.history.fast_paths = self.fast_paths.describe()
         if self.history.fast_paths and self.cfg.progress and self.accelerator.is_main_process:
-            tqdm.write(f"CPU fast paths (cpu_fast_paths=False turns them off): {self.history.fast_paths}")
+            tqdm.write(f"CPU fast paths (opt-in; cpu_fast_paths=False turns them off): {self.history.fast_paths}")
         self.optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
 
     # ---- the epoch and the step
