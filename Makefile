@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# JupyterLab settings installed by setup (jupyter/overrides.json): widget state (progress bars, the try-it
+# box) is saved with the notebook, so a notebook opened again shows them instead of "Error displaying
+# widget"; no news or update checks (they need the internet and ask the user at first start).
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
+.PHONY: strip setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
 	@echo "make test   - set up if needed, then run the whole test suite (every notebook via nbmake, then tests/)"
 	@echo "make test-fast - the unit tier only (no notebooks, no browser): under a minute"
 	@echo "make lab    - JupyterLab in notebooks/ [PORT=8888 IP=127.0.0.1 LAB_ARGS=...]; works as root"
+	@echo "make strip  - clear outputs and widget state from notebooks/*.ipynb after working in them (before a commit)"
 	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
 	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
@@ -21,12 +26,13 @@ help:
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (finetune-workbook)" >/dev/null
+	mkdir -p $(dir $(LAB_SETTINGS)) && cp jupyter/overrides.json $(LAB_SETTINGS)
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -61,15 +67,14 @@ browser:
 # WORKBOOK_SMOKE=1 make lab: every notebook runs at smoke sizes (a quick interactive try).
 IP ?= 127.0.0.1
 LAB_ARGS ?=
-# Widget state (progress bars, the try-it box) is saved with the notebook, so a reopened notebook shows them.
-LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
-$(LAB_SETTINGS): $(STAMP)
-	mkdir -p $(dir $@)
-	echo '{"@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": true}}' > $@
-
-lab: setup $(LAB_SETTINGS)
+lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(or $(PORT),8888) --ip=$(IP) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# After working in the tracked notebooks in JupyterLab: drop outputs, counts and saved widget state
+# before committing (tests/test_runner.py checks it); cell tags (parameters) stay.
+strip: setup
+	$(PY) -c "from helpers.runner import clear_outputs; print(*clear_outputs(), sep='\n')"
 
 # For a JupyterLab that runs outside .venv (OCI Data Science, Domino): a user-level kernel for this
 # checkout only, named after its folder, so two clones never share (or overwrite) one kernel.

@@ -205,3 +205,26 @@ def run_many(names: list[str] | None, params: dict[str, Any], *, runs_dir: Path 
     summary = write_summary(results, runs_dir)
     echo(f"summary: {summary}")
     return results
+
+
+def clear_outputs(paths: list[Path] | None = None) -> list[Path]:
+    """Drop outputs, execution counts and saved widget state from notebooks (default: notebooks/*.ipynb).
+
+    For the tracked notebooks after working in them in JupyterLab (`make strip`), so an interactive
+    session's autosave never lands in a commit. Cell tags (the parameters cell) are kept.
+    Returns the notebooks that changed.
+    """
+    import nbformat
+
+    changed = []
+    for path in paths or sorted(NOTEBOOKS_DIR.glob("*.ipynb")):
+        before = Path(path).read_text(encoding="utf-8")
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+        if Path(path).read_text(encoding="utf-8") != before:
+            changed.append(Path(path))
+    return changed

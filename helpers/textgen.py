@@ -266,6 +266,7 @@ def generation_config(model, tokenizer, settings: GenerationSettings | None = No
     import copy
 
     config = copy.deepcopy(model.generation_config)
+    config.use_cache = True  # in the config, not as a generate() argument: transformers warns about mixing the two
     unused = config.update(**_generation_kwargs(model, tokenizer, settings, overrides))
     if unused:
         raise ValueError(f"Unknown generation settings {sorted(unused)}.")
@@ -288,7 +289,7 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
     models are padded on the left (generation continues from the right end), encoder-decoders on
     the right. The KV cache is on. `overrides` go to `model.generate` (e.g. `num_beams=4`).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     ids = _as_ids(tokenizer, inputs)
     if not ids:
@@ -302,11 +303,11 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
     texts: list[str | None] = [None] * len(ids)
     try:
         with dev.autocast(device, precision):
-            for batch_ids in tqdm(sorted_batches([len(x) for x in ids], batch_size), desc=desc, leave=False,
+            for batch_ids in progress_bar(sorted_batches([len(x) for x in ids], batch_size), desc=desc, leave=False,
                                   disable=not progress):
                 batch = collate([{"input_ids": ids[i]} for i in batch_ids])
                 batch = {k: v.to(device) for k, v in batch.items()}
-                out = model.generate(**batch, generation_config=config, use_cache=True)
+                out = model.generate(**batch, generation_config=config)
                 for i, text in zip(batch_ids, _decode(tokenizer, model, out, batch["input_ids"].shape[1])):
                     texts[i] = text
     finally:

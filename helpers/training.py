@@ -152,7 +152,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
 
     `compute_metrics(logits, labels) -> dict`. `max_batches` caps the cost (None: all rows).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     rows = as_rows(data)
     collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model))
@@ -164,7 +164,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     start = time.perf_counter()
     losses, logits_parts, label_parts, index = [], [], [], []
     with torch.inference_mode(), dev.autocast(device, precision):
-        for ids in tqdm(batches, desc=desc, leave=False, disable=not progress):
+        for ids in progress_bar(batches, desc=desc, leave=False, disable=not progress):
             batch = _move(collate_fn([rows[i] for i in ids]), device)
             out = model(**batch)
             if getattr(out, "loss", None) is not None:

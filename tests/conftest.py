@@ -62,3 +62,37 @@ def tiny_model(tiny_encoder_dir):
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
+
+
+# --------------------------------------------------------------------------- a real browser (Debian's chromium)
+
+def _chromium():
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def chrome_available() -> bool:
+    import shutil
+
+    return bool(_chromium() and shutil.which("chromedriver"))
+
+
+def open_chrome(javascript: bool = True, window: str = "1000,900"):
+    """Headless chromium through selenium; `make test` installs chromium + chromium-driver when root."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = _chromium()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 f"--window-size={window}", "--disable-background-networking", "--disable-component-update"):
+        options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))

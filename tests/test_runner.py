@@ -70,3 +70,17 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path, monkeypatch):
     summary = (runs / "summary.md").read_text()
     assert "| 01_good | ok |" in summary and "**failed**" in summary
     assert json.loads((runs / "summary.json").read_text())["runs"][1]["status"] == "failed"
+
+
+def test_the_notebooks_are_kept_without_outputs():
+    """The tracked notebooks carry no outputs, counts or saved widget state: an interactive session's
+    autosave must not end up in a commit (`make strip` cleans them, keeping the parameters tag)."""
+    import nbformat
+
+    for path in sorted((runner.PROJECT_ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        dirty = [i for i, c in enumerate(code) if c.outputs or c.execution_count is not None]
+        assert not dirty, f"{path.name}: code cells {dirty} have outputs: run `make strip` before committing"
+        assert "widgets" not in nb.metadata, f"{path.name} holds saved widget state: run `make strip`"
+        assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name}: no parameters cell"

@@ -11,6 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import chrome_available, open_chrome
 
 import helpers as hp
 from helpers import textgen
@@ -199,30 +200,9 @@ def test_api_200_concurrent_requests_from_8_clients(classifier_dir):
 
 # --------------------------------------------------------------------------- the page, in a real browser
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not (_chromium() and shutil.which("chromedriver")),
+@pytest.mark.skipif(not chrome_available(),
                     reason="needs chromium + chromium-driver (make test installs them when run as root)")
-def _browser(javascript: bool = True):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = _chromium()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1000,900", "--disable-background-networking", "--disable-component-update"):
-        options.add_argument(flag)
-    if not javascript:
-        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-
-
 def test_page_in_a_headless_browser(classifier_dir, tmp_path):
     """With JavaScript: the empty-box message, a prediction, the stand-in banner. Without: the form posts."""
     from selenium.webdriver.common.by import By
@@ -240,7 +220,7 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/"
     expected = hp.inference.load(classifier_dir, device="cpu").predict(HEADLINES[0])["label"]
-    driver = _browser()
+    driver = open_chrome()
     try:
         driver.get(url)
         assert "stand-in" in driver.find_element(By.ID, "standin").text
@@ -253,7 +233,7 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
         driver.save_screenshot(str(tmp_path / "page.png"))
     finally:
         driver.quit()
-    plain = _browser(javascript=False)
+    plain = open_chrome(javascript=False)
     try:
         plain.get(url)
         plain.find_element(By.ID, "text").send_keys(HEADLINES[0])
