@@ -204,7 +204,8 @@ def test_api_200_concurrent_requests_from_8_clients(classifier_dir):
 @pytest.mark.skipif(not chrome_available(),
                     reason="needs chromium + chromium-driver (make test installs them when run as root)")
 def test_page_in_a_headless_browser(classifier_dir, tmp_path):
-    """With JavaScript: the empty-box message, a prediction, the stand-in banner. Without: the form posts."""
+    """With JavaScript: the empty-box message, a prediction, the stand-in banner, a very long text.
+    Without: the form posts."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -231,6 +232,11 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
         label = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "label"))).text
         assert "not ProsusAI/finbert" in driver.find_element(By.ID, "result").text
         driver.save_screenshot(str(tmp_path / "page.png"))
+        # A very long text (pasted, not typed): answered, with the note that it was cut to what the model reads.
+        driver.execute_script("document.getElementById('text').value = arguments[0]", HEADLINES[0] * 400)
+        driver.find_element(By.ID, "go").click()
+        cut = WebDriverWait(driver, 30).until(ec.visibility_of_element_located((By.ID, "truncated"))).text
+        assert "tokens" in cut and driver.find_element(By.ID, "label").text
     finally:
         driver.quit()
     plain = open_chrome(javascript=False)
