@@ -18,6 +18,7 @@ import torch
 
 from . import device as dev
 from .artifacts import WORKBOOK_FILE
+from .batching import PadCollator, padding_bounded_batches
 from .models import quiet_peft
 
 
@@ -161,27 +162,40 @@ class TextClassifier:
         results: list[dict[str, Any] | None] = [None] * len(items)
         for with_pair in (False, True):  # a tokenizer call takes pairs for all its texts or for none
             index = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pair]
-            for start in range(0, len(index), batch_size):
-                chunk = index[start: start + batch_size]
-                firsts = [items[i][0] for i in chunk]
-                pairs = [items[i][1] for i in chunk] if with_pair else None
-                for i, result in zip(chunk, self._predict_batch(firsts, pairs)):
-                    results[i] = result
+            if not index:
+                continue
+            firsts = [items[i][0] for i in index]
+            pairs = [items[i][1] for i in index] if with_pair else None
+            for i, result in zip(index, self._predict_all(firsts, pairs, batch_size)):
+                results[i] = result
         return results[0] if single else results
 
-    def _predict_batch(self, texts: list[str], pairs: list[str] | None) -> list[dict[str, Any]]:
-        enc = self.tokenizer(texts, pairs, truncation="longest_first", max_length=self.max_length, padding=True,
-                             return_tensors="pt").to(self.device)
-        with dev.autocast(self.device, self.precision):
-            logits = self.model(**enc).logits.float()
-        probs = logits.softmax(-1).cpu()
-        full = self.tokenizer(texts, pairs, truncation=False)["input_ids"]
-        out = []
-        for row, ids in zip(probs, full):
-            best = int(row.argmax())
-            out.append({"label": self.labels[best], "score": float(row[best]),
-                        "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
-                        "truncated": len(ids) > self.max_length})
+    def _encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list[dict[str, list[int]]], list[bool]]:
+        """Token ids of every input (tokenized once), cut to max_length; and which ones were cut."""
+        full = self.tokenizer(texts, pairs, truncation=False, verbose=False)
+        rows = [{key: full[key][i] for key in full.keys()} for i in range(len(texts))]
+        cut = [len(row["input_ids"]) > self.max_length for row in rows]
+        long = [i for i, was_cut in enumerate(cut) if was_cut]
+        if long:  # only those again, with the tokenizer's own truncation (longest_first for pairs)
+            again = self.tokenizer([texts[i] for i in long], [pairs[i] for i in long] if pairs else None,
+                                   truncation="longest_first", max_length=self.max_length)
+            for j, i in enumerate(long):
+                rows[i] = {key: again[key][j] for key in again.keys()}
+        return rows, cut
+
+    def _predict_all(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> list[dict[str, Any]]:
+        rows, cut = self._encode(texts, pairs)
+        collate = PadCollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        for batch in padding_bounded_batches([len(r["input_ids"]) for r in rows], batch_size):
+            enc = {k: v.to(self.device) for k, v in collate([rows[i] for i in batch]).items()}
+            with dev.autocast(self.device, self.precision):
+                probs = self.model(**enc).logits.float().softmax(-1).cpu()
+            for i, row in zip(batch, probs):
+                best = int(row.argmax())
+                out[i] = {"label": self.labels[best], "score": float(row[best]),
+                          "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
+                          "truncated": cut[i]}
         return out
 
 

@@ -106,3 +106,19 @@ def test_collator_pads_to_the_longest_row_and_masks_labels():
     assert left["input_ids"].tolist() == [[1, 2], [0, 3]] and left["attention_mask"].tolist() == [[1, 1], [0, 1]]
 
 
+
+
+def test_padding_bounded_batches_keep_padding_small_and_cover_every_row():
+    from helpers.batching import padding_bounded_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=500).tolist()
+    batches = padding_bounded_batches(lengths, batch_size=32, max_padding=0.25)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for batch in batches:
+        assert len(batch) <= 32
+        real = sum(lengths[i] for i in batch)
+        assert max(lengths[i] for i in batch) * len(batch) <= 1.25 * real + 1e-9
+    # equal lengths fill whole batches; one long outlier gets its own
+    assert [len(b) for b in padding_bounded_batches([10] * 64, 32)] == [32, 32]
+    assert padding_bounded_batches([10, 10, 10, 200], 32) == [[0, 1, 2], [3]]
