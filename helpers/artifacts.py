@@ -142,12 +142,21 @@ def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline
     """Write `OUTPUT_DIR/metrics.json` in the one format everything reads."""
     if not is_main_process():
         return Path(output_dir) / METRICS_FILE
+    from . import tracking
+
     validation = {k: v for k, v in (validation or {}).items() if k != "elapsed_s"}  # metrics only, no timings
+    tracker = tracking.current(output_dir)  # the notebook run writing here: its evaluations, its MLflow run
+    if tracker is not None:
+        extra.setdefault("evaluations", tracker.evals)
+        if tracker.pruned_at is not None:
+            extra.setdefault("pruned_at_step", tracker.pruned_at)
     record = {"notebook": notebook, "test": test, "baseline": baseline or {}, "validation": validation,
               "model": model or {}, "data": data or {}, "train": train or {}, "params": params or {},
               "versions": versions(), "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               **extra}
     path = write_json(Path(output_dir) / METRICS_FILE, record)
+    if tracker is not None:
+        tracker.finish(record)
     run_file = Path(output_dir) / RUN_FILE
     if run_file.exists():  # the run is complete: a same-parameter rerun may reuse the folder
         write_json(run_file, {**json.loads(run_file.read_text()), "finished": True,

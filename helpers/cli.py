@@ -6,6 +6,10 @@
     workbook predict DIR "text" ...                 score or summarize texts with a saved model folder
     echo "text" | workbook predict DIR --json       texts from stdin (one per line), JSON out
     workbook serve DIR [--host H --port P]          a web page + JSON API for a saved model
+    workbook sweep 01 --lr 3e-5,1e-4 --epochs 1,2   a grid of runs, tracked in MLflow, with a report
+    workbook sweep 01 --trials 8 --lr 1e-5:1e-4:log an Optuna search (TPE, median pruner), resumable
+    workbook compare RUN_DIR ...                    the comparison report for any runs
+    workbook ui                                     the MLflow UI over runs/mlflow.db on 127.0.0.1
     workbook samples                                regenerate the offline samples under data/samples/
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 # Options of the seeds' finetune.py job, mapped onto notebook parameters. Both spellings accepted.
@@ -56,6 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an earlier run with other parameters in the output folder (OVERWRITE=True)")
     run.add_argument("--runs-dir", default=None, help="where executed notebooks and artifacts go (default runs/)")
     run.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
+
+    sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters, or an Optuna search",
+                           description="Values with commas are swept (a grid, or Optuna's choices); LOW:HIGH or "
+                                       "LOW:HIGH:log is a range (with --trials); one value is fixed for every run.")
+    sweep.add_argument("notebook", help="number or name (01, 02_distilbert...)")
+    for flags, param, _ in JOB_OPTIONS:
+        sweep.add_argument(*flags, dest=param, default=None, metavar="VALUES", help=f"values of {param}")
+    sweep.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
+                       help="any parameter: values (a,b,c), a range (LOW:HIGH[:log]) or one fixed value")
+    sweep.add_argument("--trials", type=int, default=None, help="Optuna: this many trials (default: the grid)")
+    sweep.add_argument("--name", default=None, help="the sweep's name: runs/sweep-<name>/, MLflow experiment, study")
+    sweep.add_argument("--metric", default=None,
+                       help="validation metric to rank runs by (default macro_f1 for classifiers, loss otherwise)")
+    sweep.add_argument("--direction", choices=("maximize", "minimize"), default=None)
+    sweep.add_argument("--storage", default=None,
+                       help="Optuna storage URL shared by several machines (default sqlite:///runs/optuna.db)")
+    sweep.add_argument("--sampler-seed", type=int, default=42, help="seed of Optuna's TPE sampler")
+    sweep.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True) for every run")
+    sweep.add_argument("--runs-dir", default=None, help="where runs, mlflow.db and optuna.db go (default runs/)")
+    sweep.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
+
+    comp = sub.add_parser("compare", help="a comparison report (table + plots) for run folders")
+    comp.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIRs, each with a metrics.json)")
+    comp.add_argument("--out", default=None, help="where report.md/.html go (default runs/compare/)")
+    comp.add_argument("--metric", default=None, help="validation metric to rank by (default as sweep)")
+    comp.add_argument("--direction", choices=("maximize", "minimize"), default=None)
+
+    ui = sub.add_parser("ui", help="the MLflow UI over the local tracking store (runs/mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
     sub.add_parser("list", help="list the notebooks and their parameters")
     sub.add_parser("samples", help="regenerate the offline samples under data/samples/")
@@ -102,6 +137,7 @@ def _cmd_run(args) -> int:
         from pathlib import Path
 
         kwargs["runs_dir"] = Path(args.runs_dir).expanduser().resolve()
+        os.environ["WORKBOOK_RUNS_DIR"] = str(kwargs["runs_dir"])  # the MLflow store goes with the runs
     try:
         results = runner.run_many(args.notebooks, params, **kwargs)
     except runner.RunnerError as err:
@@ -112,6 +148,84 @@ def _cmd_run(args) -> int:
         print(f"{len(failed)} of {len(results)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _sweep_axes(args) -> tuple[list, dict]:
+    """(axes, fixed parameters) from the sweep's options: commas or a numeric range sweep, one value is fixed."""
+    from . import runner, sweep
+
+    given = [(param, getattr(args, param)) for _, param, _ in JOB_OPTIONS if getattr(args, param) is not None]
+    given += [(name, value) for name, value in args.parameter]
+    axes, fixed = [], {}
+    for name, text in given:
+        if "," in text or re.fullmatch(r"[-+0-9.eE]+:[-+0-9.eE]+(:log)?", text.strip()):
+            axes.append(sweep.parse_axis(name, text))
+        else:
+            fixed[name] = runner.parse_value(text)
+    if args.smoke:
+        fixed["SMOKE"] = True
+    return axes, fixed
+
+
+def _cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from . import runner, sweep
+
+    try:
+        path = runner.find_notebook(args.notebook)
+        axes, fixed = _sweep_axes(args)
+        runs_dir = Path(args.runs_dir).expanduser().resolve() if args.runs_dir else None
+        name = args.name or sweep.default_name(path, axes, args.trials)
+        job = sweep.Sweep(path, axes, runner.resolve_paths(fixed), name, trials=args.trials, metric=args.metric,
+                          direction=args.direction, storage=args.storage, seed=args.sampler_seed, runs_dir=runs_dir)
+        if args.trials is not None and args.trials < 1:
+            raise sweep.SweepError("--trials must be 1 or more")
+        if args.log_output:
+            import logging
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+        results = sweep.run(job, log_output=args.log_output)
+    except (runner.RunnerError, sweep.SweepError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 1 if results and all(r.status != "ok" for r in results) else 0
+
+
+def _cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from . import compare, tracking
+
+    folders = [Path(r) for r in args.runs if Path(r).is_dir()]
+    if not folders:
+        print("error: none of those is a run folder; give OUTPUT_DIRs (each with a metrics.json)", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else tracking.runs_dir() / "compare"
+    report = compare.report(folders, out, metric=args.metric, direction=args.direction)
+    print(report.read_text().split("\n\n")[1])
+    print(f"report: {report} (and report.html)")
+    return 0
+
+
+def _cmd_ui(args) -> int:
+    import subprocess
+
+    from . import tracking
+
+    uri = tracking.tracking_uri()
+    if not tracking.is_local(uri):
+        print(f"MLFLOW_TRACKING_URI points at {uri}: open that server's own UI (unset it for the local store)")
+        return 2
+    tracking.client(uri)  # creates the store if no run was tracked yet
+    print(f"MLflow UI on http://{args.host}:{args.port} over {uri} (Ctrl+C stops it)")
+    try:
+        return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                                "--host", args.host, "--port", str(args.port)])
+    except KeyboardInterrupt:
+        return 0
 
 
 def _cmd_list() -> int:
@@ -189,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args)
     if args.command == "list":
         return _cmd_list()
+    if args.command == "sweep":
+        return _cmd_sweep(args)
+    if args.command == "compare":
+        return _cmd_compare(args)
+    if args.command == "ui":
+        return _cmd_ui(args)
     if args.command == "samples":
         from . import data, samples
 

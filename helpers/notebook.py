@@ -103,7 +103,7 @@ _POSITIVE_INT = ("TRAIN_BATCH_SIZE", "EVAL_BATCH_SIZE", "GRAD_ACCUM_STEPS", "GEN
 _POSITIVE_INT_OR_NONE = ("MAX_TRAIN_SAMPLES", "MAX_EVAL_SAMPLES", "MAX_STEPS", "EVAL_EVERY_STEPS",
                          "EARLY_STOPPING_PATIENCE")
 _LENGTHS = ("MAX_LENGTH", "MAX_SOURCE_LENGTH", "MAX_TARGET_LENGTH")
-_BOOLS = ("RESUME", "OVERWRITE", "AUTO_BATCH_BACKOFF", "ALLOW_STANDIN", "RUN_TRAINER", "USE_LORA",
+_BOOLS = ("TRACKING", "RESUME", "OVERWRITE", "AUTO_BATCH_BACKOFF", "ALLOW_STANDIN", "RUN_TRAINER", "USE_LORA",
           "GRADIENT_CHECKPOINTING", "QUANTIZE_4BIT", "CLEAN_CHARS")
 
 
@@ -213,6 +213,7 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
     3. SMOKE (from WORKBOOK_SMOKE when None) applies the `smoke` sizes, only to parameters the user
        did not set (injected, or changed from the cell's default); the run records what it used.
     4. Claims OUTPUT_DIR (default `runs/<notebook>/`) for this run (see `artifacts.prepare_output_dir`).
+    5. Starts tracking the run in MLflow unless TRACKING=False (`helpers.tracking`).
 
     The smoke values, SMOKE and OUTPUT_DIR are written back into `namespace` (the notebook's globals),
     so the cells that follow read what is actually used.
@@ -242,4 +243,7 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
     artifacts.prepare_output_dir(output_dir, notebook=notebook, params=params, resume=bool(namespace.get("RESUME")),
                                  overwrite=bool(namespace.get("OVERWRITE")))
     namespace["OUTPUT_DIR"] = output_dir
+    from . import tracking
+
+    tracking.begin(notebook, params, output_dir, enabled=bool(namespace.get("TRACKING", True)))
     return Run(notebook, params, is_smoke, output_dir, [n for n in user_set if n not in ("SMOKE",)], changed)

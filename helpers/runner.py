@@ -117,8 +117,10 @@ def resolve_paths(params: dict[str, Any], cwd: Path | None = None) -> dict[str, 
     return out
 
 
-def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DIR,
+def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DIR, executed: Path | None = None,
                  log_output: bool = False, kernel_name: str | None = None) -> RunResult:
+    """Execute one notebook with papermill: the executed copy to `executed` (default `runs_dir/<name>`),
+    results to OUTPUT_DIR (default `runs_dir/<stem>/`)."""
     import papermill
 
     runs_dir = Path(runs_dir)
@@ -126,7 +128,7 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     params = resolve_paths(params)
     params.setdefault("OUTPUT_DIR", str((runs_dir / path.stem).resolve()))
     check_parameters(path, params)
-    executed = runs_dir / path.name
+    executed = Path(executed) if executed else runs_dir / path.name
     output_dir = Path(params["OUTPUT_DIR"])
     metrics_file = output_dir / METRICS_FILE
 

@@ -97,6 +97,7 @@ class History:
     best_metric: float | None = None
     metric_for_best: str = "loss"
     stopped_early: bool = False
+    pruned_at_step: int | None = None  # a sweep's Optuna pruner stopped this run (helpers.tracking)
     resumed_from: str | None = None
     precision: str = "fp32"
     device: str = "cpu"
@@ -117,7 +118,8 @@ class History:
                 "samples_per_s": round(self.samples_per_s, 2), "peak_mem_mb": round(self.peak_mem_mb, 1),
                 "precision": self.precision, "device": self.device, "num_processes": self.num_processes,
                 "best_step": self.best_step, "best_metric": self.best_metric, "metric_for_best": self.metric_for_best,
-                "stopped_early": self.stopped_early, "resumed_from": self.resumed_from,
+                "stopped_early": self.stopped_early, "pruned_at_step": self.pruned_at_step,
+                "resumed_from": self.resumed_from,
                 "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "batch_backoffs": self.batch_backoffs, "fast_paths": self.fast_paths,
                 "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
@@ -766,16 +768,31 @@ class _Loop:
             tqdm.write(f"step {history.global_step} (epoch {epoch_float:.2f}): {shown}")
         if not _is_better(float(record[cfg.metric_for_best]), history.best_metric, self.greater_is_better):
             self.evals_without_improvement += 1
-            return (cfg.early_stopping_patience is not None
+            stop = (cfg.early_stopping_patience is not None
                     and self.evals_without_improvement >= cfg.early_stopping_patience)
-        history.best_metric, history.best_step = float(record[cfg.metric_for_best]), history.global_step
-        self.evals_without_improvement = 0
-        if cfg.load_best_at_end:
-            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped.state_dict().items()}
-            if self.ckpt_root is not None and acc.is_main_process:
-                self.ckpt_root.mkdir(parents=True, exist_ok=True)
-                _atomic_torch_save(self.best_state, self.ckpt_root / "best_model.pt")
-        return False
+        else:
+            history.best_metric, history.best_step = float(record[cfg.metric_for_best]), history.global_step
+            self.evals_without_improvement, stop = 0, False
+            if cfg.load_best_at_end:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.unwrapped.state_dict().items()}
+                if self.ckpt_root is not None and acc.is_main_process:
+                    self.ckpt_root.mkdir(parents=True, exist_ok=True)
+                    _atomic_torch_save(self.best_state, self.ckpt_root / "best_model.pt")
+        return self.tracked(record) or stop
+
+    def tracked(self, record: dict) -> bool:
+        """The evaluation to the notebook run's tracker (MLflow, a sweep's Optuna trial): True when the
+        sweep's pruner says stop, decided on the main process and shared with the others."""
+        from . import tracking
+
+        pruned = self.accelerator.is_main_process and tracking.evaluation(record["step"], record)
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            pruned = bool(broadcast_object_list([pruned])[0])
+        if pruned:
+            self.history.pruned_at_step = record["step"]
+        return pruned
 
     def save_checkpoint(self, epoch: int, batches_done: int) -> None:
         start = time.perf_counter()

@@ -1,0 +1,344 @@
+"""Parameter sweeps over a notebook: a grid through papermill, or an Optuna search.
+
+    workbook sweep 01 --lr 2e-5,5e-5,1e-4 --epochs 2,3           a grid: every combination, in order
+    workbook sweep 01 --trials 8 --lr 1e-5:1e-4:log --epochs 1:3  Optuna: TPE sampler, median pruner
+
+Each run is a normal notebook run (papermill, its own `OUTPUT_DIR` under `runs/sweep-<name>/`),
+tracked in one MLflow experiment, `sweep-<name>`. After every run the sweep rewrites
+`runs/sweep-<name>/report.md` and `.html` (`helpers.compare`): the table with the best run
+marked, the metric against each swept parameter, the validation curves on one axis.
+
+Runs are judged on a validation metric (macro-F1 for classifiers, loss for the summarizers;
+`--metric`), the best value over the run's evaluations, never on the test split.
+
+Resuming: run the same command again. A grid skips the combinations that finished. An Optuna
+sweep keeps its study in `runs/optuna.db` (SQLite; not `mlflow.db`: MLflow and Optuna both keep
+their schema version in an `alembic_version` table, so one file would break both); finished and
+pruned trials count, a trial left running by a killed sweep on this machine is marked failed, and
+only the remaining trials run. Several machines can work on one study: give each the same
+`--storage` (a database they all reach, e.g. `postgresql://...` or `mysql://...`; SQLite over a
+network file system is not safe) and the same `--name`; Optuna coordinates them, each machine
+stops when the study has its `--trials`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import compare, runner, tracking
+
+
+class SweepError(ValueError):
+    """A sweep that cannot start: one line naming the problem and the fix."""
+
+
+@dataclass
+class Axis:
+    """One swept parameter: a list of values (grid, or Optuna's categorical) or a range (Optuna only)."""
+
+    name: str
+    values: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+
+    @property
+    def is_range(self) -> bool:
+        return self.values is None
+
+    def distribution(self):
+        import optuna
+
+        if not self.is_range:
+            return optuna.distributions.CategoricalDistribution(self.values)
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return optuna.distributions.IntDistribution(self.low, self.high, log=self.log)
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high), log=self.log)
+
+    def describe(self) -> str:
+        if not self.is_range:
+            return ",".join(map(str, self.values))
+        return f"{self.low}:{self.high}" + (":log" if self.log else "")
+
+
+def parse_axis(name: str, text: str) -> Axis:
+    """`3e-5,1e-4` -> values; `1e-5:1e-4` or `1e-5:1e-4:log` -> a range (ints stay ints)."""
+    text = str(text).strip()
+    if ":" in text and "," not in text:
+        parts = text.split(":")
+        log = parts[-1].lower() == "log"
+        if log:
+            parts = parts[:-1]
+        if len(parts) != 2:
+            raise SweepError(f"{name}={text!r}: a range is LOW:HIGH or LOW:HIGH:log (e.g. 1e-5:1e-4:log)")
+        low, high = (runner.parse_value(p) for p in parts)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or low >= high:
+            raise SweepError(f"{name}={text!r}: a range needs two numbers, the lower first (e.g. 1e-5:1e-4:log)")
+        if log and low <= 0:
+            raise SweepError(f"{name}={text!r}: a log range needs a positive lower end")
+        return Axis(name, low=low, high=high, log=log)
+    values = [runner.parse_value(v.strip()) for v in text.split(",") if v.strip()]
+    if not values:
+        raise SweepError(f"{name}: no values given; write them comma-separated, e.g. 2e-5,5e-5")
+    if len(set(map(repr, values))) != len(values):
+        raise SweepError(f"{name}={text!r}: a value is listed twice")
+    return Axis(name, values=values)
+
+
+def _slug(value: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", str(value)).strip("-") or "x"
+
+
+def run_label(combo: dict[str, Any]) -> str:
+    """A folder name for a grid point: `lr-3e-05_num_epochs-1`."""
+    return "_".join(f"{k.lower()}-{_slug(v)}" for k, v in combo.items())
+
+
+def default_name(notebook: Path, axes: list[Axis], trials: int | None) -> str:
+    names = "-".join(a.name.lower() for a in axes)
+    return f"{notebook.stem[:2]}-{names}" + ("-optuna" if trials else "")
+
+
+@dataclass
+class Sweep:
+    """What `workbook sweep` was asked for."""
+
+    notebook: Path
+    axes: list[Axis]
+    fixed: dict[str, Any]
+    name: str
+    trials: int | None = None
+    metric: str | None = None
+    direction: str | None = None
+    storage: str | None = None
+    seed: int = 42
+    runs_dir: Path | None = None
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir or tracking.runs_dir()) / f"sweep-{self.name}"
+
+    @property
+    def experiment(self) -> str:
+        return f"sweep-{self.name}"
+
+    def objective(self) -> tuple[str, str]:
+        if self.metric:
+            return self.metric, self.direction or ("minimize" if "loss" in self.metric else "maximize")
+        if "LABEL_COL" in runner.notebook_parameters(self.notebook):
+            return "macro_f1", "maximize"
+        return "loss", "minimize"
+
+    def check(self) -> None:
+        known = runner.notebook_parameters(self.notebook)
+        for name in [a.name for a in self.axes] + list(self.fixed):
+            if name not in known:
+                raise SweepError(f"{self.notebook.stem} has no parameter {name}; see `workbook list`.")
+        if not self.axes:
+            raise SweepError("nothing to sweep: give values, e.g. --lr 2e-5,5e-5 or -p MAX_LENGTH 64,128")
+        ranges = [a.name for a in self.axes if a.is_range]
+        if ranges and not self.trials:
+            raise SweepError(f"{', '.join(ranges)}: a range is searched, not listed; add --trials N "
+                             "(Optuna), or give the values comma-separated for a grid")
+        clash = [a.name for a in self.axes if a.name in self.fixed]
+        if clash:
+            raise SweepError(f"{', '.join(clash)} is both swept and fixed; give it once")
+        if "OUTPUT_DIR" in self.fixed:
+            raise SweepError("OUTPUT_DIR is chosen per run by the sweep (under runs/sweep-<name>/); leave it out")
+
+
+Runner = Callable[..., runner.RunResult]
+
+
+def _run_one(sweep: Sweep, label: str, params: dict[str, Any], env: dict[str, str], run_fn: Runner,
+             log_output: bool) -> runner.RunResult:
+    out = sweep.folder / label
+    if sweep.runs_dir:  # the notebook's MLflow store goes with the runs
+        env = {**env, "WORKBOOK_RUNS_DIR": str(Path(sweep.runs_dir).resolve())}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the notebook's kernel inherits them: its MLflow experiment, its Optuna trial
+    try:
+        return run_fn(sweep.notebook, {**sweep.fixed, **params, "OUTPUT_DIR": str(out)}, runs_dir=sweep.folder,
+                      executed=sweep.folder / f"{label}.ipynb", log_output=log_output)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def write_report(sweep: Sweep, labels: list[str]) -> Path:
+    metric, direction = sweep.objective()
+    rows = [compare.load_run(sweep.folder / label) for label in labels if (sweep.folder / label).exists()]
+    how = f"Optuna, {sweep.trials} trials" if sweep.trials else "grid"
+    notes = [f"Notebook {sweep.notebook.stem}; {how} over " + "; ".join(f"{a.name} {a.describe()}" for a in sweep.axes)
+             + (f"; fixed: {', '.join(f'{k}={v}' for k, v in sweep.fixed.items())}" if sweep.fixed else "")
+             + f". MLflow experiment `{sweep.experiment}` (`workbook ui`)."]
+    return compare.report(rows, sweep.folder, metric=metric, direction=direction, title=f"Sweep {sweep.name}",
+                          notes=notes)
+
+
+def _finished(folder: Path, params: dict[str, Any]) -> bool:
+    run_file = folder / "run.json"
+    if not (folder / "metrics.json").exists() or not run_file.exists():
+        return False
+    record = json.loads(run_file.read_text())
+    return bool(record.get("finished")) and all(record.get("params", {}).get(k) == v for k, v in params.items())
+
+
+def run_grid(sweep: Sweep, *, run_fn: Runner = runner.run_notebook, log_output: bool = False) -> list[runner.RunResult]:
+    """Every combination in order; finished ones (same parameters) are kept, not run again."""
+    combos = [dict(zip([a.name for a in sweep.axes], values))
+              for values in itertools.product(*[a.values for a in sweep.axes])]
+    labels = [run_label(c) for c in combos]
+    results = []
+    print(f"sweep {sweep.name}: {len(combos)} runs of {sweep.notebook.stem} -> {sweep.folder}")
+    for i, (combo, label) in enumerate(zip(combos, labels), 1):
+        if _finished(sweep.folder / label, {**sweep.fixed, **combo}):
+            print(f"[{i}/{len(combos)}] {label}: finished earlier, kept")
+            continue
+        print(f"[{i}/{len(combos)}] {label} ...", flush=True)
+        result = _run_one(sweep, label, combo, {"MLFLOW_EXPERIMENT_NAME": sweep.experiment}, run_fn, log_output)
+        print(f"  {result.status} ({result.wall_s:.0f} s)" + (f": {result.error}" if result.error else ""))
+        results.append(result)
+        write_report(sweep, labels)
+    report = write_report(sweep, labels)
+    print(f"report: {report}")
+    return results
+
+
+def _storage(sweep: Sweep) -> str:
+    if sweep.storage:
+        return sweep.storage
+    path = Path(sweep.runs_dir or tracking.runs_dir()) / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path.resolve()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _study(sweep: Sweep):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    metric, direction = sweep.objective()
+    spec = {"notebook": sweep.notebook.stem, "axes": {a.name: a.describe() for a in sweep.axes},
+            "fixed": {k: repr(v) for k, v in sweep.fixed.items()}, "metric": metric}
+    study = optuna.create_study(study_name=sweep.name, storage=_storage(sweep), direction=direction,
+                                sampler=optuna.samplers.TPESampler(seed=sweep.seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+                                load_if_exists=True)
+    before = study.user_attrs.get("sweep")
+    if before is None:
+        study.set_user_attr("sweep", spec)
+    elif before != spec:
+        raise SweepError(f"the study {sweep.name!r} in {_storage(sweep)} was started with other settings "
+                         f"({json.dumps(before)}); choose another --name to start a new one")
+    return study
+
+
+def _mark_stale_trials(study) -> list[int]:
+    """Trials this machine left RUNNING (the sweep was killed): marked failed so they do not block counting."""
+    import optuna
+
+    host, stale = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == host and (attrs.get("pid") == os.getpid() or not _pid_alive(int(attrs.get("pid", 0)))):
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            stale.append(trial.number)
+    return stale
+
+
+def run_optuna(sweep: Sweep, *, run_fn: Runner = runner.run_notebook,
+               log_output: bool = False) -> list[runner.RunResult]:
+    """Trials until the study holds `trials` finished (complete or pruned) ones."""
+    import optuna
+
+    study = _study(sweep)
+    states = optuna.trial.TrialState
+    stale = _mark_stale_trials(study)
+    if stale:
+        print(f"sweep {sweep.name}: trial(s) {', '.join(map(str, stale))} were cut off by an earlier stop; "
+              "marked failed")
+    metric, direction = sweep.objective()
+    distributions = {a.name: a.distribution() for a in sweep.axes}
+    results: list[runner.RunResult] = []
+
+    def counts() -> tuple[int, int]:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in (states.COMPLETE, states.PRUNED) for t in trials)
+        return done, sum(t.state == states.RUNNING for t in trials)
+
+    done, running = counts()
+    print(f"sweep {sweep.name}: {done} of {sweep.trials} trials done; Optuna study in {_storage(sweep)} "
+          f"({direction} best validation {metric})")
+    while done + running < sweep.trials:
+        trial = study.ask(distributions)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        label = f"trial-{trial.number:03d}"
+        shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        print(f"[{done + 1}/{sweep.trials}] {label}: {shown}", flush=True)
+        env = {"MLFLOW_EXPERIMENT_NAME": sweep.experiment,
+               tracking.TRIAL_ENV: json.dumps({"storage": _storage(sweep), "study": sweep.name, "trial": trial.number,
+                                               "metric": metric})}
+        result = _run_one(sweep, label, trial.params, env, run_fn, log_output)
+        results.append(result)
+        row = compare.load_run(sweep.folder / label)
+        value = row.objective(metric, direction) if result.status == "ok" else None
+        if result.status != "ok":
+            study.tell(trial, state=states.FAIL)
+            print(f"  failed ({result.wall_s:.0f} s): {result.error}")
+        elif row.status == "pruned":
+            study.tell(trial, state=states.PRUNED)
+            print(f"  pruned at step {row.record.get('pruned_at_step')} ({result.wall_s:.0f} s)")
+        elif value is None or not math.isfinite(value):
+            study.tell(trial, state=states.FAIL)
+            print(f"  no validation {metric} in its metrics.json; counted as failed")
+        else:
+            study.tell(trial, value)
+            print(f"  {metric} {value:.4f} ({result.wall_s:.0f} s)")
+        write_report(sweep, _trial_labels(study))
+        done, running = counts()
+    report = write_report(sweep, _trial_labels(study))
+    try:
+        best = study.best_trial
+        print(f"best: trial-{best.number:03d} {best.params} ({metric} {best.value:.4f})")
+    except ValueError:
+        print("no trial finished")
+    print(f"report: {report}")
+    return results
+
+
+def _trial_labels(study) -> list[str]:
+    return [f"trial-{t.number:03d}" for t in study.get_trials(deepcopy=False)]
+
+
+def run(sweep: Sweep, *, run_fn: Runner = runner.run_notebook, log_output: bool = False) -> list[runner.RunResult]:
+    sweep.check()
+    sweep.folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return (run_optuna if sweep.trials else run_grid)(sweep, run_fn=run_fn, log_output=log_output)
+    except KeyboardInterrupt:
+        print(f"\nsweep {sweep.name} stopped; run the same command again to go on", file=sys.stderr)
+        raise

@@ -1,0 +1,290 @@
+"""Experiment tracking: every notebook run logged to MLflow, with no server to start.
+
+What a run logs (one MLflow run per notebook run, in an experiment named after the notebook, or
+`MLFLOW_EXPERIMENT_NAME`, which `workbook sweep` sets to `sweep-<name>`):
+
+- parameters: the notebook's parameters as run (smoke sizes included);
+- metrics: every evaluation during training as steps (`val_loss`, `val_macro_f1`, ...), then the
+  final `test_*`, `baseline_*` (before fine-tuning, majority class) and `train_*` figures;
+- tags: `workbook.standin` (an offline stand-in model or sample was used), `workbook.data_fingerprint`,
+  `workbook.model_dir` (the saved model folder), `workbook.output_dir`, `workbook.notebook`;
+- artifacts: the plots (`OUTPUT_DIR/plots/*.png`) and `metrics.json`. The model itself stays in its
+  folder (hundreds of MB; the path is the tag).
+
+Where: `MLFLOW_TRACKING_URI` when it is set (a team's tracking server; Domino and OCI Data Science
+set it for their own MLflow), else `runs/mlflow.db` (SQLite, `WORKBOOK_RUNS_DIR` moves it), with
+artifacts under `runs/mlartifacts/`. `TRACKING=False` in a notebook turns it off.
+`workbook ui` shows the local store.
+
+Tracking is a side effect: any failure to log prints one line and the run goes on untracked.
+
+Sweeps (`helpers.sweep`) run each trial as a notebook run; when a trial is part of an Optuna study
+(`WORKBOOK_TRIAL` in the environment), each evaluation is also reported to the study, and its
+median pruner may stop training early (the notebook then finishes normally, marked pruned).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+TRIAL_ENV = "WORKBOOK_TRIAL"  # JSON {"storage", "study", "trial", "metric", "direction"} set by a sweep
+_PARAM_LIMIT = 6000  # MLflow's longest parameter value
+_TRAIN_METRICS = ("epochs", "steps", "wall_s", "samples_per_s", "peak_mem_mb", "first_train_loss", "final_train_loss")
+
+_current: Tracker | None = None
+
+
+def runs_dir() -> Path:
+    from .artifacts import RUNS_DIR
+
+    return Path(os.environ.get("WORKBOOK_RUNS_DIR") or RUNS_DIR)
+
+
+def tracking_uri() -> str:
+    """`MLFLOW_TRACKING_URI` if set (a team server, Domino's or OCI's MLflow), else `runs/mlflow.db`."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(runs_dir() / DB_FILE).resolve()}"
+
+
+def is_local(uri: str) -> bool:
+    return uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+@contextmanager
+def quiet_mlflow():
+    """MLflow and alembic announce schema set-up at INFO on stderr (red boxes in Jupyter): only warnings."""
+    loggers = [logging.getLogger(name) for name in ("mlflow", "alembic", "alembic.runtime.migration")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def client(uri: str | None = None):
+    """An `mlflow.MlflowClient` on `uri` (default `tracking_uri()`); the local store is created on first use."""
+    with quiet_mlflow():
+        import mlflow
+
+        uri = uri or tracking_uri()
+        if uri.startswith("sqlite:///"):
+            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(mlflow_client, name: str, uri: str | None = None) -> str:
+    """The id of experiment `name`, created if needed (locally with artifacts under runs/mlartifacts)."""
+    found = mlflow_client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = uri or tracking_uri()
+    location = None
+    if is_local(uri):
+        location = (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR).resolve().as_uri()
+    return mlflow_client.create_experiment(name, artifact_location=location)
+
+
+def _flat(prefix: str, section: dict[str, Any] | None) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in (section or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # v == v: not NaN
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+
+
+class Tracker:
+    """The record keeper of one notebook run: the evaluations it made, its MLflow run, its sweep trial."""
+
+    def __init__(self, notebook: str, params: dict[str, Any], output_dir: Path, *, enabled: bool = True,
+                 experiment: str | None = None):
+        self.notebook, self.params, self.output_dir = notebook, dict(params), Path(output_dir).resolve()
+        self.evals: list[dict[str, Any]] = []
+        self.pruned_at: int | None = None
+        self.finished = False
+        self.client = self.run_id = None
+        self.uri = tracking_uri()
+        self.started = time.time()
+        self.trial = self._sweep_trial()
+        if enabled:
+            self._start(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or notebook)
+
+    # ------------------------------------------------------------------ MLflow
+    def _start(self, experiment: str) -> None:
+        try:
+            from mlflow.entities import Param, RunTag
+
+            self.client = client(self.uri)
+            with quiet_mlflow():
+                exp = experiment_id(self.client, experiment, self.uri)
+                name = self.output_dir.name if self.output_dir.name != self.notebook else None
+                run = self.client.create_run(exp, run_name=name, tags={
+                    "mlflow.source.name": f"{self.notebook}.ipynb", "workbook.notebook": self.notebook,
+                    "workbook.output_dir": str(self.output_dir), "workbook.host": socket.gethostname()})
+                self.run_id = run.info.run_id
+                params = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
+                          for k, v in sorted(self.params.items())]
+                self.client.log_batch(self.run_id, params=params, tags=[RunTag("workbook.status", "running")])
+            where = "runs/" + DB_FILE if is_local(self.uri) else self.uri
+            print(f"tracking: MLflow run {self.run_id[:8]} in experiment {experiment!r} ({where}; "
+                  "TRACKING=False turns it off)")
+        except Exception as err:  # noqa: BLE001 - tracking must never fail the run
+            self._give_up("could not start", err)
+
+    def _give_up(self, what: str, err: BaseException) -> None:
+        print(f"tracking: {what} the MLflow run ({_one_line(err)}); the notebook goes on untracked")
+        self.client = None
+
+    def _log(self, metrics: dict[str, float], step: int | None = None, tags: dict[str, str] | None = None) -> None:
+        if self.client is None:
+            return
+        try:
+            from mlflow.entities import Metric, RunTag
+
+            now = int(time.time() * 1000)
+            with quiet_mlflow():
+                self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step or 0) for k, v in metrics.items()],
+                                      tags=[RunTag(k, v) for k, v in (tags or {}).items()])
+        except Exception as err:  # noqa: BLE001
+            self._give_up("could not log to", err)
+
+    # ------------------------------------------------------------------ during training
+    def evaluation(self, step: int, metrics: dict[str, Any]) -> bool:
+        """Record one evaluation (logged as step `step`); True when the sweep's pruner says stop."""
+        record = {"step": int(step), **{k: v for k, v in metrics.items() if k != "step"}}
+        self.evals.append(record)
+        self._log(_flat("val_", {k: v for k, v in record.items() if k not in ("step", "elapsed_s")}), step=step)
+        return self._report_to_trial(step, record)
+
+    # ------------------------------------------------------------------ the end of the run
+    def finish(self, record: dict[str, Any]) -> None:
+        """Log the final metrics, tags and artifacts, and close the run (from `artifacts.write_metrics`)."""
+        self.finished = True
+        if self.client is None:
+            return
+        model, data = record.get("model", {}), record.get("data", {})
+        folders = [self.output_dir / sub for sub in ("model", "adapter") if (self.output_dir / sub).is_dir()]
+        metrics = {**_flat("test_", record.get("test")), **_flat("baseline_", record.get("baseline")),
+                   **_flat("train_", {k: v for k, v in (record.get("train") or {}).items() if k in _TRAIN_METRICS}),
+                   "wall_s": round(time.time() - self.started, 2)}
+        tags = {"workbook.standin": str(bool(model.get("standin") or data.get("standin"))).lower(),
+                "workbook.model_used": str(model.get("used", "")), "workbook.data_used": str(data.get("used", "")),
+                "workbook.data_fingerprint": str(data.get("fingerprint", "")),
+                "workbook.model_dir": str(folders[0]) if folders else "",
+                "workbook.status": "pruned" if self.pruned_at is not None else "finished"}
+        self._log(metrics, step=self.evals[-1]["step"] if self.evals else 0, tags=tags)
+        if self.client is None:
+            return
+        try:
+            with quiet_mlflow():
+                for plot in sorted((self.output_dir / "plots").glob("*.png")):
+                    self.client.log_artifact(self.run_id, str(plot), "plots")
+                metrics_file = self.output_dir / "metrics.json"
+                if metrics_file.exists():
+                    self.client.log_artifact(self.run_id, str(metrics_file))
+                self.client.set_terminated(self.run_id, "FINISHED")
+        except Exception as err:  # noqa: BLE001
+            self._give_up("could not finish", err)
+
+    def abandon(self, status: str = "FAILED") -> None:
+        """Close a run that did not reach `finish` (the kernel exits, or the notebook starts over)."""
+        if self.client is not None and not self.finished:
+            try:
+                with quiet_mlflow():
+                    self.client.set_terminated(self.run_id, status)
+            except Exception:  # noqa: BLE001 - at exit, nothing left to tell
+                pass
+        self.finished = True
+
+    # ------------------------------------------------------------------ sweeps (Optuna)
+    def _sweep_trial(self):
+        spec = os.environ.get(TRIAL_ENV)
+        if not spec:
+            return None
+        try:
+            import optuna
+
+            spec = json.loads(spec)
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"])
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, spec["trial"])
+            self.trial_metric = spec["metric"]
+            return optuna.trial.Trial(study, trial_id)
+        except Exception as err:  # noqa: BLE001 - an unreachable study must not fail the run
+            print(f"tracking: could not reach the sweep's Optuna study ({_one_line(err)}); no pruning in this run")
+            return None
+
+    def _report_to_trial(self, step: int, record: dict[str, Any]) -> bool:
+        if self.trial is None or self.trial_metric not in record:
+            return False
+        try:
+            self.trial.report(float(record[self.trial_metric]), step)
+            if self.trial.should_prune():
+                self.pruned_at = step
+                print(f"sweep: trial {self.trial.number} pruned at step {step} by the median pruner "
+                      f"({self.trial_metric} {record[self.trial_metric]:.4f} trails the other trials' median)")
+                return True
+        except Exception as err:  # noqa: BLE001
+            print(f"tracking: could not report to the Optuna study ({_one_line(err)}); no pruning in this run")
+            self.trial = None
+        return False
+
+
+def begin(notebook: str, params: dict[str, Any], output_dir: Path, *, enabled: bool = True) -> Tracker:
+    """Start tracking a notebook run (from `hp.notebook.start`); an unfinished earlier run is closed."""
+    global _current
+    if _current is not None:
+        _current.abandon("KILLED")
+    _current = Tracker(notebook, params, output_dir, enabled=enabled)
+    return _current
+
+
+def current(output_dir: str | Path | None = None) -> Tracker | None:
+    """The tracker of the running notebook (of `output_dir`, when given), or None."""
+    if _current is None or _current.finished:
+        return None
+    if output_dir is not None and Path(output_dir).resolve() != _current.output_dir:
+        return None
+    return _current
+
+
+def evaluation(step: int, metrics: dict[str, Any]) -> bool:
+    """From the training loop: record an evaluation; True when a sweep's pruner says stop training."""
+    tracker = current()
+    return tracker.evaluation(step, metrics) if tracker is not None else False
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    if _current is not None:
+        _current.abandon("FAILED")
+
+
+def runs_frame(experiment: str | None = None, *, uri: str | None = None):
+    """The tracked runs as a pandas DataFrame (`mlflow.search_runs`): one row per run, `params.*`,
+    `metrics.*` and `tags.*` columns; every experiment when `experiment` is None."""
+    import mlflow
+
+    mlflow_client = client(uri)
+    with quiet_mlflow():
+        experiments = [e for e in mlflow_client.search_experiments()
+                       if experiment is None or e.name == experiment]
+        if not experiments:
+            import pandas as pd
+
+            return pd.DataFrame()
+        mlflow.set_tracking_uri(uri or tracking_uri())
+        return mlflow.search_runs(experiment_ids=[e.experiment_id for e in experiments],
+                                  order_by=["attributes.start_time DESC"])
