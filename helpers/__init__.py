@@ -12,6 +12,9 @@ Modules (imported on first use, so `import helpers` is instant and has no side e
     hp.inference  load a saved folder and predict or summarize
     hp.device     device and precision choices
     hp.runner     run notebooks headless with papermill
+    hp.tracking   every notebook run logged to MLflow (runs/mlflow.db or MLFLOW_TRACKING_URI)
+    hp.sweep      grid and Optuna sweeps over a notebook's parameters (`workbook sweep`)
+    hp.compare    the comparison report of runs: table, metric vs parameter, validation curves
     hp.serve      a web page + JSON API for a saved model (`workbook serve`)
     hp.standins   tiny offline GPT-NeoX / T5 stand-ins (same classes as Pythia / T5)
 """
@@ -23,7 +26,8 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
-            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups"}
+            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups", "tracking", "sweep",
+            "compare", "progress"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training",
               "TrainConfig": "training"}
 

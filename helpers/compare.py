@@ -64,7 +64,7 @@ def load_run(folder: str | Path, name: str | None = None) -> RunRow:
     if not metrics.exists():
         run_file = folder / "run.json"
         params = json.loads(run_file.read_text()).get("params", {}) if run_file.exists() else {}
-        return RunRow(name or folder.name, folder, {}, "failed", f"no {METRICS_FILE} in {folder}", params)
+        return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {METRICS_FILE})", params)
     record = json.loads(metrics.read_text())
     status = "pruned" if record.get("pruned_at_step") is not None else "ok"
     return RunRow(name or folder.name, folder, record, status, params=dict(record.get("params") or {}))
@@ -243,3 +243,26 @@ for choosing.</p>
 {figures}
 </body></html>
 """
+
+
+def plot_tracked(runs, *, param: str, metric: str, ax=None, path=None):
+    """Tracked runs (`hp.tracking.runs_frame(...)`) as points: `metric` against parameter `param`
+    (MLflow keeps parameters as text; numbers are read back, a float range spanning 3x is drawn in log)."""
+    import pandas as pd
+
+    from .plots import _axes, _save
+
+    ax = _axes(ax)
+    column, value = f"params.{param}", f"metrics.{metric}"
+    if column not in runs or value not in runs:
+        ax.set_title(f"no tracked runs with {param} and {metric} yet")
+        return _save(ax, path)
+    frame = pd.DataFrame({"x": pd.to_numeric(runs[column], errors="coerce"), "y": runs[value]}).dropna()
+    ax.scatter(frame["x"], frame["y"], zorder=3)
+    if len(frame) and (frame["x"] > 0).all() and frame["x"].max() / frame["x"].min() >= 3:
+        ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of {len(frame)} tracked run{'s' * (len(frame) != 1)} against {param}")
+    ax.grid(alpha=0.3)
+    return _save(ax, path)

@@ -37,6 +37,11 @@ from typing import Any
 
 from . import compare, runner, tracking
 
+# The median pruner: a trial stops when its best validation value so far trails the median of the
+# finished trials at the same step; from the third trial on (Optuna's default waits for five, more
+# than a small sweep has).
+PRUNER = {"n_startup_trials": 2, "n_warmup_steps": 0}
+
 
 class SweepError(ValueError):
     """A sweep that cannot start: one line naming the problem and the fix."""
@@ -244,9 +249,10 @@ def _study(sweep: Sweep):
     spec = {"notebook": sweep.notebook.stem, "axes": {a.name: a.describe() for a in sweep.axes},
             "fixed": {k: repr(v) for k, v in sweep.fixed.items()}, "metric": metric}
     study = optuna.create_study(study_name=sweep.name, storage=_storage(sweep), direction=direction,
-                                sampler=optuna.samplers.TPESampler(seed=sweep.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+                                pruner=optuna.pruners.MedianPruner(**PRUNER),
                                 load_if_exists=True)
+    # A resumed sweep must not draw the same points again: the sampler's seed moves on with the study.
+    study.sampler = optuna.samplers.TPESampler(seed=sweep.seed + len(study.get_trials(deepcopy=False)))
     before = study.user_attrs.get("sweep")
     if before is None:
         study.set_user_attr("sweep", spec)
@@ -301,7 +307,7 @@ def run_optuna(sweep: Sweep, *, run_fn: Runner = runner.run_notebook,
         print(f"[{done + 1}/{sweep.trials}] {label}: {shown}", flush=True)
         env = {"MLFLOW_EXPERIMENT_NAME": sweep.experiment,
                tracking.TRIAL_ENV: json.dumps({"storage": _storage(sweep), "study": sweep.name, "trial": trial.number,
-                                               "metric": metric})}
+                                               "metric": metric, "pruner": PRUNER})}
         result = _run_one(sweep, label, trial.params, env, run_fn, log_output)
         results.append(result)
         row = compare.load_run(sweep.folder / label)

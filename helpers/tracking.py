@@ -31,13 +31,14 @@ import logging
 import os
 import socket
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
-TRIAL_ENV = "WORKBOOK_TRIAL"  # JSON {"storage", "study", "trial", "metric", "direction"} set by a sweep
+TRIAL_ENV = "WORKBOOK_TRIAL"  # JSON {"storage", "study", "trial", "metric", "pruner"} set by a sweep
 _PARAM_LIMIT = 6000  # MLflow's longest parameter value
 _TRAIN_METRICS = ("epochs", "steps", "wall_s", "samples_per_s", "peak_mem_mb", "first_train_loss", "final_train_loss")
 
@@ -67,7 +68,11 @@ def quiet_mlflow():
     for lg in loggers:
         lg.setLevel(logging.WARNING)
     try:
-        yield
+        with warnings.catch_warnings():
+            # SQLAlchemy's deprecation notes about MLflow's own store code: not the user's to act on.
+            warnings.filterwarnings("ignore", message=".*loader strategy is deprecated", module="mlflow")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"(mlflow|sqlalchemy|alembic)\.")
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -123,6 +128,10 @@ class Tracker:
 
     # ------------------------------------------------------------------ MLflow
     def _start(self, experiment: str) -> None:
+        # An unreachable tracking server would otherwise be retried for minutes (MLflow's defaults: 7
+        # retries with backoff, 120 s timeouts); a user's own settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         try:
             from mlflow.entities import Param, RunTag
 
@@ -161,12 +170,13 @@ class Tracker:
             self._give_up("could not log to", err)
 
     # ------------------------------------------------------------------ during training
-    def evaluation(self, step: int, metrics: dict[str, Any]) -> bool:
-        """Record one evaluation (logged as step `step`); True when the sweep's pruner says stop."""
+    def evaluation(self, step: int, metrics: dict[str, Any], *, last: bool = False) -> bool:
+        """Record one evaluation (logged as step `step`); True when the sweep's pruner says stop
+        (never at the `last` evaluation, where stopping would save nothing)."""
         record = {"step": int(step), **{k: v for k, v in metrics.items() if k != "step"}}
         self.evals.append(record)
         self._log(_flat("val_", {k: v for k, v in record.items() if k not in ("step", "elapsed_s")}), step=step)
-        return self._report_to_trial(step, record)
+        return self._report_to_trial(step, record, last)
 
     # ------------------------------------------------------------------ the end of the run
     def finish(self, record: dict[str, Any]) -> None:
@@ -218,7 +228,8 @@ class Tracker:
 
             spec = json.loads(spec)
             optuna.logging.set_verbosity(optuna.logging.WARNING)
-            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"])
+            pruner = optuna.pruners.MedianPruner(**spec.get("pruner", {}))  # the sweep's, not Optuna's defaults
+            study = optuna.load_study(study_name=spec["study"], storage=spec["storage"], pruner=pruner)
             trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, spec["trial"])
             self.trial_metric = spec["metric"]
             return optuna.trial.Trial(study, trial_id)
@@ -226,12 +237,12 @@ class Tracker:
             print(f"tracking: could not reach the sweep's Optuna study ({_one_line(err)}); no pruning in this run")
             return None
 
-    def _report_to_trial(self, step: int, record: dict[str, Any]) -> bool:
+    def _report_to_trial(self, step: int, record: dict[str, Any], last: bool) -> bool:
         if self.trial is None or self.trial_metric not in record:
             return False
         try:
             self.trial.report(float(record[self.trial_metric]), step)
-            if self.trial.should_prune():
+            if not last and self.trial.should_prune():
                 self.pruned_at = step
                 print(f"sweep: trial {self.trial.number} pruned at step {step} by the median pruner "
                       f"({self.trial_metric} {record[self.trial_metric]:.4f} trails the other trials' median)")
@@ -260,10 +271,10 @@ def current(output_dir: str | Path | None = None) -> Tracker | None:
     return _current
 
 
-def evaluation(step: int, metrics: dict[str, Any]) -> bool:
+def evaluation(step: int, metrics: dict[str, Any], *, last: bool = False) -> bool:
     """From the training loop: record an evaluation; True when a sweep's pruner says stop training."""
     tracker = current()
-    return tracker.evaluation(step, metrics) if tracker is not None else False
+    return tracker.evaluation(step, metrics, last=last) if tracker is not None else False
 
 
 @atexit.register

@@ -785,7 +785,8 @@ class _Loop:
         sweep's pruner says stop, decided on the main process and shared with the others."""
         from . import tracking
 
-        pruned = self.accelerator.is_main_process and tracking.evaluation(record["step"], record)
+        last = self.history.global_step >= self.total_steps  # pruning then would save nothing
+        pruned = self.accelerator.is_main_process and tracking.evaluation(record["step"], record, last=last)
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 

@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # (notebook, what a user types into its try-it box, words one of which the answer must contain)
 CASES = {
     "01": ("01_finbert_financial_sentiment.ipynb",
-           "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn, beating forecasts.", ("positive", "negative", "neutral")),
+           "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn, beating forecasts.",
+           ("positive", "negative", "neutral")),
     "05": ("05_t5_lora_xsum.ipynb",
            "The city council approved a new budget on Tuesday that raises spending on schools and roads. "
            "Officials said the plan would be paid for by a small increase in property taxes.", ("summary", "stand-in")),

@@ -1,0 +1,179 @@
+"""Tracking (MLflow), sweeps (grid, Optuna) and the comparison report."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from helpers import artifacts, compare, runner, sweep, tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A private runs folder: runs/mlflow.db and runs/optuna.db go there."""
+    monkeypatch.setenv("WORKBOOK_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv(tracking.TRIAL_ENV, raising=False)
+    yield tmp_path / "runs"
+    if tracking._current is not None:
+        tracking._current.abandon()
+    tracking._current = None
+
+
+def _finish_a_run(out, evals, *, standin=True, params=None):
+    """What a notebook does, minus the model: start (tracking begins), evaluations, plots, write_metrics."""
+    tracker = tracking.begin("01_finbert_financial_sentiment", params or {"LR": 5e-5, "NUM_EPOCHS": 2}, out)
+    for step, metrics in evals:
+        tracker.evaluation(step, metrics)
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    (out / "plots" / "history.png").write_bytes(b"\x89PNG fake")
+    (out / "model").mkdir(exist_ok=True)
+    artifacts.write_metrics(out, notebook="01_finbert_financial_sentiment", test={"accuracy": 0.81, "macro_f1": 0.77},
+                            baseline={"accuracy": 0.3, "majority_accuracy": 0.6},
+                            model={"requested": "ProsusAI/finbert", "used": "/x/minilm", "standin": standin},
+                            data={"used": "all-data.csv", "fingerprint": "abc123"},
+                            train={"wall_s": 12.5, "samples_per_s": 40.0, "num_processes": 1},
+                            params=params or {"LR": 5e-5, "NUM_EPOCHS": 2})
+    return tracker
+
+
+def test_a_tracked_run_holds_its_params_evaluations_final_metrics_tags_and_plots(store, tmp_path):
+    out = tmp_path / "out"
+    tracker = _finish_a_run(out, [(10, {"loss": 0.9, "macro_f1": 0.5}), (20, {"loss": 0.7, "macro_f1": 0.7})])
+    client = tracking.client()
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {"LR": "5e-05", "NUM_EPOCHS": "2"}
+    history = client.get_metric_history(tracker.run_id, "val_macro_f1")
+    assert [(m.step, m.value) for m in history] == [(10, 0.5), (20, 0.7)]
+    metrics = run.data.metrics
+    assert metrics["test_accuracy"] == 0.81 and metrics["baseline_majority_accuracy"] == 0.6
+    assert metrics["train_samples_per_s"] == 40.0 and "train_num_processes" not in metrics
+    tags = run.data.tags
+    assert tags["workbook.standin"] == "true" and tags["workbook.data_fingerprint"] == "abc123"
+    assert tags["workbook.model_dir"] == str((out / "model").resolve())
+    assert client.get_experiment(run.info.experiment_id).name == "01_finbert_financial_sentiment"
+    assert {a.path for a in client.list_artifacts(tracker.run_id, "plots")} == {"plots/history.png"}
+    assert (store / "mlflow.db").exists()
+    assert [e["step"] for e in artifacts.read_metrics(out)["evaluations"]] == [10, 20]
+    frame = tracking.runs_frame("01_finbert_financial_sentiment")
+    assert len(frame) == 1 and frame.loc[0, "metrics.test_macro_f1"] == 0.77
+
+
+def test_tracking_off_and_a_broken_store_never_fail_the_run(store, tmp_path, monkeypatch, capsys):
+    off = tracking.begin("01_finbert_financial_sentiment", {"LR": 1e-4}, tmp_path / "off", enabled=False)
+    assert off.client is None and not (store / "mlflow.db").exists()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no-such-dir/mlflow.db")  # cannot be created
+    tracker = _finish_a_run(tmp_path / "broken", [(5, {"loss": 1.0, "macro_f1": 0.4})])
+    said = capsys.readouterr().out
+    assert "tracking: could not start the MLflow run" in said and "goes on untracked" in said
+    assert tracker.client is None
+    assert artifacts.read_metrics(tmp_path / "broken")["test"]["accuracy"] == 0.81  # the run's results are all there
+
+
+def test_a_trial_is_pruned_by_the_median_pruner_but_never_at_its_last_evaluation(store, monkeypatch, tmp_path, capsys):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0))
+    good = study.ask()
+    for step, value in [(10, 0.6), (20, 0.7)]:
+        good.report(value, step)
+    study.tell(good, 0.7)
+    for last, expected in [(True, False), (False, True)]:
+        trial = study.ask()
+        monkeypatch.setenv(tracking.TRIAL_ENV, json.dumps({"storage": storage, "study": "s", "trial": trial.number,
+                                                           "metric": "macro_f1",
+                                                           "pruner": {"n_startup_trials": 1}}))
+        tracker = tracking.begin("01_finbert_financial_sentiment", {}, tmp_path / f"t{trial.number}", enabled=False)
+        assert tracker.evaluation(10, {"macro_f1": 0.1}, last=last) is expected
+    assert "pruned at step 10 by the median pruner" in capsys.readouterr().out
+
+
+def test_sweep_values_and_ranges_are_parsed_with_clear_errors():
+    assert sweep.parse_axis("LR", "3e-5,1e-4").values == [3e-5, 1e-4]
+    axis = sweep.parse_axis("LR", "1e-5:1e-4:log")
+    assert (axis.low, axis.high, axis.log) == (1e-5, 1e-4, True)
+    assert sweep.parse_axis("NUM_EPOCHS", "1:3").distribution().__class__.__name__ == "IntDistribution"
+    for bad, message in [("1e-4:1e-5", "lower first"), ("0:1:log", "positive"), ("1,1", "twice"),
+                         ("a:b:c:d", "LOW:HIGH")]:
+        with pytest.raises(sweep.SweepError, match=message):
+            sweep.parse_axis("LR", bad)
+    grid_with_range = sweep.Sweep(runner.find_notebook("01"), [sweep.parse_axis("LR", "1e-5:1e-4")], {}, "x")
+    with pytest.raises(sweep.SweepError, match="--trials"):
+        grid_with_range.check()
+    misspelt = sweep.Sweep(runner.find_notebook("01"), [sweep.parse_axis("LRR", "1,2")], {}, "x")
+    with pytest.raises(sweep.SweepError, match="no parameter LRR"):
+        misspelt.check()
+
+
+def _fake_notebook_run(calls, stop_at=None):
+    """Stands in for papermill: writes what a finished notebook writes; macro-F1 peaks near LR 5e-5."""
+    import math
+
+    def run(path, params, *, runs_dir, executed, log_output):
+        calls.append(params)
+        if stop_at is not None and len(calls) == stop_at:
+            raise KeyboardInterrupt  # the sweep is killed in the middle of this trial
+        out = runner.Path(params["OUTPUT_DIR"])
+        out.mkdir(parents=True, exist_ok=True)
+        score = 0.8 - 0.1 * abs(math.log10(params["LR"] / 5e-5))
+        record = {"params": params, "test": {"macro_f1": score - 0.02}, "train": {"wall_s": 1.0},
+                  "evaluations": [{"step": 10, "macro_f1": score - 0.1}, {"step": 20, "macro_f1": score}]}
+        (out / "metrics.json").write_text(json.dumps(record))
+        (out / "run.json").write_text(json.dumps({"params": params, "finished": True}))
+        return runner.RunResult(path.stem, "ok", 1.0, executed, out, record)
+
+    return run
+
+
+def test_an_interrupted_optuna_sweep_resumes_with_the_remaining_trials_only(store):
+    job = sweep.Sweep(runner.find_notebook("01"), [sweep.parse_axis("LR", "1e-5:1e-4:log")], {"SMOKE": True},
+                      "resume-test", trials=4)
+    first: list = []
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(job, run_fn=_fake_notebook_run(first, stop_at=3))  # killed during the third trial
+    again: list = []
+    sweep.run(job, run_fn=_fake_notebook_run(again))
+    assert len(first) == 3 and len(again) == 2  # 2 finished + 2 more; the cut-off one is marked failed
+    import optuna
+
+    study = optuna.load_study(study_name="resume-test", storage=f"sqlite:///{store / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4 and states.count("FAIL") == 1
+    assert len({round(t.params["LR"], 12) for t in study.trials}) == 5  # the resumed sampler drew new points
+    report = (job.folder / "report.md").read_text()
+    assert f"Best run: **trial-{study.best_trial.number:03d}**" in report
+    sweep.run(job, run_fn=_fake_notebook_run(again))  # nothing left to do
+    assert len(again) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.notebook
+def test_a_grid_sweep_of_notebook_01_gives_two_tracked_runs_and_a_report(store, tmp_path):
+    from helpers import cli
+
+    code = cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)])
+    assert code == 0
+    folder = store / "sweep-01-lr"
+    runs = tracking.runs_frame("sweep-01-lr")
+    assert sorted(runs["params.LR"]) == ["0.0001", "3e-05"] and set(runs["status"]) == {"FINISHED"}
+    assert runs["metrics.test_macro_f1"].between(0, 1).all() and runs["metrics.val_macro_f1"].notna().all()
+    report = (folder / "report.md").read_text()
+    rows = [compare.load_run(folder / name) for name in ("lr-3e-05", "lr-0.0001")]
+    best = max(rows, key=lambda r: r.objective("macro_f1", "maximize"))
+    assert f"Best run: **{best.name}**" in report and f"★ {best.name}" in report
+    assert (folder / "plots" / "metric_vs_LR.png").stat().st_size > 5000
+    assert (folder / "plots" / "validation_curves.png").stat().st_size > 5000
+    assert "<table>" in (folder / "report.html").read_text()
+    # the same runs, compared again from the command line
+    assert cli.main(["compare", str(folder / "lr-3e-05"), str(folder / "lr-0.0001"), "--out", str(tmp_path / "c")]) == 0
+    assert f"Best run: **{best.name}**" in (tmp_path / "c" / "report.md").read_text()
+    # a second identical command keeps the finished runs
+    before = os.path.getmtime(folder / "lr-3e-05" / "metrics.json")
+    assert cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)]) == 0
+    assert os.path.getmtime(folder / "lr-3e-05" / "metrics.json") == before
