@@ -10,7 +10,7 @@ LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: strip setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
+.PHONY: ui strip setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
 	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
 	@echo "make bench-serve - workbook serve, micro-batching on vs off, 1/8/32 clients: requests/s, p50/p99"
+	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
@@ -70,6 +71,10 @@ LAB_ARGS ?=
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks --port=$(or $(PORT),8888) --ip=$(IP) \
 	  $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+# Every notebook run is tracked in runs/mlflow.db (or MLFLOW_TRACKING_URI); this shows them.
+ui: setup
+	$(VENV)/bin/workbook ui --port $(or $(UI_PORT),5000)
 
 # After working in the tracked notebooks in JupyterLab: drop outputs, counts and saved widget state
 # before committing (tests/test_runner.py checks it); cell tags (parameters) stay.

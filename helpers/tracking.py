@@ -98,12 +98,19 @@ def experiment_id(mlflow_client, name: str, uri: str | None = None) -> str:
     location = None
     if is_local(uri):
         location = (Path(uri[len("sqlite:///"):]).parent / ARTIFACTS_DIR).resolve().as_uri()
-    return mlflow_client.create_experiment(name, artifact_location=location)
+    # "Model training" (a runs table with params and metrics) in MLflow 3's UI, not its GenAI traces view.
+    return mlflow_client.create_experiment(name, artifact_location=location,
+                                           tags={"mlflow.experimentKind": "custom_model_development"})
 
 
 def _flat(prefix: str, section: dict[str, Any] | None) -> dict[str, float]:
     return {f"{prefix}{k}": float(v) for k, v in (section or {}).items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v}  # v == v: not NaN
+
+
+def _fingerprint(value: Any) -> str:
+    """The data's sha256 (metrics.json keeps {"rows": ..., "sha256": ...})."""
+    return str(value.get("sha256", "")) if isinstance(value, dict) else str(value or "")
 
 
 def _one_line(err: BaseException) -> str:
@@ -191,7 +198,7 @@ class Tracker:
                    "wall_s": round(time.time() - self.started, 2)}
         tags = {"workbook.standin": str(bool(model.get("standin") or data.get("standin"))).lower(),
                 "workbook.model_used": str(model.get("used", "")), "workbook.data_used": str(data.get("used", "")),
-                "workbook.data_fingerprint": str(data.get("fingerprint", "")),
+                "workbook.data_fingerprint": _fingerprint(data.get("fingerprint")),
                 "workbook.model_dir": str(folders[0]) if folders else "",
                 "workbook.status": "pruned" if self.pruned_at is not None else "finished"}
         self._log(metrics, step=self.evals[-1]["step"] if self.evals else 0, tags=tags)
