@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +55,10 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
 
         adapter = json.loads((folder / "adapter_config.json").read_text())
         base = info.get("base_model_path") or adapter["base_model_name_or_path"]
-        model = PeftModel.from_pretrained(auto.from_pretrained(base), folder)
+        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5: not the caller's matter
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated",
+                                    category=FutureWarning)
+            model = PeftModel.from_pretrained(auto.from_pretrained(base), folder)
     else:
         model = auto.from_pretrained(folder)
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder)

@@ -40,8 +40,9 @@ def adapter_dir(tmp_path_factory, plain_t5_dir):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(plain_t5_dir),
-                           LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, target_modules=["q", "v"]))
+    with hp.models.quiet_peft():  # peft's deprecation warning about transformers, not under test here
+        model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(plain_t5_dir),
+                               LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, target_modules=["q", "v"]))
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(plain_t5_dir).save_pretrained(folder)

@@ -193,10 +193,10 @@ def test_a_saved_summarizer_loads_back_and_summarizes_the_same(pythia, tmp_path)
 
 def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_path):
     """What notebook 05 ships: the adapter alone and a merged model, both loading back the same."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel
 
     base_dir = t5.source.used
-    model = get_peft_model(hp.models.load_generator(base_dir, kind="seq2seq").model,
+    model = hp.models.add_lora(hp.models.load_generator(base_dir, kind="seq2seq").model,
                            LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16, target_modules=["q", "v"]))
     counts = hp.models.count_parameters(model)
     assert 0 < counts.trainable < 0.1 * counts.total
@@ -213,8 +213,9 @@ def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_pat
     adapter_dir = hp.artifacts.save_model(tmp_path, model, t5.tokenizer, task="summarization-seq2seq", info=info,
                                           subdir="adapter")
     assert (adapter_dir / "adapter_config.json").exists() and not (adapter_dir / "config.json").exists()
-    merged = PeftModel.from_pretrained(hp.models.load_generator(base_dir, kind="seq2seq").model,
-                                       adapter_dir).merge_and_unload()
+    with hp.models.quiet_peft():
+        merged = PeftModel.from_pretrained(hp.models.load_generator(base_dir, kind="seq2seq").model,
+                                           adapter_dir).merge_and_unload()
     model_dir = hp.artifacts.save_model(tmp_path, merged, t5.tokenizer, task="summarization-seq2seq", info=info)
     assert hp.artifacts.folder_size_mb(adapter_dir) < hp.artifacts.folder_size_mb(model_dir)
 
