@@ -3,7 +3,9 @@
     python -m bench.run [--model M] [--data-source FILE] [--epochs N] [--device cuda] ...
 
 (a) the seeds' way (`Trainer`, pad to MAX_LENGTH, fp32), (b) a well-tuned `Trainer` (dynamic padding,
-length grouping, bf16 where supported), (c) the workbook's loop. Each run is its own process, so peak
+length grouping, bf16 where supported), (c) the workbook's loop, (d) the plain PyTorch floor: the same
+batches through forward, backward and AdamW only, the most a loop reaches without computing less. Each
+run is its own process, so peak
 resident memory is its own. (b) and (c) run `--repeats` times, alternating, and report their median
 run: on a shared 2-core machine one run varies by about +-5%. Then the generation benchmark.
 Writes bench/results.json and bench/results.md and prints the table. See docs/benchmarks.md.
@@ -22,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAMES = {"seed_trainer": "(a) seeds' Trainer: pad to max, fp32", "tuned_trainer": "(b) tuned Trainer",
-         "loop": "(c) workbook loop"}
+         "loop": "(c) workbook loop", "floor": "(d) plain PyTorch floor"}
 # dense bf16 peak TFLOPS (no sparsity) of common GPUs, for model FLOPs utilization
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
                     "A6000": 155.0, "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0}
@@ -48,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--target-accuracy", type=float, default=0.9, help="validation accuracy for 'time to target'")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None)
-    p.add_argument("--variants", default="seed_trainer,tuned_trainer,loop")
+    p.add_argument("--variants", default="seed_trainer,tuned_trainer,loop,floor",
+                   help="(d) floor: the same batches through forward, backward and AdamW only, in plain PyTorch")
     p.add_argument("--repeats", type=int, default=3,
                    help="runs of (b) and (c), interleaved, one seed each (seed, seed+1, ...): speed is the median "
                         "run, accuracy the mean and spread over the seeds (a is run once: it is slow)")
@@ -202,6 +205,11 @@ def main(argv=None) -> int:
         if c.get("peak_gpu_mb") and b.get("peak_gpu_mb"):
             targets["(c) peak GPU memory <= (b)"] = c["peak_gpu_mb"] <= b["peak_gpu_mb"]
 
+    if {"tuned_trainer", "floor"} <= set(results):
+        ratios["d_over_b"] = results["floor"]["train_samples_per_s"] / results["tuned_trainer"]["train_samples_per_s"]
+    if {"loop", "floor"} <= set(results):
+        ratios["c_over_d"] = results["loop"]["train_samples_per_s"] / results["floor"]["train_samples_per_s"]
+
     generation = {}
     if not args.skip_generation:
         from bench import generation as gen
@@ -222,6 +230,10 @@ def main(argv=None) -> int:
               f"({sp['macro_f1_spread']:.4f}), {sp['seeds']} seeds" for v, sp in spread.items()), ""]
     if ratios:
         md.append("Ratios: " + ", ".join(f"{k.replace('_over_', '/')} = {v:.2f}x" for k, v in ratios.items()))
+        if "d_over_b" in ratios:
+            md.append("(d) is forward, backward and AdamW in plain PyTorch on the same batches and nothing else: "
+                      "(d)/(b) is the most a loop can gain over the tuned Trainer without computing less (in this "
+                      "precision); (c)/(d) above 1 is what the loop's CPU fast paths compute less.")
         md.append("")
     if any(r.get("mfu") for r in results.values()):
         md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x params x tokens/s vs bf16 peak): "

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import time
 from pathlib import Path
 
-VARIANTS = ("seed_trainer", "tuned_trainer", "loop")
+VARIANTS = ("seed_trainer", "tuned_trainer", "loop", "floor")
 LABELS = ["negative", "neutral", "positive"]
 
 
@@ -178,6 +179,51 @@ def run_loop(args) -> dict:
             "evals": evals, "test": result.metrics, "rss_before_train_mb": rss_before}
 
 
+def run_floor(args) -> dict:
+    """(d) The plain PyTorch floor: forward, backward, AdamW and the schedule on the same length-grouped
+    batches as (c), and nothing else (no evaluation, loss logging, clipping, checkpoints or fast
+    paths). A loop that computes the same things cannot be much faster on this machine in this
+    precision; only computing less (the loop's CPU fast paths) or cheaper (bf16 hardware) can."""
+    import torch
+    from transformers import get_scheduler
+
+    import helpers as hp
+
+    model, tokenizer = load_model(args)
+    data = load_data(args, tokenizer, pad_to_max=False)
+    rows = hp.batching.as_rows(data["train"])
+    torch.manual_seed(args.seed)
+    sampler = hp.batching.LengthGroupedBatchSampler(rows.lengths, args.batch_size, seed=args.seed)
+    collate = hp.batching.PadCollator(tokenizer.pad_token_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    steps = math.ceil(len(sampler) * args.epochs)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * steps),
+                              num_training_steps=steps)
+    device = torch.device("cpu")
+    precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
+    rss_before = _rss_mb()
+    model.train()
+    done, samples, start = 0, 0, time.perf_counter()
+    while done < steps:
+        for ids in sampler:
+            batch = collate([rows[i] for i in ids])
+            with hp.device.autocast(device, precision):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            done, samples = done + 1, samples + len(ids)
+            if done == steps:
+                break
+    train_s = time.perf_counter() - start
+    result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
+                         pad_token_id=tokenizer.pad_token_id, progress=False)
+    return {"precision": precision, "train_s": train_s, "eval_s": 0.0, "wall_s": train_s, "samples": samples,
+            "train_samples_per_s": samples / train_s, "evals": [], "test": result.metrics,
+            "rss_before_train_mb": rss_before}
+
+
 def main(argv=None) -> int:
     global LABELS
     args = parse_args(argv)
@@ -189,6 +235,8 @@ def main(argv=None) -> int:
 
     if args.variant == "loop":
         result = run_loop(args)
+    elif args.variant == "floor":
+        result = run_floor(args)
     else:
         result = run_trainer(args, tuned=args.variant == "tuned_trainer")
     result.update(variant=args.variant, peak_rss_mb=_rss_mb(),
