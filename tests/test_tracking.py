@@ -177,3 +177,22 @@ def test_a_grid_sweep_of_notebook_01_gives_two_tracked_runs_and_a_report(store, 
     before = os.path.getmtime(folder / "lr-3e-05" / "metrics.json")
     assert cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)]) == 0
     assert os.path.getmtime(folder / "lr-3e-05" / "metrics.json") == before
+
+
+def test_only_this_machines_dead_trials_are_marked_failed_on_resume(tmp_path):
+    """A shared study: a trial whose sweep process died here is failed; another machine's running trial is not."""
+    import socket
+    import subprocess
+
+    import optuna
+
+    study = optuna.create_study(study_name="shared", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine, theirs = study.ask(), study.ask()
+    mine.set_user_attr("host", socket.gethostname())
+    mine.set_user_attr("pid", dead.pid)
+    theirs.set_user_attr("host", "another-machine")
+    theirs.set_user_attr("pid", dead.pid)
+    assert sweep._mark_stale_trials(study) == [mine.number]
+    assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
