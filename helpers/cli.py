@@ -249,11 +249,19 @@ def _cmd_predict(args) -> int:
     if not texts:
         print("error: no text given; pass texts as arguments or one per line on stdin", file=sys.stderr)
         return 2
+    from transformers.utils import logging as hf_logging
+
+    from .serve import describe_model
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars on a command's stderr are noise
     try:
         model = inference.load(args.folder, base_model=args.base_model)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    notice = describe_model(model.info, str(args.folder))[2]
+    if notice:  # on stderr, so --json output stays plain JSON
+        print(f"note: {notice}", file=sys.stderr)
     if model.task == "text-classification":
         inputs = texts
         if getattr(model, "takes_pairs", False):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    base_model = info.get("base_model") or {}
+    if base_model.get("standin"):  # said once, in the deployment's log: the answers are not the real model's
+        print(f"score.py: {folder} was fine-tuned from an offline stand-in for {base_model.get('requested')}; "
+              "its predictions show that the code works, not how good that model is", file=sys.stderr)
     _LOADED = {"folder": folder, "task": task, "info": info, "model": model.to(device).eval(),
                "tokenizer": tokenizer, "device": device}
     return _LOADED

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from conftest import chrome_available, open_chrome
@@ -250,3 +251,24 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
         server.shutdown()
     assert label == expected and posted == expected
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+def test_predictions_from_a_stand_in_say_so_on_the_command_line_and_in_score_py(classifier_dir, tmp_path, capsys):
+    """Wherever a prediction is shown, a stand-in is named: `workbook predict` on stderr (its --json stays
+    JSON), score.py once when it loads."""
+    from helpers import cli
+
+    standin = tmp_path / "standin-model"
+    shutil.copytree(classifier_dir, standin)
+    info = json.loads((standin / "workbook.json").read_text())
+    (standin / "workbook.json").write_text(json.dumps(
+        {**info, "base_model": {"requested": "ProsusAI/finbert", "used": "/x", "standin": True}}))
+    assert cli.main(["predict", str(standin), HEADLINES[0], "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["label"] and "stand-in" in out.err and "ProsusAI/finbert" in out.err
+    assert cli.main(["predict", str(classifier_dir), HEADLINES[0]]) == 0
+    assert "stand-in" not in capsys.readouterr().err  # a real base model: no note
+    shutil.copy(Path(hp.__file__).parent / "score_template.py", standin / "score.py")
+    proc = subprocess.run([sys.executable, "-c", "import score; print(score.predict_sentiment('Profit rose.'))"],
+                          cwd=standin, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "offline stand-in for ProsusAI/finbert" in proc.stderr
