@@ -179,6 +179,9 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
     if standins:
         lines += ["", f"Offline stand-ins were used in: {', '.join(standins)}. Their numbers show the code works, "
                       "not how good the requested models are (see README, 'Offline first')."]
+    if any((r.metrics.get("params") or {}).get("TRACKING", True) for r in results):
+        lines += ["", "Each run is also tracked in MLflow (runs/mlflow.db, or MLFLOW_TRACKING_URI): `make ui` shows "
+                      "them side by side; `workbook sweep` runs a notebook over parameter values."]
     runs_dir = Path(runs_dir)
     path = runs_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")

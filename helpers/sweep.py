@@ -219,6 +219,7 @@ def run_grid(sweep: Sweep, *, run_fn: Runner = runner.run_notebook, log_output: 
         results.append(result)
         write_report(sweep, labels)
     report = write_report(sweep, labels)
+    print(report.read_text(encoding="utf-8").split("\n\n")[1].replace("**", ""))  # "Best run: ..."
     print(f"report: {report}")
     return results
 

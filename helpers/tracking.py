@@ -153,7 +153,12 @@ class Tracker:
                 params = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
                           for k, v in sorted(self.params.items())]
                 self.client.log_batch(self.run_id, params=params, tags=[RunTag("workbook.status", "running")])
-            where = "runs/" + DB_FILE if is_local(self.uri) else self.uri
+            where = self.uri
+            if is_local(self.uri):
+                from .data import PROJECT_ROOT
+
+                db = Path(self.uri[len("sqlite:///"):])
+                where = str(db.relative_to(PROJECT_ROOT)) if db.is_relative_to(PROJECT_ROOT) else str(db)
             print(f"tracking: MLflow run {self.run_id[:8]} in experiment {experiment!r} ({where}; "
                   "TRACKING=False turns it off)")
         except Exception as err:  # noqa: BLE001 - tracking must never fail the run
