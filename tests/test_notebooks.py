@@ -115,10 +115,10 @@ def test_notebook_04_summarization_offline(tmp_path):
     assert m["model"]["requested"] == "EleutherAI/pythia-70m" and m["model"]["standin"] is True
     assert m["data"]["requested"] == "zqz979/meta-review" and m["data"]["standin"] is True
     for part in ("test", "baseline"):
-        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "repeated_3grams", "loss"}
+        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "repeated_3grams", "validation_loss"}
         assert all(0 <= m[part][k] <= 100 for k in ("rouge1", "rouge2", "rougeL"))
     assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
-    assert m["test"]["loss"] < m["baseline"]["loss"]
+    assert m["test"]["validation_loss"] < m["baseline"]["validation_loss"]
     assert m["decoding"]["greedy + no_repeat_ngram 3"]["repeated_3grams"] == 0
     out = result.output_dir
     table = pd.read_csv(out / "examples.csv")
@@ -157,7 +157,7 @@ def test_notebook_05_lora_offline(tmp_path):
     assert m["data"]["requested"] == "EdinburghNLP/xsum" and m["data"]["standin"] is True
     assert m["model"]["trainable_parameters"] < 0.1 * m["model"]["total_parameters"]
     for part in ("test", "baseline"):
-        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "loss"}
+        assert set(m[part]) >= {"rouge1", "rouge2", "rougeL", "validation_loss"}
     assert m["train"]["final_train_loss"] < m["train"]["first_train_loss"]
     assert m["precision"] in ("bf16", "fp32")
     assert m["reload_check"] == {"articles": 8, "identical": True, "variants": ["merged", "adapter"]}
