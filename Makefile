@@ -20,7 +20,7 @@ help:
 	@echo "make strip  - clear outputs and widget state from notebooks/*.ipynb after working in them (before a commit)"
 	@echo "make kernel - register this checkout's kernel for a JupyterLab outside .venv (OCI, Domino)"
 	@echo "make setup  - virtual environment + pinned requirements + helpers + Jupyter kernel"
-	@echo "make bench  - Trainer (seeds' way, tuned) vs the workbook loop, and generation speed"
+	@echo "make bench  - on real data: Trainer (seeds' way, tuned) vs the workbook loop vs the plain PyTorch floor; generation"
 	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
 	@echo "make bench-serve - workbook serve, micro-batching on vs off, 1/8/32 clients: requests/s, p50/p99"
 	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
