@@ -140,7 +140,10 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     error = None
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, cwd=str(path.parent),
-                                   log_output=log_output, progress_bar=False, kernel_name=kernel_name)
+                                   log_output=log_output, progress_bar=False, kernel_name=kernel_name,
+                                   # ipykernel 7 warns on every start that its local TCP sockets (127.0.0.1,
+                                   # HMAC-signed) are not encrypted: the kernel app's own log, errors only
+                                   extra_arguments=["--IPKernelApp.log_level=ERROR"])
     except papermill.PapermillExecutionError as err:
         error = f"{err.ename}: {err.evalue}".splitlines()[0]
     except Exception as err:  # kernel died, notebook unreadable...
