@@ -137,12 +137,19 @@ def _cmd_run(args) -> int:
         from pathlib import Path
 
         kwargs["runs_dir"] = Path(args.runs_dir).expanduser().resolve()
-        os.environ["WORKBOOK_RUNS_DIR"] = str(kwargs["runs_dir"])  # the MLflow store goes with the runs
+    before = os.environ.get("WORKBOOK_RUNS_DIR")
+    if args.runs_dir:  # the MLflow store goes with the runs, for these runs only
+        os.environ["WORKBOOK_RUNS_DIR"] = str(kwargs["runs_dir"])
     try:
         results = runner.run_many(args.notebooks, params, **kwargs)
     except runner.RunnerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        if before is None:
+            os.environ.pop("WORKBOOK_RUNS_DIR", None)
+        else:
+            os.environ["WORKBOOK_RUNS_DIR"] = before
     failed = [r.notebook for r in results if r.status != "ok"]
     if failed:
         print(f"{len(failed)} of {len(results)} notebooks failed: {', '.join(failed)}", file=sys.stderr)

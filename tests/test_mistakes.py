@@ -110,14 +110,19 @@ def test_summary_keeps_the_whole_error_with_its_fix(tmp_path):
 
 def test_verbose_run_configures_logging(monkeypatch, tmp_path):
     import logging
+    import os
 
     from helpers import cli
 
     seen = {}
-    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(kw) or [])
+    before = os.environ.get("WORKBOOK_RUNS_DIR")
+    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(
+        kw, store=os.environ.get("WORKBOOK_RUNS_DIR")) or [])
     monkeypatch.setattr(logging.getLogger(), "handlers", [])
     assert cli.main(["run", "01", "-v", "--runs-dir", str(tmp_path)]) == 0
     assert seen["log_output"] is True and logging.getLogger().level == logging.INFO
+    # the runs' MLflow store goes with --runs-dir during the run, and the caller's setting is back after it
+    assert seen["store"] == str(tmp_path.resolve()) and os.environ.get("WORKBOOK_RUNS_DIR") == before
 
 
 @pytest.mark.parametrize("content,needle", [
