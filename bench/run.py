@@ -125,10 +125,11 @@ def table(results: dict, target: float) -> str:
     for key, r in results.items():
         ttt = r.get("time_to_target_s")
         every = r.get("samples_per_s_runs", [])
+        ttt_text = f"{ttt:.1f}" if ttt is not None else "not reached" if r.get("evals") else "- (no evaluations)"
         speed = f"{r['train_samples_per_s']:.1f}" + (f" ({', '.join(f'{x:.1f}' for x in every)})"
                                                     if len(every) > 1 else "")
         rows.append(f"| {NAMES[key]} | {r['precision']} | {speed} | "
-                    f"{'not reached' if ttt is None else f'{ttt:.1f}'} | {r['test']['accuracy']:.4f} | "
+                    f"{ttt_text} | {r['test']['accuracy']:.4f} | "
                     f"{r['test']['macro_f1']:.4f} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(rows)
 
