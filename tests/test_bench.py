@@ -48,3 +48,14 @@ def test_no_excuses_where_the_targets_are_met_or_the_hardware_is_not_the_reason(
         targets = {name: True for name in targets}
     info = {"gpu": "NVIDIA H100"} if case == "gpu" else {}
     assert run.miss_reasons(resolved([], False), info, results, ratios, targets) == []
+
+
+def test_a_missed_serving_target_is_explained_by_the_model_s_own_cost():
+    from bench import serve
+
+    runs = {"off": {"32": {"requests_per_s": 50.5}}, "on": {"32": {"requests_per_s": 80.5}}}
+    results = {"classifier": runs, "classifier_cost": {"ms_per_text_batch_1": 16.2, "ms_per_text_batch_32": 11.0}}
+    (line,) = serve.miss_reasons(results, [1, 8, 32])
+    assert "16.2 ms per text one at a time" in line and "11.0 ms" in line and "91 texts/s at most, 1.8x" in line
+    runs["on"]["32"]["requests_per_s"] = 160.0  # 3.2x: nothing to explain
+    assert serve.miss_reasons(results, [1, 8, 32]) == []
