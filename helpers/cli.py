@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         run.add_argument(*flags, dest=param, type=_epochs if param == "NUM_EPOCHS" else kind, default=None,
                          help=f"sets {param}")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                     help="any parameter of the notebook's parameters cell (repeatable)")
+                     help="any parameter of the notebook's parameters cell (repeatable); also as --name VALUE, "
+                          "e.g. --label-names a,b for LABEL_NAMES")
     run.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as CI runs them")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint (RESUME=True)")
     run.add_argument("--overwrite", action="store_true",
@@ -113,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="micro-batching: how long a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="one request per model call")
+    parser.parameter_commands = {"run": run, "sweep": sweep}  # any --NAME VALUE is a parameter there
     return parser
 
 
@@ -307,8 +309,39 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def options_as_parameters(argv: list[str], sub: argparse.ArgumentParser) -> list[str]:
+    """`--label-names A,B` / `--label_names=A,B` -> `-p LABEL_NAMES A,B` for any option `workbook run` or
+    `sweep` does not define itself, so every parameter of `workbook list` can be typed as an option;
+    a misspelt one is then refused by name, with the closest parameter, before anything runs."""
+    known = set(sub._option_string_actions)
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            out += argv[i:]
+            break
+        name, eq, value = token[2:].partition("=")
+        if (token.startswith("--") and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name)
+                and not any(k.startswith("--" + name) for k in known)):  # argparse's prefixes stay its own
+            param = name.upper().replace("-", "_")
+            if not eq:
+                if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                    sub.error(f"--{name} needs a value: --{name} VALUE sets the notebook parameter {param} "
+                              "(`workbook list` shows them)")
+                value = argv[i + 1]
+                i += 1
+            out += ["-p", param, value]
+        else:
+            out.append(token)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in parser.parameter_commands:
+        argv = argv[:1] + options_as_parameters(argv[1:], parser.parameter_commands[argv[0]])
     args, extra = parser.parse_known_args(argv)
     if args.command == "predict" and not any(e.startswith("-") and e != "-" for e in extra):
         args.texts += extra  # texts after an option: `workbook predict DIR --base-model B "text"`

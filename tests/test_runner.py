@@ -45,6 +45,28 @@ def test_seed_job_options_map_onto_parameters(monkeypatch):
                               "DATA_SOURCE": "x.csv", "MAX_LENGTH": 256, "SMOKE": True}
 
 
+def test_every_parameter_can_be_typed_as_an_option(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(names=names, params=params) or [])
+    argv = ["run", "01", "--label-names", "World,Sports,Business,Sci/Tech", "--early_stopping_patience=2",
+            "--text-col", "title+description", "--max-length", "96", "--overw", "--eval-every-steps", "-1"]
+    assert cli.main(argv) == 0
+    assert seen["params"] == {"LABEL_NAMES": "World,Sports,Business,Sci/Tech", "EARLY_STOPPING_PATIENCE": 2,
+                              "TEXT_COL": "title+description", "MAX_LENGTH": 96, "OVERWRITE": True,
+                              "EVAL_EVERY_STEPS": -1}
+
+
+def test_an_option_without_its_value_or_misspelt_is_refused_by_name(capsys, monkeypatch):
+    monkeypatch.setattr(runner, "run_many", lambda *a, **kw: pytest.fail("ran despite a bad option"))
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "01", "--label-names", "--smoke"])
+    assert stop.value.code == 2
+    assert "--label-names needs a value" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cli.main(["run", "01", "--label-nmes", "a,b"]) == 2  # refused before anything runs
+    assert "no parameter 'LABEL_NMES'; did you mean LABEL_NAMES?" in capsys.readouterr().err
+
+
 def test_unknown_parameter_is_refused_with_a_suggestion(tmp_path):
     nb = _notebook(tmp_path / "01_x.ipynb", WRITE_METRICS)
     with pytest.raises(runner.RunnerError, match="did you mean LR"):
