@@ -40,7 +40,7 @@ class DataSource:
 
     requested: str | None
     used: str
-    kind: str  # "file", "hub" or "sample"
+    kind: str  # "file", "folder", "hub" or "sample"
     standin: bool = False
     encoding: str | None = None
     header: bool | None = None
@@ -679,10 +679,10 @@ def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin
     if source_str not in (None, "", "auto"):
         local = find_local_file(source_str)
         if local is not None:
-            if local.is_dir():
-                raise DataError(f"{local} is a folder; point DATA_SOURCE at a data file inside it.")
-            frame, used = read_table(local, columns=columns, header=header, label_values=label_values,
-                                     wanted=wanted, label_col=label_col)
+            read = read_folder if local.is_dir() else read_table
+            options = {"split": hub_split} if local.is_dir() else {}
+            frame, used = read(local, columns=columns, header=header, label_values=label_values, wanted=wanted,
+                               label_col=label_col, **options)
             used.requested = source_str
         elif looks_like_file(source_str):
             raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
@@ -1047,6 +1047,79 @@ def split_files(folder: str | Path) -> dict[str, list[Path]]:
     return found
 
 
+def saved_dataset_splits(folder: str | Path) -> dict[str, Any] | None:
+    """{split: datasets.Dataset} of a folder written by `save_to_disk` (a `DatasetDict`, or one `Dataset`,
+    which counts as the train split); None for any other folder."""
+    folder = Path(folder)
+    if not ((folder / "dataset_dict.json").is_file()
+            or ((folder / "state.json").is_file() and (folder / "dataset_info.json").is_file())):
+        return None
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(folder))
+    except Exception as err:  # noqa: BLE001 - a damaged or partial copy: say what it is and how to redo it
+        raise DataError(f"{folder} is a `save_to_disk` folder that cannot be loaded ({err}); copy the whole folder "
+                        "again, or save it again with `dataset.save_to_disk(...)`.") from err
+    splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+    found = {}
+    for name, split in splits.items():
+        standard = next((s for s, aliases in SPLIT_NAMES.items() if name.lower() in aliases), name)
+        found.setdefault(standard, split)
+    return found
+
+
+def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
+    """One split of a dataset folder as a table: a `save_to_disk` folder, a downloaded Hub dataset
+    (`plain_text/train-00000-of-00004.parquet`, ...: every shard of the split, in order), a folder of split
+    files (`train.csv`, `test.csv`), or a folder of parts of one table (`part-0.parquet`, `part-1.parquet`,
+    the way Spark and pandas write them). `read_options` go to `read_table` for each file. Says what it read."""
+    folder = Path(folder)
+    source = DataSource(requested=str(folder), used=str(folder), kind="folder")
+    saved = saved_dataset_splits(folder)
+    if saved is not None:
+        if split not in saved:
+            raise DataError(f"{folder} (saved with save_to_disk) has the splits {', '.join(saved)}, not {split!r}; "
+                            "pick one of them (hub_split=...) or save that split.")
+        print(f"note: {folder.name} is a saved dataset (save_to_disk); reading its {split} split "
+              f"({saved[split].num_rows:,} rows; splits: {', '.join(saved)})")
+        return saved[split].to_pandas(), source
+    by_split = split_files(folder)
+    if by_split:
+        if split not in by_split:
+            raise DataError(f"{folder} has files for the splits {', '.join(by_split)}, not {split!r} (found "
+                            f"{', '.join(p.name for ps in by_split.values() for p in ps[:2])}); point DATA_SOURCE at "
+                            f"one file, or name the files {split}.csv / {split}-00000-of-00001.parquet.")
+        files = by_split[split]
+    else:
+        data = [p for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts
+                and not p.name.startswith((".", "_")) and p.suffix.lower() in _FILE_SUFFIXES | {".gz"}]
+        kinds = sorted({p.suffix.lower() for p in data})
+        if not data:
+            raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .txt); point "
+                            "DATA_SOURCE at a data file, or at a folder that holds them.")
+        if len(kinds) > 1:
+            raise DataError(f"{folder} holds data files of several kinds ({', '.join(kinds)}) and none is named after "
+                            "a split (train, validation, test); point DATA_SOURCE at one file.")
+        files = data
+    frames = []
+    for path in files:
+        frame, used = read_table(path, **read_options)
+        frames.append(frame)
+        for reason, lines in used.skipped.items():  # unreadable lines stay reported, with their file
+            source.skipped.setdefault(reason, []).extend(f"{path.name}: {line}" for line in lines)
+        source.encoding, source.header = used.encoding, used.header
+    names = [list(f.columns) for f in frames]
+    if any(n != names[0] for n in names):
+        odd = next(p for p, n in zip(files, names) if n != names[0])
+        raise DataError(f"The files of {folder} do not share their columns: {files[0].name} has {names[0]}, "
+                        f"{odd.name} has {list(frames[files.index(odd)].columns)}; make them alike or read one file.")
+    shown = ", ".join(str(p.relative_to(folder)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
+    print(f"note: {folder.name} is a folder; reading {len(files)} file{'s' if len(files) > 1 else ''} as its "
+          f"{split if by_split else 'one'} table: {shown}")
+    return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), source
+
+
 @dataclass
 class LoadedPairSplits:
     """Cleaned train/validation/test source -> target pairs, where they came from, and what was dropped."""
@@ -1062,7 +1135,20 @@ def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool,
     """{split: raw frame} from a folder of split files, a Hub dataset with splits, or one file / sample."""
     local = find_local_file(source) if source not in (None, "", "auto") else None
     if local is not None and local.is_dir():
+        saved = saved_dataset_splits(local)
+        if saved is not None:
+            if "train" not in saved:
+                raise DataError(f"{local} (saved with save_to_disk) has no train split, only {', '.join(saved)}; "
+                                "save the train split too, or point DATA_SOURCE at a data file.")
+            print(f"note: {local.name} is a saved dataset (save_to_disk); using its splits "
+                  + ", ".join(f"{name} ({ds.num_rows:,} rows)" for name, ds in saved.items() if name in SPLIT_NAMES))
+            return ({name: ds.to_pandas() for name, ds in saved.items() if name in SPLIT_NAMES},
+                    DataSource(requested=source, used=str(local), kind="folder"))
         files = split_files(local)
+        if not files:  # parts of one table (part-0.parquet, ...): split it like a single file
+            frame, used = read_folder(local)
+            used.requested = source
+            return {"train": frame}, used
         if "train" not in files:
             raise DataError(f"{local} is a folder without a train file (train.csv, train.jsonl, "
                             "data/train-*.parquet, ...); set DATA_SOURCE to a data file or such a folder.")

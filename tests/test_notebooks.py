@@ -286,6 +286,21 @@ def test_notebook_02_with_a_three_column_review_file(tmp_path):
     assert "majority_accuracy" in result.metrics["baseline"]
 
 
+def test_notebook_02_on_a_downloaded_hub_dataset_folder(tmp_path):
+    """DATA_SOURCE = the folder `hf download fancyzhx/amazon_polarity --repo-type dataset` writes: every
+    train shard is read (the test shard is not), and the run records the folder."""
+    from test_data_folders import _hub_download, _reviews
+
+    root = _hub_download(tmp_path / "amazon_polarity")
+    for k in range(2):  # bigger shards: 120 training reviews
+        _reviews(60, 200 + 60 * k).to_parquet(root / "plain_text" / f"train-0000{k}-of-00002.parquet")
+    result = _run("02", tmp_path, DATA_SOURCE=str(root))
+    data = result.metrics["data"]
+    assert data["kind"] == "folder" and data["used"] == str(root) and data["standin"] is False
+    assert data["rows"] == {"train": 96, "validation": 12, "test": 12}
+    assert "reading 2 files as its train table: plain_text/train-00000-of-00002.parquet" in result.executed.read_text()
+
+
 def _ag_news_layout(path):
     """AG News' layout: header `label,title,description`, topics as 1-based integers."""
     topics = {1: "election vote minister", 2: "match goal season", 3: "shares profit market", 4: "software chip space"}

@@ -1,0 +1,134 @@
+"""Data folders as users have them: a Hub dataset downloaded with `hf download` (sharded parquet per split),
+`save_to_disk` folders, Spark / pandas `part-*.parquet` folders, folders of split files."""
+
+from __future__ import annotations
+
+import datasets
+import pandas as pd
+import pytest
+
+from helpers import data as hd
+
+
+def _reviews(n: int, start: int = 0) -> pd.DataFrame:
+    """amazon_polarity's Hub columns: label (0 negative, 1 positive), title, content."""
+    rows = []
+    for i in range(start, start + n):
+        good = i % 2 == 0
+        verdict = "boils fast and looks nice" if good else "leaked on day two"
+        rows.append({"label": int(good), "title": f"{'Great' if good else 'Awful'} kettle {i}",
+                     "content": f"The kettle number {i} {verdict}."})
+    return pd.DataFrame(rows)
+
+
+def _hub_download(root):
+    """The layout of `hf download fancyzhx/amazon_polarity --repo-type dataset --local-dir root`."""
+    (root / "plain_text").mkdir(parents=True)
+    _reviews(30, 0).to_parquet(root / "plain_text" / "train-00000-of-00002.parquet")
+    _reviews(30, 30).to_parquet(root / "plain_text" / "train-00001-of-00002.parquet")
+    _reviews(20, 100).to_parquet(root / "plain_text" / "test-00000-of-00001.parquet")
+    (root / "README.md").write_text("---\ndataset_info: ...\n---\n")
+    (root / ".cache" / "huggingface").mkdir(parents=True)
+    (root / ".cache" / "huggingface" / "download.lock.parquet").write_text("")
+    return root
+
+
+def test_a_downloaded_hub_dataset_reads_every_shard_of_the_split(tmp_path, capsys):
+    root = _hub_download(tmp_path / "amazon_polarity")
+    loaded = hd.load_labeled_data(root, text_col="title+content", label_col="label",
+                                  label_names="negative,positive")
+    assert len(loaded.dataset) == 60 and loaded.source.kind == "folder"
+    assert set(loaded.dataset["label"]) == {"negative", "positive"}
+    assert "reading 2 files as its train table: plain_text/train-00000-of-00002.parquet" in capsys.readouterr().out
+    test = hd.load_labeled_data(root, text_col="title+content", label_col="label", label_names="negative,positive",
+                                hub_split="test")
+    assert len(test.dataset) == 20 and test.dataset["text"][0].startswith("Great kettle 100")
+
+
+def test_save_to_disk_folders_keep_their_splits(tmp_path, capsys):
+    features = datasets.Features({"label": datasets.ClassLabel(names=["1 star", "2 stars", "3 stars", "4 stars",
+                                                                      "5 stars"]),
+                                  "text": datasets.Value("string")})
+    rows = {"label": [i % 5 for i in range(50)], "text": [f"Review {i}: {i % 5 + 1} stars worth" for i in range(50)]}
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict(rows, features=features),
+                              test=datasets.Dataset.from_dict({k: v[:10] for k, v in rows.items()}, features=features))
+    dd.save_to_disk(str(tmp_path / "yelp"))
+    names = "1 star,2 stars,3 stars,4 stars,5 stars"
+    loaded = hd.load_labeled_data(str(tmp_path / "yelp"), text_col="text", label_col="label", label_names=names)
+    assert len(loaded.dataset) == 50 and loaded.label_names == names.split(",")
+    assert "saved dataset (save_to_disk); reading its train split (50 rows; splits: train, test)" in (
+        capsys.readouterr().out)
+    with pytest.raises(hd.DataError, match="has the splits train, test, not 'validation'"):
+        hd.load_labeled_data(tmp_path / "yelp", text_col="text", label_col="label", hub_split="validation")
+    # one Dataset saved alone is the train split
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "one"))
+    assert len(hd.load_labeled_data(tmp_path / "one", text_col="text", label_col="label",
+                                    label_names=names).dataset) == 50
+
+
+def test_spark_part_files_are_one_table(tmp_path):
+    out = tmp_path / "reviews.parquet"  # Spark names the folder like a file
+    out.mkdir()
+    _reviews(25, 0).to_parquet(out / "part-00000-1f2e.c000.snappy.parquet")
+    _reviews(25, 25).to_parquet(out / "part-00001-1f2e.c000.snappy.parquet")
+    (out / "_SUCCESS").write_text("")
+    (out / ".part-00000-1f2e.c000.snappy.parquet.crc").write_bytes(b"\x00\x01")
+    loaded = hd.load_labeled_data(out, text_col="content", label_col="label", label_names="negative,positive")
+    assert len(loaded.dataset) == 50
+
+
+def test_folders_that_cannot_be_one_table_say_why(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)
+    (empty / "notes" / "README.md").write_text("nothing here")
+    with pytest.raises(hd.DataError, match="folder without data files"):
+        hd.load_labeled_data(empty, text_col="text", label_col="label")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _reviews(10).to_csv(mixed / "a.csv", index=False)
+    _reviews(10).to_parquet(mixed / "b.parquet")
+    with pytest.raises(hd.DataError, match=r"several kinds \(.csv, .parquet\)"):
+        hd.load_labeled_data(mixed, text_col="content", label_col="label")
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    _reviews(10).to_parquet(odd / "train-00000-of-00002.parquet")
+    _reviews(10).rename(columns={"content": "body"}).to_parquet(odd / "train-00001-of-00002.parquet")
+    with pytest.raises(hd.DataError, match="do not share their columns"):
+        hd.load_labeled_data(odd, text_col="content", label_col="label")
+    only_test = tmp_path / "only_test"
+    only_test.mkdir()
+    _reviews(10).to_csv(only_test / "test.csv", index=False)
+    with pytest.raises(hd.DataError, match="has files for the splits test, not 'train'"):
+        hd.load_labeled_data(only_test, text_col="content", label_col="label")
+
+
+def test_unreadable_lines_of_any_file_in_a_folder_are_reported_with_its_name(tmp_path):
+    folder = tmp_path / "glue"
+    folder.mkdir()
+    (folder / "train-a.tsv").write_text("label\tsentence\n1\tfine line\n0\tanother\n")
+    (folder / "train-b.tsv").write_text("label\tsentence\n1\tok\n0\tbad\textra\tfields\n")
+    frame, used = hd.read_folder(folder)
+    assert len(frame) == 3
+    assert any("train-b.tsv" in line for lines in used.skipped.values() for line in lines)
+
+
+def test_summarization_folders_saved_to_disk_or_in_parts(tmp_path, capsys):
+    def articles(n, start=0):
+        return {"document": [f"Article {i}: the council approved plan {i} after a long debate." for i in
+                             range(start, start + n)],
+                "summary": [f"Plan {i} approved." for i in range(start, start + n)],
+                "id": [str(30000000 + i) for i in range(start, start + n)]}
+    dd = datasets.DatasetDict(train=datasets.Dataset.from_dict(articles(40)),
+                              validation=datasets.Dataset.from_dict(articles(5, 100)),
+                              test=datasets.Dataset.from_dict(articles(5, 200)))
+    dd.save_to_disk(str(tmp_path / "xsum"))
+    loaded = hd.load_pair_splits(tmp_path / "xsum", source_col="document", target_col="summary", id_col="id")
+    assert loaded.how == "the dataset's own splits"
+    assert {k: len(v) for k, v in loaded.splits.items()} == {"train": 40, "validation": 5, "test": 5}
+    assert "using its splits train (40 rows), validation (5 rows), test (5 rows)" in capsys.readouterr().out
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pd.DataFrame(articles(30)).to_json(parts / "part-0.jsonl", orient="records", lines=True)
+    pd.DataFrame(articles(30, 30)).to_json(parts / "part-1.jsonl", orient="records", lines=True)
+    loaded = hd.load_pair_splits(parts, source_col="document", target_col="summary", id_col="id")
+    assert loaded.how == "a seeded 80/10/10 split" and sum(len(v) for v in loaded.splits.values()) == 60
