@@ -1069,6 +1069,16 @@ def saved_dataset_splits(folder: str | Path) -> dict[str, Any] | None:
     return found
 
 
+def _one_configuration(folder: Path, files: list[Path]) -> None:
+    """Refuse files of one split spread over sibling folders: a downloaded Hub dataset with several
+    configurations (`glue/cola/train-*.parquet`, `glue/sst2/train-*.parquet`) would otherwise be mixed."""
+    parents = sorted({p.parent for p in files})
+    if len(parents) > 1:
+        shown = ", ".join(str(p.relative_to(folder)) for p in parents[:6]) + (", ..." if len(parents) > 6 else "")
+        raise DataError(f"{folder} holds the same split in {len(parents)} folders ({shown}): configurations of one "
+                        f"dataset, not one table; point DATA_SOURCE at one of them, e.g. {parents[0]}.")
+
+
 def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
     """One split of a dataset folder as a table: a `save_to_disk` folder, a downloaded Hub dataset
     (`plain_text/train-00000-of-00004.parquet`, ...: every shard of the split, in order), a folder of split
@@ -1102,6 +1112,7 @@ def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> 
             raise DataError(f"{folder} holds data files of several kinds ({', '.join(kinds)}) and none is named after "
                             "a split (train, validation, test); point DATA_SOURCE at one file.")
         files = data
+    _one_configuration(folder, files)
     frames = []
     for path in files:
         frame, used = read_table(path, **read_options)
@@ -1152,6 +1163,8 @@ def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool,
         if "train" not in files:
             raise DataError(f"{local} is a folder without a train file (train.csv, train.jsonl, "
                             "data/train-*.parquet, ...); set DATA_SOURCE to a data file or such a folder.")
+        for paths in files.values():
+            _one_configuration(local, paths)
         frames = {split: pd.concat([read_table(f)[0] for f in paths], ignore_index=True)
                   for split, paths in files.items()}
         return frames, DataSource(requested=source, used=str(local), kind="folder")

@@ -132,3 +132,20 @@ def test_summarization_folders_saved_to_disk_or_in_parts(tmp_path, capsys):
     pd.DataFrame(articles(30, 30)).to_json(parts / "part-1.jsonl", orient="records", lines=True)
     loaded = hd.load_pair_splits(parts, source_col="document", target_col="summary", id_col="id")
     assert loaded.how == "a seeded 80/10/10 split" and sum(len(v) for v in loaded.splits.values()) == 60
+
+
+def test_a_hub_download_with_several_configurations_is_not_mixed(tmp_path):
+    """`hf download nyu-mll/glue --repo-type dataset`: cola/ and sst2/ share their columns; mixing them
+    would be silent nonsense."""
+    for config in ("cola", "sst2"):
+        (tmp_path / "glue" / config).mkdir(parents=True)
+        pd.DataFrame({"sentence": [f"{config} sentence {i}" for i in range(10)], "label": [i % 2 for i in range(10)],
+                      "idx": range(10)}).to_parquet(tmp_path / "glue" / config / "train-00000-of-00001.parquet")
+    with pytest.raises(hd.DataError, match=r"same split in 2 folders \(cola, sst2\).*e\.g\. .*glue/cola"):
+        hd.load_labeled_data(tmp_path / "glue", text_col="sentence", label_col="label")
+    assert len(hd.load_labeled_data(tmp_path / "glue" / "sst2", text_col="sentence", label_col="label").dataset) == 10
+    for config in ("cola", "sst2"):
+        pd.DataFrame({"document": ["a b c"], "summary": ["a"]}).to_json(
+            tmp_path / "glue" / config / "test.jsonl", orient="records", lines=True)
+    with pytest.raises(hd.DataError, match="same split in 2 folders"):
+        hd.load_pair_splits(tmp_path / "glue", source_col="document", target_col="summary")
