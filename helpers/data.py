@@ -26,7 +26,7 @@ from . import hub, samples
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"
 
-_FILE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt"}
+_FILE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".xlsx", ".xlsm"}
 _MOJIBAKE = re.compile(r"Ã.|â€|Â[^\w\s]|\ufffd")
 
 
@@ -305,7 +305,7 @@ def _read_delimited(text: str, path: Path, delimiter: str, header: bool, names: 
 def read_table(path: str | Path, *, columns: list[str] | None = None, header: bool | None = None,
                label_values: list[str] | None = None, sep: str | None = None, wanted: list[str] | None = None,
                label_col: str | None = None) -> tuple[pd.DataFrame, DataSource]:
-    """Read CSV / TSV / JSONL / parquet (also gzip- or zip-compressed) into strings.
+    """Read CSV / TSV / JSONL / parquet (also gzip- or zip-compressed) or an Excel sheet (.xlsx) into a table.
 
     Detects the encoding (UTF-8, UTF-16 with a BOM, else latin-1), the delimiter and a missing header.
     `columns` names the columns of a headerless file (the Kaggle `all-data.csv` has none:
@@ -322,6 +322,11 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path), source
+        if suffix in (".xlsx", ".xlsm"):
+            return _read_excel(path, columns, header, wanted, label_values), source
+        if suffix in (".xls", ".ods", ".numbers"):
+            raise DataError(f"{path.name} is a {suffix} spreadsheet, which is not read here; save it as .xlsx or "
+                            "as CSV (UTF-8) and set DATA_SOURCE to that file.")
         raw = path.read_bytes()
     except OSError as err:
         raise DataError(f"Cannot read {path} ({err.strerror or err}); check the path and its permissions.") from err
@@ -371,6 +376,42 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         print(f"note: {path.name} has header {list(frame.columns)}; reading it as {list(columns)} (same layout)")
         frame.columns = list(columns)
     return frame, source
+
+
+def _read_excel(path: Path, columns: list[str] | None, header: bool | None, wanted: list[str] | None,
+                label_values: list[str] | None) -> pd.DataFrame:
+    """The first sheet of an Excel workbook (the others are named), as read_table reads a CSV: cells as
+    strings where they are text, a missing header detected the same way."""
+    try:
+        sheets = pd.read_excel(path, sheet_name=None, header=None, dtype=object)
+    except Exception as err:  # noqa: BLE001 - openpyxl raises many kinds for damaged or protected files
+        raise DataError(f"Cannot read {path} as an Excel workbook ({err}); open it in Excel and save it again, or "
+                        "export the sheet as CSV.") from err
+    name, raw = next(iter(sheets.items()))
+    raw = raw.dropna(how="all").dropna(axis=1, how="all")  # blank rows and columns around the table
+    if raw.empty:
+        raise DataError(f"The first sheet of {path} ({name!r}) is empty; put the table on the first sheet.")
+    if len(sheets) > 1:
+        print(f"note: {path.name} has {len(sheets)} sheets ({', '.join(map(str, sheets))}); "
+              f"reading the first, {name!r}")
+    rows = [["" if pd.isna(v) else str(v).strip() for v in raw.iloc[i]] for i in range(min(10, len(raw)))]
+    at = next((i for i, row in enumerate(rows) if wanted and set(wanted) <= set(row)), 0)
+    if at:  # a title or notes above the table: its header is the first row that names the wanted columns
+        print(f"note: {path.name}: the table's header is on row {raw.index[at] + 1} of the sheet; "
+              f"the {at} row{'s' if at > 1 else ''} above it skipped")
+        raw, header = raw.iloc[at:], True
+    first_row = ["" if pd.isna(v) else str(v) for v in raw.iloc[0]]
+    if header is None:
+        header = _first_row_is_header(first_row, set(wanted or []) | set(columns or []),
+                                      {v.lower() for v in label_values or []})
+    if header:
+        frame = raw.iloc[1:].reset_index(drop=True)
+        frame.columns = [c.strip() or f"column_{i}" for i, c in enumerate(first_row)]
+    else:
+        frame = raw.reset_index(drop=True)
+        same_width = columns is not None and len(columns) == frame.shape[1]
+        frame.columns = list(columns) if same_width else [f"column_{i}" for i in range(frame.shape[1])]
+    return frame
 
 
 def _is_known_variant(found: list[str], layout: list[str], label_col: str | None) -> bool:
@@ -719,7 +760,8 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
                       text_join: str = ". ", unescape: bool = False, seed: int = 42) -> LoadedData:
     """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
 
-    `source`: a local file (CSV/TSV/JSONL/parquet/fastText .txt, also .gz/.zip), a Hub dataset id,
+    `source`: a local file (CSV/TSV/JSONL/parquet/.xlsx/fastText .txt, also .gz/.zip) or data folder (see
+    `read_folder`), a Hub dataset id,
     or "auto"/None for the generated sample named by `sample`. `text_col` may join columns
     ("title+content", with `text_join`); `text_pair_col` adds the second text of sentence pairs
     (column `text_pair`, for the tokenizer's pair encoding). `label_names`: None takes the label

@@ -134,3 +134,43 @@ def test_real_ag_news_with_one_based_topics():
     assert loaded.report.rows_kept == len(loaded.dataset) > 7500
     counts = hp.data.label_counts(loaded.dataset)
     assert set(counts) == {"World", "Sports", "Business", "Sci/Tech"} and min(counts.values()) > 1850
+
+
+def test_excel_workbooks_as_analysts_keep_them(tmp_path, capsys):
+    """A table that starts at B3 under a title, a second sheet of notes; a headerless PhraseBank sheet;
+    an old .xls and a damaged .xlsx are refused with what to do."""
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Headlines"
+    sheet["B1"] = "Q3 headlines, labelled by the desk"
+    sheet.append([])
+    sheet.append([None, "Headline", "Sentiment"])
+    for i in range(60):
+        good = i % 3 == 0
+        sheet.append([None, f"Operating profit {'rose' if good else 'fell'} {i} % in the quarter",
+                      "Positive" if good else "negative"])
+    book.create_sheet("Notes")["A1"] = "labels checked twice"
+    path = tmp_path / "desk.xlsx"
+    book.save(path)
+    loaded = hp.data.load_labeled_data(path, text_col="Headline", label_col="Sentiment")
+    assert len(loaded.dataset) == 60 and loaded.label_names == ["negative", "Positive"]
+    out = capsys.readouterr().out
+    assert "desk.xlsx has 2 sheets (Headlines, Notes); reading the first, 'Headlines'" in out
+    assert "the table's header is on row 3 of the sheet; the 1 row above it skipped" in out
+
+    plain = openpyxl.Workbook()
+    for i in range(30):
+        plain.active.append(["neutral" if i % 2 else "positive", f"Sales were EUR {i} mn"])
+    plain.save(tmp_path / "all-data.xlsx")
+    loaded = hp.data.load_labeled_data(tmp_path / "all-data.xlsx", text_col="sentence", label_col="label",
+                                       columns=["label", "sentence"])
+    assert len(loaded.dataset) == 30 and set(loaded.label_names) == {"neutral", "positive"}
+
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0" + b"\x00" * 100)
+    with pytest.raises(DataError, match="old.xls is a .xls spreadsheet.*save it as .xlsx or as CSV"):
+        hp.data.load_labeled_data(tmp_path / "old.xls", text_col="sentence", label_col="label")
+    (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
+    with pytest.raises(DataError, match="Cannot read .*broken.xlsx as an Excel workbook"):
+        hp.data.load_labeled_data(tmp_path / "broken.xlsx", text_col="sentence", label_col="label")
