@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                      help="any parameter of the notebook's parameters cell (repeatable); also as --name VALUE, "
                           "e.g. --label-names a,b for LABEL_NAMES")
+    run.add_argument("-f", "--parameters-file", default=None, metavar="FILE",
+                     help="parameters from a YAML or JSON file (as papermill's -f); options given here win")
     run.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True), as CI runs them")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint (RESUME=True)")
     run.add_argument("--overwrite", action="store_true",
@@ -118,10 +120,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parameters_file(path: str) -> dict:
+    """NAME: value pairs from a YAML (or JSON) file, the way papermill's `-f params.yaml` reads them."""
+    import yaml
+
+    from .runner import RunnerError
+
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except OSError as err:
+        raise RunnerError(f"Cannot read the parameters file {path} ({err.strerror or err}).") from err
+    except yaml.YAMLError as err:
+        raise RunnerError(f"The parameters file {path} is not valid YAML or JSON ({err}).") from err
+    if values is None:
+        return {}
+    if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
+        raise RunnerError(f"The parameters file {path} must hold NAME: value pairs (a mapping), e.g. 'LR: 3e-5'.")
+    # YAML 1.1 reads 3e-5 (no dot) as a string; it is the number everyone means
+    exponent = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+    return {k: float(v) if isinstance(v, str) and exponent.fullmatch(v.strip()) else v for k, v in values.items()}
+
+
 def _cmd_run(args) -> int:
     from . import runner
 
-    params = {param: getattr(args, param) for _, param, _ in JOB_OPTIONS if getattr(args, param) is not None}
+    try:
+        params = parameters_file(args.parameters_file) if args.parameters_file else {}
+    except runner.RunnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    params.update({param: getattr(args, param) for _, param, _ in JOB_OPTIONS if getattr(args, param) is not None})
     for name, value in args.parameter:
         params[name] = runner.parse_value(value)
     if args.smoke:

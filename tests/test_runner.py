@@ -106,3 +106,25 @@ def test_the_notebooks_are_kept_without_outputs():
         assert not dirty, f"{path.name}: code cells {dirty} have outputs: run `make strip` before committing"
         assert "widgets" not in nb.metadata, f"{path.name} holds saved widget state: run `make strip`"
         assert any("parameters" in c.metadata.get("tags", []) for c in code), f"{path.name}: no parameters cell"
+
+
+def test_a_parameters_file_as_papermill_reads_it(tmp_path, monkeypatch, capsys):
+    """`workbook run 02 -f job.yaml --lr 1e-4`: the file's values (YAML's `3e-5` string read as the number it
+    is, `null` as None), options on the command line win; a broken file is refused before anything runs."""
+    seen = {}
+    monkeypatch.setattr(runner, "run_many", lambda names, params, **kw: seen.update(params=params) or [])
+    job = tmp_path / "job.yaml"
+    job.write_text("LR: 3e-5\nNUM_EPOCHS: 2\nLABEL_NAMES: null\nTEXT_COL: title+content\nMAX_LENGTH: 256\n")
+    assert cli.main(["run", "02", "-f", str(job), "--epochs", "1"]) == 0
+    assert seen["params"] == {"LR": 3e-5, "NUM_EPOCHS": 1, "LABEL_NAMES": None, "TEXT_COL": "title+content",
+                              "MAX_LENGTH": 256}
+    (tmp_path / "job.json").write_text('{"LR": 0.0001, "SEED": 7}')
+    assert cli.main(["run", "02", "--parameters-file", str(tmp_path / "job.json")]) == 0
+    assert seen["params"] == {"LR": 1e-4, "SEED": 7}
+    seen.clear()
+    for text, message in [("- LR\n- 3e-5\n", "must hold NAME: value pairs"), ("LR: [3e-5\n", "not valid YAML")]:
+        job.write_text(text)
+        assert cli.main(["run", "02", "-f", str(job)]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["run", "02", "-f", str(tmp_path / "missing.yaml")]) == 2
+    assert "Cannot read the parameters file" in capsys.readouterr().err and not seen
