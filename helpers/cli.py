@@ -39,6 +39,10 @@ JOB_OPTIONS = [
 ]
 
 
+# Parameters whose one value is comma-separated: `workbook sweep` keeps them fixed.
+LIST_PARAMS = {"LABEL_NAMES"}
+
+
 def _epochs(text: str):
     value = float(text)
     return int(value) if value.is_integer() else value
@@ -67,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters, or an Optuna search",
                            description="Values with commas are swept (a grid, or Optuna's choices); LOW:HIGH or "
-                                       "LOW:HIGH:log is a range (with --trials); one value is fixed for every run.")
+                                       "LOW:HIGH:log is a range (with --trials); one value is fixed for every run, and "
+                                       "so is LABEL_NAMES (its commas separate labels). Any parameter can be given "
+                                       "as --name VALUES or -p NAME VALUES.")
     sweep.add_argument("notebook", help="number or name (01, 02_distilbert...)")
     for flags, param, _ in JOB_OPTIONS:
         sweep.add_argument(*flags, dest=param, default=None, metavar="VALUES", help=f"values of {param}")
@@ -196,7 +202,9 @@ def _sweep_axes(args) -> tuple[list, dict]:
     given += [(name, value) for name, value in args.parameter]
     axes, fixed = [], {}
     for name, text in given:
-        if "," in text or re.fullmatch(r"[-+0-9.eE]+:[-+0-9.eE]+(:log)?", text.strip()):
+        if name.upper() in LIST_PARAMS:  # a list by nature (LABEL_NAMES=a,b,c): one value, never an axis
+            fixed[name] = runner.parse_value(text)
+        elif "," in text or re.fullmatch(r"[-+0-9.eE]+:[-+0-9.eE]+(:log)?", text.strip()):
             axes.append(sweep.parse_axis(name, text))
         else:
             fixed[name] = runner.parse_value(text)

@@ -111,6 +111,17 @@ def test_sweep_values_and_ranges_are_parsed_with_clear_errors():
         misspelt.check()
 
 
+def test_a_sweep_keeps_comma_separated_label_names_as_one_value():
+    from helpers import cli
+
+    parser = cli.build_parser()
+    rest = ["01", "--lr", "3e-5,1e-4", "--label-names", "World,Sports,Business,Sci/Tech", "-p", "SEED", "1,2"]
+    args = parser.parse_args(["sweep", *cli.options_as_parameters(rest, parser.parameter_commands["sweep"])])
+    axes, fixed = cli._sweep_axes(args)
+    assert [(a.name, a.values) for a in axes] == [("LR", [3e-5, 1e-4]), ("SEED", [1, 2])]
+    assert fixed == {"LABEL_NAMES": "World,Sports,Business,Sci/Tech"}
+
+
 def _fake_notebook_run(calls, stop_at=None):
     """Stands in for papermill: writes what a finished notebook writes; macro-F1 peaks near LR 5e-5."""
     import math
