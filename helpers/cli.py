@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -108,6 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
     predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--input", default=None, metavar="FILE",
+                         help="score every row of a data file or folder (CSV, TSV, JSON lines, parquet, .xlsx) "
+                              "instead of texts; its columns are kept")
+    predict.add_argument("--text-col", default="text",
+                         help='with --input: the column to score (default text), or columns joined: "title+content"')
+    predict.add_argument("--text-join", default=". ", help='with --input: between joined columns (default ". ")')
+    predict.add_argument("--text-pair-col", default=None, help="with --input: the second text of sentence pairs")
+    predict.add_argument("--output", default=None, metavar="FILE",
+                         help="with --input: where the scored table goes (.csv .tsv .jsonl .parquet .xlsx; "
+                              "default CSV on stdout)")
+    predict.add_argument("--label-col", default=None,
+                         help="with --input: a column of true labels; prints accuracy and macro-F1 against it")
+    predict.add_argument("--batch-size", type=int, default=None, help="texts per model call (default 32; 8 for "
+                                                                      "summarizers)")
     predict.add_argument("--base-model", default=None,
                          help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
     serve = sub.add_parser("serve", help="serve a saved model: a web page and a JSON API")
@@ -285,14 +300,72 @@ def _cmd_list() -> int:
     return 0
 
 
+def _predict_file(args, model) -> int:
+    """`workbook predict DIR --input FILE [--output FILE]`: every row scored, its columns kept."""
+    from pathlib import Path
+
+    from . import data, inference
+
+    source = Path(args.input).expanduser()
+    try:
+        if not source.exists():
+            raise data.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
+        read = data.read_folder if source.is_dir() else data.read_table
+        wanted = data.text_columns(args.text_col)
+        wanted += data.text_columns(args.text_pair_col) if args.text_pair_col else []
+        with contextlib.redirect_stdout(sys.stderr):  # the reader's notes must not mix into CSV on stdout
+            frame, _ = read(source, wanted=wanted)
+            scored = inference.score_table(model, frame, text_col=args.text_col, text_pair_col=args.text_pair_col,
+                                           text_join=args.text_join, batch_size=args.batch_size)
+        inference.write_table(scored, args.output)
+    except (data.DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    unscored = int(scored["truncated"].isna().sum())
+    where = args.output or "stdout"
+    print(f"scored {len(scored) - unscored:,} of {len(scored):,} rows -> {where}"
+          + (f" ({unscored:,} without text left unscored)" if unscored else ""), file=sys.stderr)
+    if args.label_col:  # the scored table is written already: a label problem loses nothing
+        try:
+            print(_against_labels(scored, args.label_col, model.labels), file=sys.stderr)
+        except data.DataError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _against_labels(scored, label_col: str, labels: list[str]) -> str:
+    """Accuracy and macro-F1 of the predictions against a column of true labels (names, or 0-/1-based
+    positions in the model's labels, as the notebooks read them)."""
+    from . import data, metrics
+
+    data.check_columns(scored, [label_col], "the input")
+    rows = scored[scored["predicted_label"].notna() & scored[label_col].notna()]
+    if rows.empty:
+        raise data.DataError(f"No scored row has a value in {label_col!r}; nothing to compare.")
+    truth, _, rule = data.encode_label_names(rows, label_col, labels, where="the input")
+    index = {name: i for i, name in enumerate(labels)}
+    report = metrics.classification_report([index[t] for t in truth], [index[p] for p in rows["predicted_label"]],
+                                           labels)
+    return (f"against {label_col!r} ({rule}): accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
+            f"on {len(rows):,} rows")
+
+
 def _cmd_predict(args) -> int:
     from . import inference
 
+    if args.input is None and (args.output or args.text_pair_col or args.label_col):
+        print("error: --output, --text-pair-col and --label-col go with --input FILE (a table to score)",
+              file=sys.stderr)
+        return 2
+    if args.input is not None and args.texts:
+        print("error: give texts or --input FILE, not both", file=sys.stderr)
+        return 2
     texts = [t for t in args.texts if t != "-"]
-    if not texts or "-" in args.texts:
+    if args.input is None and (not texts or "-" in args.texts):
         texts += [line.rstrip("\n") for line in sys.stdin if line.strip()]
     texts = [t for t in texts if t.strip()]
-    if not texts:
+    if not texts and args.input is None:
         print("error: no text given; pass texts as arguments or one per line on stdin", file=sys.stderr)
         return 2
     from transformers.utils import logging as hf_logging
@@ -308,6 +381,8 @@ def _cmd_predict(args) -> int:
     notice = describe_model(model.info, str(args.folder))[2]
     if notice:  # on stderr, so --json output stays plain JSON
         print(f"note: {notice}", file=sys.stderr)
+    if args.input is not None:
+        return _predict_file(args, model)
     if model.task == "text-classification":
         inputs = texts
         if getattr(model, "takes_pairs", False):

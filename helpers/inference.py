@@ -355,3 +355,79 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
                           "tokenizer files, as save_pretrained writes them for model and tokenizer.") from err
     return TextClassifier(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
                           precision=precision)
+
+
+def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",
+                chunk_rows: int = 1024, batch_size: int | None = None, progress: bool = True):
+    """Score every row of a table with a loaded model; returns the table with new columns.
+
+    A classifier adds `predicted_label`, `predicted_score`, `prob_<label>` for each label and
+    `truncated`; a summarizer adds `predicted_summary` and `truncated`. The input's own columns (a
+    `label` with the truth, ids) are kept as they are, rows in their order. Rows whose text is empty
+    stay unscored (empty cells), never given a guess. `text_col` may join columns ("title+description",
+    with `text_join`), as the notebooks do. Rows are scored in chunks of `chunk_rows`, with a progress bar
+    on stderr.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import build_text, check_columns, text_columns
+
+    needed = text_columns(text_col) + (text_columns(text_pair_col) if text_pair_col else [])
+    check_columns(frame, needed, "the input")
+    classifier = model.task == "text-classification"
+    if text_pair_col and not (classifier and model.takes_pairs):
+        raise ValueError(f"--text-pair-col {text_pair_col!r} was given, but this model reads one text per row; "
+                         "drop the option, or use a model trained on sentence pairs.")
+    if classifier and model.takes_pairs and not text_pair_col:
+        raise ValueError("This model reads sentence pairs; name the second text's column with --text-pair-col.")
+
+    def cells(column: str) -> list[str]:
+        return [str(v) for v in build_text(frame, column, join=text_join)]
+
+    texts = cells(text_col)
+    pairs = cells(text_pair_col) if text_pair_col else None
+    todo = [i for i, t in enumerate(texts) if t and (pairs is None or pairs[i])]
+    results: dict[int, dict[str, Any]] = {}
+    bar = tqdm(total=len(todo), desc="scoring", unit="row", disable=not progress or not todo)
+    for start in range(0, len(todo), chunk_rows):
+        index = todo[start:start + chunk_rows]
+        if classifier:
+            inputs = [(texts[i], pairs[i]) if pairs else texts[i] for i in index]
+            scored = model.predict(inputs, batch_size=batch_size or 32)
+        else:
+            scored = model.summarize([texts[i] for i in index], batch_size=batch_size or 8)
+        results.update(zip(index, scored))
+        bar.update(len(index))
+    bar.close()
+    out = frame.copy()
+    rows = range(len(frame))
+    if classifier:
+        out["predicted_label"] = [results[i]["label"] if i in results else None for i in rows]
+        out["predicted_score"] = [results[i]["score"] if i in results else None for i in rows]
+        for name in model.labels:
+            out[f"prob_{name}"] = [results[i]["probabilities"][name] if i in results else None for i in rows]
+    else:
+        out["predicted_summary"] = [results[i]["summary"] if i in results else None for i in rows]
+    out["truncated"] = [results[i]["truncated"] if i in results else None for i in rows]
+    return out
+
+
+def write_table(frame, path: str | Path | None) -> None:
+    """A scored table to CSV / TSV / JSON lines / parquet / .xlsx by the file's suffix; None: CSV on stdout."""
+    import sys
+
+    if path is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    path = Path(path).expanduser()
+    suffix = path.suffix.lower()
+    writers = {".csv": lambda: frame.to_csv(path, index=False),
+               ".tsv": lambda: frame.to_csv(path, index=False, sep="\t"),
+               ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
+               ".parquet": lambda: frame.to_parquet(path, index=False),
+               ".xlsx": lambda: frame.to_excel(path, index=False)}
+    if suffix not in writers:
+        raise ValueError(f"Cannot write {path.name}: name the output .csv, .tsv, .jsonl, .parquet or .xlsx.")
+    if not path.parent.is_dir():
+        raise ValueError(f"Cannot write {path}: the folder {path.parent} does not exist.")
+    writers[suffix]()

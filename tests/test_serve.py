@@ -97,6 +97,59 @@ def test_workbook_predict_reads_stdin_and_prints_json(classifier_dir, causal_dir
     assert "No saved model" in capsys.readouterr().err
 
 
+def test_workbook_predict_scores_a_users_file_and_keeps_its_columns(classifier_dir, seq2seq_dir, tmp_path, capsys,
+                                                                     monkeypatch):
+    """A latin-1, headerless PhraseBank-style file with the truth in it: every row scored in order, the
+    file's columns kept, an empty text left unscored, accuracy against the truth; CSV on stdout stays CSV."""
+    import pandas as pd
+
+    from helpers import cli
+
+    truth = ["positive", "negative", "neutral", "negative"]
+    lines = [f"{t},{h}" for t, h in zip(truth, HEADLINES)] + ["neutral,", "positive,Caf\xe9 chain sales up 3 %"]
+    (tmp_path / "all-data.csv").write_bytes("\r\n".join(lines).encode("latin-1", "replace") + b"\r\n")
+    out = tmp_path / "scored.parquet"
+    monkeypatch.setattr(sys, "stdin", io.StringIO("must not be read\n"))
+    assert cli.main(["predict", str(classifier_dir), "--input", str(tmp_path / "all-data.csv"), "--text-col",
+                     "column_1", "--label-col", "column_0", "--output", str(out)]) == 0
+    err = capsys.readouterr().err
+    scored = pd.read_parquet(out)
+    assert list(scored.columns[:2]) == ["column_0", "column_1"] and len(scored) == 6
+    assert scored["predicted_label"].isna().tolist() == [False] * 4 + [True, False]
+    assert set(scored["predicted_label"].dropna()) <= {"negative", "neutral", "positive"}
+    probs = scored[["prob_negative", "prob_neutral", "prob_positive"]].dropna().sum(axis=1)
+    assert ((probs - 1).abs() < 1e-5).all()
+    assert "scored 5 of 6 rows" in err and "(1 without text left unscored)" in err
+    assert scored.loc[5, "column_1"] == "Caf\u00e9 chain sales up 3 %"
+    assert "against 'column_0' (labels matched by name" in err and "on 5 rows" in err
+    # the model's answer for a row is the one `workbook predict TEXT` gives
+    single = hp.inference.load(classifier_dir).predict(HEADLINES[1])
+    assert scored.loc[1, "predicted_label"] == single["label"]
+    assert abs(scored.loc[1, "predicted_score"] - single["score"]) < 1e-5
+
+    # CSV on stdout, joined columns, a summarizer
+    frame = pd.DataFrame({"title": ["Storm hits coast", "Vote delayed"],
+                          "body": ["High winds damaged homes on Sunday.", "Parliament put off the vote."]})
+    frame.to_json(tmp_path / "news.jsonl", orient="records", lines=True)
+    assert cli.main(["predict", str(seq2seq_dir), "--input", str(tmp_path / "news.jsonl"), "--text-col",
+                     "title+body"]) == 0
+    captured = capsys.readouterr()
+    back = pd.read_csv(io.StringIO(captured.out))
+    assert list(back.columns) == ["title", "body", "predicted_summary", "truncated"]
+    assert back["predicted_summary"].notna().all()
+
+    for argv, message in [
+            (["--input", str(tmp_path / "nope.csv")], "Input not found"),
+            (["--input", str(tmp_path / "news.jsonl"), "--text-col", "text"], "no column 'text'"),
+            (["--input", str(tmp_path / "news.jsonl"), "--text-col", "title", "--output", str(tmp_path / "x.doc")],
+             "name the output .csv"),
+            (["--output", str(tmp_path / "x.csv"), "some text"], "go with --input FILE"),
+            (["--input", str(tmp_path / "news.jsonl"), "--text-col", "title", "--text-pair-col", "body"],
+             "reads one text per row")]:
+        assert cli.main(["predict", str(classifier_dir), *argv]) == 2
+        assert message in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- the JSON API
 
 @pytest.fixture(scope="module")
