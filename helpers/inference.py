@@ -387,28 +387,33 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
     texts = cells(text_col)
     pairs = cells(text_pair_col) if text_pair_col else None
     todo = [i for i, t in enumerate(texts) if t and (pairs is None or pairs[i])]
-    results: dict[int, dict[str, Any]] = {}
+    n = len(frame)
+    names = model.labels if classifier else []
+    columns: dict[str, list[Any]] = {name: [None] * n for name in (
+        ["predicted_label", "predicted_score", *(f"prob_{label}" for label in names)] if classifier
+        else ["predicted_summary"])}
+    columns["truncated"] = [None] * n
     bar = tqdm(total=len(todo), desc="scoring", unit="row", disable=not progress or not todo)
-    for start in range(0, len(todo), chunk_rows):
+    for start in range(0, len(todo), chunk_rows):  # columns filled chunk by chunk: no dict kept per row
         index = todo[start:start + chunk_rows]
         if classifier:
             inputs = [(texts[i], pairs[i]) if pairs else texts[i] for i in index]
             scored = model.predict(inputs, batch_size=batch_size or 32)
         else:
             scored = model.summarize([texts[i] for i in index], batch_size=batch_size or 8)
-        results.update(zip(index, scored))
+        for i, r in zip(index, scored):
+            columns["truncated"][i] = r["truncated"]
+            if classifier:
+                columns["predicted_label"][i], columns["predicted_score"][i] = r["label"], r["score"]
+                for label in names:
+                    columns[f"prob_{label}"][i] = r["probabilities"][label]
+            else:
+                columns["predicted_summary"][i] = r["summary"]
         bar.update(len(index))
     bar.close()
     out = frame.copy()
-    rows = range(len(frame))
-    if classifier:
-        out["predicted_label"] = [results[i]["label"] if i in results else None for i in rows]
-        out["predicted_score"] = [results[i]["score"] if i in results else None for i in rows]
-        for name in model.labels:
-            out[f"prob_{name}"] = [results[i]["probabilities"][name] if i in results else None for i in rows]
-    else:
-        out["predicted_summary"] = [results[i]["summary"] if i in results else None for i in rows]
-    out["truncated"] = [results[i]["truncated"] if i in results else None for i in rows]
+    for name, values in columns.items():
+        out[name] = values
     return out
 
 
