@@ -352,6 +352,12 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         return frame, source
     if suffix == ".txt" and text.lstrip().startswith("__label__"):
         return _read_fasttext(text, columns), source
+    if suffix == ".txt" and _at_labeled(text):
+        frame, skipped = _read_at_labeled(text, columns, label_col)
+        source.skipped = skipped
+        print(f"note: {path.name} holds `sentence@label` lines (the original Financial PhraseBank release); "
+              f"read as columns {list(frame.columns)}")
+        return frame, source
     csv.field_size_limit(2**31 - 1)  # long documents: the csv module's default caps a field at 128 KB
     first_line = text.split("\n", 1)[0]
     delimiter = sep or _sniff_delimiter(first_line, "\t" if suffix == ".tsv" else ",")
@@ -456,6 +462,36 @@ def _read_fasttext(text: str, columns: list[str] | None) -> pd.DataFrame:
         split = [(label, *body.split(": ", 1)) if ": " in body else (label, "", body) for label, body in rows]
         return pd.DataFrame(split, columns=names)
     return pd.DataFrame(rows, columns=names[:2])
+
+
+_AT_LABEL = re.compile(r"^(.*\S)\s*@([A-Za-z][\w-]*)\s*$")
+
+
+def _at_labeled(text: str) -> bool:
+    """True for `sentence@label` lines, as in the Financial PhraseBank's own Sentences_*Agree.txt files."""
+    lines = [line for line in text.split("\n")[:200] if line.strip()]
+    return bool(lines) and sum(bool(_AT_LABEL.match(line.strip())) for line in lines) >= 0.9 * len(lines)
+
+
+def _read_at_labeled(text: str, columns: list[str] | None, label_col: str | None
+                     ) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """`sentence@label` lines split at their last `@`; named by the recipe's two `columns` when given
+    (PhraseBank: label, sentence), else text, label. Lines without a label are reported, not dropped silently."""
+    rows, unread = [], []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        match = _AT_LABEL.match(line.strip())
+        if match:
+            rows.append((match.group(2), match.group(1)))
+        else:
+            unread.append(f"line {number}: {line.strip()[:80]}")
+    label_name, text_name = "label", "text"
+    if columns and len(columns) == 2:
+        label_name = label_col if label_col in columns else columns[0]
+        text_name = next(c for c in columns if c != label_name)
+    frame = pd.DataFrame(rows, columns=[label_name, text_name])
+    return frame, ({"no @label at the end of the line": unread} if unread else {})
 
 
 # --------------------------------------------------------------------------- cleaning

@@ -174,3 +174,25 @@ def test_excel_workbooks_as_analysts_keep_them(tmp_path, capsys):
     (tmp_path / "broken.xlsx").write_bytes(b"PK\x03\x04 not really a workbook")
     with pytest.raises(DataError, match="Cannot read .*broken.xlsx as an Excel workbook"):
         hp.data.load_labeled_data(tmp_path / "broken.xlsx", text_col="sentence", label_col="label")
+
+
+def test_the_original_phrasebank_release_sentence_at_label(tmp_path, capsys):
+    """FinancialPhraseBank-v1.0/Sentences_50Agree.txt: `sentence@label`, latin-1, CRLF; an e-mail address
+    inside a sentence stays in it; a line without a label is reported, not dropped silently."""
+    lines = ["According to Gran , the company has no plans to move all production to Russia .@neutral",
+             "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .@positive",
+             "Contact ir@company.fi for the report , the company said .@neutral",
+             "The company\xb4s share fell 3 % .@negative",
+             "A line that lost its label ."]
+    lines += [f"Net sales rose {i} % in the quarter .@positive" for i in range(20)]
+    path = tmp_path / "Sentences_50Agree.txt"
+    path.write_bytes("\r\n".join(lines).encode("latin-1") + b"\r\n")
+    loaded = hp.data.load_labeled_data(path, text_col="sentence", label_col="label", columns=["label", "sentence"])
+    assert "holds `sentence@label` lines" in capsys.readouterr().out
+    assert loaded.label_names == ["negative", "neutral", "positive"] and loaded.source.encoding == "latin-1"
+    texts = loaded.dataset["text"]
+    assert "Contact ir@company.fi for the report , the company said ." in texts
+    assert "The company\xb4s share fell 3 % ." in texts
+    report = loaded.report.to_dict()
+    assert len(loaded.dataset) == 24 and report["rows_read"] == 25
+    assert report["dropped"] == {"no @label at the end of the line": 1} and "line 5" in str(loaded.source.skipped)
