@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import re
@@ -1219,11 +1220,93 @@ class LoadedPairSplits:
     how: str  # "the dataset's own splits" or "a seeded 80/10/10 split"
 
 
+_XSUM_SECTION = re.compile(r"\[SN\]([A-Z-]+)\[SN\]")
+
+
+def xsum_original_frames(folder: Path, source_col: str = "document", target_col: str = "summary"
+                         ) -> dict[str, pd.DataFrame] | None:
+    """XSum as first released (`bbc-summary-data/<id>.summary` files with `[SN]FIRST-SENTENCE[SN]` and
+    `[SN]RESTBODY[SN]` sections; the split file `XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json` beside them):
+    {split: frame with `source_col` (the body), `target_col` (the first sentence), id}; one `train` frame
+    when there is no split file. None for a folder without `.summary` files."""
+    files = sorted(folder.rglob("*.summary"))
+    if not files:
+        return None
+    rows, unread = [], []
+    for path in files:
+        text = decode_bytes(path.read_bytes())[0]
+        parts = _XSUM_SECTION.split(text)
+        sections = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2])}
+        if "FIRST-SENTENCE" not in sections or "RESTBODY" not in sections:
+            unread.append(path.name)
+            continue
+        rows.append({source_col: sections["RESTBODY"], target_col: sections["FIRST-SENTENCE"], "id": path.stem})
+    if not rows:
+        raise DataError(f"{folder} holds {len(files)} .summary files but none has the [SN]FIRST-SENTENCE[SN] and "
+                        "[SN]RESTBODY[SN] sections of XSum's release; point DATA_SOURCE at another file or folder.")
+    frame = pd.DataFrame(rows)
+    split_file = next((p for p in sorted(folder.rglob("*.json")) if "SPLIT" in p.name.upper()), None)
+    note = f"note: {folder.name} holds XSum as released: {len(rows):,} .summary files"
+    if unread:
+        note += f" ({len(unread)} without the FIRST-SENTENCE / RESTBODY sections skipped: {', '.join(unread[:3])})"
+    if split_file is None:
+        print(note + "; no split file (XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json), so a seeded split")
+        return {"train": frame}
+    try:
+        ids = json.loads(split_file.read_text())
+        where = {str(i): split for split, names in SPLIT_NAMES.items() for key in ids if key.lower() in names
+                 for i in ids[key]}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{split_file} is not XSum's split file ({err}); remove it or fix it.") from err
+    frame["split"] = frame["id"].map(where)
+    frames = {split: part.drop(columns="split").reset_index(drop=True)
+              for split, part in frame[frame["split"].notna()].groupby("split")}
+    outside = int(frame["split"].isna().sum())
+    print(note + f"; splits from {split_file.name}: " + ", ".join(f"{k} {len(v):,}" for k, v in frames.items())
+          + (f" ({outside:,} articles in no split left out)" if outside else ""))
+    if "train" not in frames:
+        raise DataError(f"{split_file.name} puts none of the articles in {folder} in the train split; check that "
+                        "the split file belongs to these files.")
+    return frames
+
+
+def line_pair_frames(folder: Path, source_col: str, target_col: str) -> dict[str, pd.DataFrame] | None:
+    """`train.source` / `train.target`, `val.source` / `val.target`, ... (one example per line, the layout of
+    fairseq and of transformers' seq2seq examples): {split: frame}. None for a folder without them."""
+    sources = sorted(folder.rglob("*.source"))
+    if not sources:
+        return None
+    frames = {}
+    for path in sources:
+        target = path.with_suffix(".target")
+        if not target.is_file():
+            raise DataError(f"{path} has no {target.name} beside it; each .source file needs its .target file "
+                            "(one summary per line, in the same order).")
+        split = next((s for s, names in SPLIT_NAMES.items() if path.stem.lower() in names), None)
+        if split is None:
+            raise DataError(f"{path.name}: the name is not a split (train, val / validation, test); rename it.")
+        docs, sums = (decode_bytes(f.read_bytes())[0].splitlines() for f in (path, target))
+        if len(docs) != len(sums):
+            raise DataError(f"{path.name} has {len(docs):,} lines but {target.name} has {len(sums):,}; they must "
+                            "pair line by line.")
+        frames[split] = pd.DataFrame({source_col: docs, target_col: sums})
+    print(f"note: {folder.name} holds .source / .target line files: "
+          + ", ".join(f"{k} {len(v):,}" for k, v in frames.items()))
+    return frames
+
+
 def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool, hub_config: str | None,
-                 hub_max_rows: int | None, seed: int) -> tuple[dict[str, pd.DataFrame], DataSource]:
-    """{split: raw frame} from a folder of split files, a Hub dataset with splits, or one file / sample."""
+                 hub_max_rows: int | None, seed: int, source_col: str = "document",
+                 target_col: str = "summary") -> tuple[dict[str, pd.DataFrame], DataSource]:
+    """{split: raw frame} from a folder of split files, a Hub dataset with splits, or one file / sample.
+    Folders whose files name no columns (XSum's release, `.source` / `.target` line files) get the
+    caller's `source_col` / `target_col`."""
     local = find_local_file(source) if source not in (None, "", "auto") else None
     if local is not None and local.is_dir():
+        original = (xsum_original_frames(local, source_col, target_col)
+                    or line_pair_frames(local, source_col, target_col))
+        if original is not None:
+            return original, DataSource(requested=source, used=str(local), kind="folder")
         saved = saved_dataset_splits(local)
         if saved is not None:
             if "train" not in saved:
@@ -1276,7 +1359,8 @@ def load_pair_splits(source: str | Path | None, *, source_col: str = "Input", ta
     import datasets
 
     frames, used = _pair_frames(None if source is None else str(source), sample=sample, allow_standin=allow_standin,
-                                hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed)
+                                hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed, source_col=source_col,
+                                target_col=target_col)
     report = DropReport()
     cleaned = {}
     for split, frame in frames.items():

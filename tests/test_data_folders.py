@@ -149,3 +149,54 @@ def test_a_hub_download_with_several_configurations_is_not_mixed(tmp_path):
             tmp_path / "glue" / config / "test.jsonl", orient="records", lines=True)
     with pytest.raises(hd.DataError, match="same split in 2 folders"):
         hd.load_pair_splits(tmp_path / "glue", source_col="document", target_col="summary")
+
+
+def _summary_file(folder, doc_id, first, body):
+    """One article of XSum's release (bbc-summary-data/<id>.summary)."""
+    (folder / f"{doc_id}.summary").write_text(
+        f"[SN]URL[SN]\nhttp://web.archive.org/web/2015/http://www.bbc.co.uk/news/{doc_id}\n\n[SN]TITLE[SN]\n"
+        f"Title {doc_id}\n\n[SN]FIRST-SENTENCE[SN]\n{first}\n\n[SN]RESTBODY[SN]\n{body}\n")
+
+
+def test_xsum_as_first_released_with_its_split_file(tmp_path, capsys):
+    import json
+
+    data = tmp_path / "bbc-summary-data"
+    data.mkdir()
+    ids = [str(30000000 + i) for i in range(30)]
+    for i, doc_id in enumerate(ids):
+        _summary_file(data, doc_id, f"Council {i} approves the new bridge.",
+                      f"The council met on Monday.\nIt voted {i} to 2 for the bridge.\n\"It is a good day,\" said one.")
+    (data / "broken.summary").write_text("no sections here\n")
+    split = {"train": ids[:24], "validation": ids[24:27], "test": ids[27:] + ["39999999"]}
+    (tmp_path / "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json").write_text(json.dumps(split))
+    loaded = hd.load_pair_splits(tmp_path, source_col="document", target_col="summary", id_col="id")
+    out = capsys.readouterr().out
+    assert loaded.how == "the dataset's own splits" and "XSum as released: 30 .summary files" in out
+    assert "(1 without the FIRST-SENTENCE / RESTBODY sections skipped: broken.summary)" in out
+    assert {k: len(v) for k, v in loaded.splits.items()} == {"train": 24, "validation": 3, "test": 3}
+    first = loaded.splits["train"][0]
+    assert first["target"] == "Council 0 approves the new bridge." and first["source"].startswith("The council met")
+    assert first["source"].endswith('"It is a good day," said one.') and first["id"] == ids[0]
+    # no split file: one table, split with the seed; the notebook's column names are used
+    (tmp_path / "XSum-TRAINING-DEV-TEST-SPLIT-90-5-5.json").unlink()
+    loaded = hd.load_pair_splits(data, source_col="Input", target_col="Output")
+    assert loaded.how == "a seeded 80/10/10 split" and sum(len(v) for v in loaded.splits.values()) == 30
+
+
+def test_source_and_target_line_files(tmp_path, capsys):
+    """xsum.tar.gz of transformers' seq2seq examples: train.source / train.target, val.*, test.*."""
+    for split, n in (("train", 40), ("val", 5), ("test", 5)):
+        (tmp_path / f"{split}.source").write_text("".join(f"Article {split} {i} about the harbour plan .\n"
+                                                          for i in range(n)))
+        (tmp_path / f"{split}.target").write_text("".join(f"Harbour plan {i} backed .\n" for i in range(n)))
+    loaded = hd.load_pair_splits(tmp_path, source_col="document", target_col="summary")
+    assert loaded.how == "the dataset's own splits"
+    assert {k: len(v) for k, v in loaded.splits.items()} == {"test": 5, "train": 40, "validation": 5}
+    assert ".source / .target line files: test 5, train 40, validation 5" in capsys.readouterr().out
+    (tmp_path / "val.target").write_text("only one line\n")
+    with pytest.raises(hd.DataError, match="val.source has 5 lines but val.target has 1"):
+        hd.load_pair_splits(tmp_path, source_col="document", target_col="summary")
+    (tmp_path / "val.target").unlink()
+    with pytest.raises(hd.DataError, match="has no val.target beside it"):
+        hd.load_pair_splits(tmp_path, source_col="document", target_col="summary")
