@@ -8,6 +8,7 @@ with its reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -757,8 +758,9 @@ def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin
     if source_str not in (None, "", "auto"):
         local = find_local_file(source_str)
         if local is not None:
-            read = read_folder if local.is_dir() else read_table
-            options = {"split": hub_split} if local.is_dir() else {}
+            whole = local.is_dir() or is_archive(local)
+            read = read_folder if local.is_dir() else read_archive if whole else read_table
+            options = {"split": hub_split} if whole else {}
             frame, used = read(local, columns=columns, header=header, label_values=label_values, wanted=wanted,
                                label_col=label_col, **options)
             used.requested = source_str
@@ -1148,6 +1150,68 @@ def saved_dataset_splits(folder: str | Path) -> dict[str, Any] | None:
     return found
 
 
+def is_archive(path: Path) -> bool:
+    """A tar archive (.tar, .tgz, .tar.gz, .tar.bz2, .tar.xz) or a zip of several files (not a .xlsx)."""
+    import tarfile
+    import zipfile
+
+    if not path.is_file() or path.suffix.lower() in (".xlsx", ".xlsm"):
+        return False
+    try:
+        if tarfile.is_tarfile(path):
+            return True
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return len([m for m in archive.namelist() if not m.endswith("/") and "__MACOSX" not in m]) > 1
+    except OSError:
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def extracted(path: Path):
+    """The archive unpacked into a temporary folder for the `with` block (tar members that would land
+    outside it, links and devices are refused by the `data` filter; zip strips such paths)."""
+    import tarfile
+    import tempfile
+    import zipfile
+
+    print(f"note: {path.name} is an archive; unpacking it to a temporary folder (extract it once yourself to "
+          "skip this on every run)")
+    with tempfile.TemporaryDirectory(prefix="workbook-archive-") as tmp:
+        target = Path(tmp) / (path.name.split(".")[0] or "archive")  # notes then name the archive, not tmp
+        try:
+            if tarfile.is_tarfile(path):
+                with tarfile.open(path) as archive:
+                    archive.extractall(target, filter="data")
+            else:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(target)
+        except (OSError, tarfile.TarError, zipfile.BadZipFile) as err:
+            raise DataError(f"Cannot unpack {path} ({err}); check the download, or extract it and set "
+                            "DATA_SOURCE to the folder.") from err
+        yield target
+
+
+def read_archive(path: Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
+    """The `split` table of a dataset archive (the original `amazon_review_polarity_csv.tgz`: train.csv and
+    test.csv in a folder; any layout `read_folder` reads), or its one data file."""
+    with extracted(path) as folder:
+        data = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in _FILE_SUFFIXES | {".gz"}
+                and "__MACOSX" not in p.parts and not p.name.startswith((".", "_"))]
+        if saved_dataset_splits(folder) is not None or split_files(folder) or all(
+                p.name.lower().startswith("part-") for p in data):
+            frame, used = read_folder(folder, split=split, **read_options)
+        elif len(data) == 1:
+            frame, used = read_table(data[0], **read_options)
+        else:
+            names = ", ".join(str(p.relative_to(folder)) for p in data[:5]) + (", ..." if len(data) > 5 else "")
+            raise DataError(f"{path.name} holds {len(data)} data files ({names}) and none is named after a split; "
+                            "extract it and set DATA_SOURCE to the one you want.")
+    used.requested, used.used, used.kind = str(path), str(path), "archive"
+    return frame, used
+
+
 def _one_configuration(folder: Path, files: list[Path]) -> None:
     """Refuse files of one split spread over sibling folders: a downloaded Hub dataset with several
     configurations (`glue/cola/train-*.parquet`, `glue/sst2/train-*.parquet`) would otherwise be mixed."""
@@ -1295,6 +1359,37 @@ def line_pair_frames(folder: Path, source_col: str, target_col: str) -> dict[str
     return frames
 
 
+def _pair_folder_frames(local: Path, source: str | None, source_col: str, target_col: str
+                        ) -> tuple[dict[str, pd.DataFrame], DataSource]:
+    """{split: raw frame} of a data folder (see `_pair_frames`)."""
+    original = (xsum_original_frames(local, source_col, target_col)
+                or line_pair_frames(local, source_col, target_col))
+    if original is not None:
+        return original, DataSource(requested=source, used=str(local), kind="folder")
+    saved = saved_dataset_splits(local)
+    if saved is not None:
+        if "train" not in saved:
+            raise DataError(f"{local} (saved with save_to_disk) has no train split, only {', '.join(saved)}; "
+                            "save the train split too, or point DATA_SOURCE at a data file.")
+        print(f"note: {local.name} is a saved dataset (save_to_disk); using its splits "
+              + ", ".join(f"{name} ({ds.num_rows:,} rows)" for name, ds in saved.items() if name in SPLIT_NAMES))
+        return ({name: ds.to_pandas() for name, ds in saved.items() if name in SPLIT_NAMES},
+                DataSource(requested=source, used=str(local), kind="folder"))
+    files = split_files(local)
+    if not files:  # parts of one table (part-0.parquet, ...): split it like a single file
+        frame, used = read_folder(local)
+        used.requested = source
+        return {"train": frame}, used
+    if "train" not in files:
+        raise DataError(f"{local} is a folder without a train file (train.csv, train.jsonl, "
+                        "data/train-*.parquet, ...); set DATA_SOURCE to a data file or such a folder.")
+    for paths in files.values():
+        _one_configuration(local, paths)
+    frames = {split: pd.concat([read_table(f)[0] for f in paths], ignore_index=True)
+              for split, paths in files.items()}
+    return frames, DataSource(requested=source, used=str(local), kind="folder")
+
+
 def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool, hub_config: str | None,
                  hub_max_rows: int | None, seed: int, source_col: str = "document",
                  target_col: str = "summary") -> tuple[dict[str, pd.DataFrame], DataSource]:
@@ -1303,32 +1398,12 @@ def _pair_frames(source: str | None, *, sample: str | None, allow_standin: bool,
     caller's `source_col` / `target_col`."""
     local = find_local_file(source) if source not in (None, "", "auto") else None
     if local is not None and local.is_dir():
-        original = (xsum_original_frames(local, source_col, target_col)
-                    or line_pair_frames(local, source_col, target_col))
-        if original is not None:
-            return original, DataSource(requested=source, used=str(local), kind="folder")
-        saved = saved_dataset_splits(local)
-        if saved is not None:
-            if "train" not in saved:
-                raise DataError(f"{local} (saved with save_to_disk) has no train split, only {', '.join(saved)}; "
-                                "save the train split too, or point DATA_SOURCE at a data file.")
-            print(f"note: {local.name} is a saved dataset (save_to_disk); using its splits "
-                  + ", ".join(f"{name} ({ds.num_rows:,} rows)" for name, ds in saved.items() if name in SPLIT_NAMES))
-            return ({name: ds.to_pandas() for name, ds in saved.items() if name in SPLIT_NAMES},
-                    DataSource(requested=source, used=str(local), kind="folder"))
-        files = split_files(local)
-        if not files:  # parts of one table (part-0.parquet, ...): split it like a single file
-            frame, used = read_folder(local)
-            used.requested = source
-            return {"train": frame}, used
-        if "train" not in files:
-            raise DataError(f"{local} is a folder without a train file (train.csv, train.jsonl, "
-                            "data/train-*.parquet, ...); set DATA_SOURCE to a data file or such a folder.")
-        for paths in files.values():
-            _one_configuration(local, paths)
-        frames = {split: pd.concat([read_table(f)[0] for f in paths], ignore_index=True)
-                  for split, paths in files.items()}
-        return frames, DataSource(requested=source, used=str(local), kind="folder")
+        return _pair_folder_frames(local, source, source_col, target_col)
+    if local is not None and is_archive(local):
+        with extracted(local) as folder:
+            frames, used = _pair_folder_frames(folder, source, source_col, target_col)
+        used.used, used.kind = str(local), "archive"
+        return frames, used
     if local is None and source not in (None, "", "auto") and not looks_like_file(source) and (
             hub.hub_available() or _hub_dataset_cached(source)):
         import datasets

@@ -200,3 +200,57 @@ def test_source_and_target_line_files(tmp_path, capsys):
     (tmp_path / "val.target").unlink()
     with pytest.raises(hd.DataError, match="has no val.target beside it"):
         hd.load_pair_splits(tmp_path, source_col="document", target_col="summary")
+
+
+def test_dataset_archives_as_downloaded(tmp_path, capsys):
+    """The original `amazon_review_polarity_csv.tgz` (headerless train.csv / test.csv, labels 1/2, a readme);
+    the PhraseBank's release zip (four alternatives: refused, naming them); a tar that would write outside
+    its folder (refused); `xsum.tar.gz` of .source / .target line files for the summarizers."""
+    import io
+    import tarfile
+    import zipfile
+
+    root = tmp_path / "amazon_review_polarity_csv"
+    root.mkdir()
+    for split, n in (("train", 40), ("test", 10)):
+        frame = _reviews(n)
+        frame["label"] += 1
+        frame.to_csv(root / f"{split}.csv", header=False, index=False)
+    (root / "readme.txt").write_text("The Amazon reviews polarity dataset is constructed by ...\n")
+    with tarfile.open(tmp_path / "amazon_review_polarity_csv.tgz", "w:gz") as archive:
+        archive.add(root, arcname=root.name)
+    options = {"text_col": "title+content", "label_col": "label", "columns": ["label", "title", "content"],
+               "label_names": "negative,positive"}
+    loaded = hd.load_labeled_data(tmp_path / "amazon_review_polarity_csv.tgz", **options)
+    assert len(loaded.dataset) == 40 and loaded.source.kind == "archive"
+    assert "reading 1 file as its train table: amazon_review_polarity_csv/train.csv" in capsys.readouterr().out
+    assert len(hd.load_labeled_data(tmp_path / "amazon_review_polarity_csv.tgz", hub_split="test",
+                                    **options).dataset) == 10
+
+    with zipfile.ZipFile(tmp_path / "FinancialPhraseBank-v1.0.zip", "w") as archive:
+        for level in ("50", "66", "75", "All"):
+            archive.writestr(f"FinancialPhraseBank-v1.0/Sentences_{level}Agree.txt", "Sales rose .@positive\n")
+        archive.writestr("__MACOSX/FinancialPhraseBank-v1.0/._Sentences_50Agree.txt", "\x00")
+    with pytest.raises(hd.DataError, match=r"holds 4 data files \(FinancialPhraseBank-v1.0/Sentences_50Agree.txt"):
+        hd.load_labeled_data(tmp_path / "FinancialPhraseBank-v1.0.zip", text_col="sentence", label_col="label")
+
+    with tarfile.open(tmp_path / "evil.tar", "w") as archive:
+        for name in ("train.csv", "../escaped.csv"):
+            data = b"text,label\nfine,positive\n"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    with pytest.raises(hd.DataError, match="Cannot unpack .*evil.tar"):
+        hd.load_labeled_data(tmp_path / "evil.tar", text_col="text", label_col="label")
+    assert not (tmp_path / "escaped.csv").exists()
+
+    with tarfile.open(tmp_path / "xsum.tar.gz", "w:gz") as archive:
+        for split, n in (("train", 20), ("val", 3), ("test", 3)):
+            for ext, line in (("source", "Article {} about the harbour plan ."), ("target", "Plan {} backed .")):
+                data = "".join(line.format(i) + "\n" for i in range(n)).encode()
+                info = tarfile.TarInfo(f"xsum/{split}.{ext}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    loaded = hd.load_pair_splits(tmp_path / "xsum.tar.gz", source_col="document", target_col="summary")
+    assert loaded.how == "the dataset's own splits" and len(loaded.splits["train"]) == 20
+    assert loaded.source.kind == "archive" and loaded.source.used.endswith("xsum.tar.gz")
