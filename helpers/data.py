@@ -1114,6 +1114,17 @@ def fingerprint(splits) -> dict[str, Any]:
 SPLIT_NAMES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
 
+_NOT_DATA = ("readme", "license", "licence", "changelog", "classes", "citation")  # beside the data, not data
+
+
+def data_files(folder: Path) -> list[Path]:
+    """The data files under a folder: CSV, TSV, JSON (lines), parquet, .xlsx, .txt, .gz; not hidden files,
+    `_SUCCESS` markers, caches, macOS `__MACOSX` forks, nor a README, LICENSE or classes.txt beside the data."""
+    return [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in _FILE_SUFFIXES | {".gz"}
+            and not {".cache", "__MACOSX"} & set(p.parts) and not p.name.startswith((".", "_"))
+            and not p.name.lower().startswith(_NOT_DATA)]
+
+
 def split_files(folder: str | Path) -> dict[str, list[Path]]:
     """Data files of a dataset folder by split, from their names: `train.csv`, `validation.jsonl`,
     `data/test-00000-of-00001.parquet` (a Hub dataset downloaded with `hf download --repo-type dataset`)."""
@@ -1197,8 +1208,7 @@ def read_archive(path: Path, *, split: str = "train", **read_options) -> tuple[p
     """The `split` table of a dataset archive (the original `amazon_review_polarity_csv.tgz`: train.csv and
     test.csv in a folder; any layout `read_folder` reads), or its one data file."""
     with extracted(path) as folder:
-        data = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix.lower() in _FILE_SUFFIXES | {".gz"}
-                and "__MACOSX" not in p.parts and not p.name.startswith((".", "_"))]
+        data = data_files(folder)
         if saved_dataset_splits(folder) is not None or split_files(folder) or all(
                 p.name.lower().startswith("part-") for p in data):
             frame, used = read_folder(folder, split=split, **read_options)
@@ -1245,8 +1255,7 @@ def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> 
                             f"one file, or name the files {split}.csv / {split}-00000-of-00001.parquet.")
         files = by_split[split]
     else:
-        data = [p for p in sorted(folder.rglob("*")) if p.is_file() and ".cache" not in p.parts
-                and not p.name.startswith((".", "_")) and p.suffix.lower() in _FILE_SUFFIXES | {".gz"}]
+        data = data_files(folder)
         kinds = sorted({p.suffix.lower() for p in data})
         if not data:
             raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .txt); point "

@@ -73,6 +73,7 @@ def test_spark_part_files_are_one_table(tmp_path):
     _reviews(25, 25).to_parquet(out / "part-00001-1f2e.c000.snappy.parquet")
     (out / "_SUCCESS").write_text("")
     (out / ".part-00000-1f2e.c000.snappy.parquet.crc").write_bytes(b"\x00\x01")
+    (out / "README.txt").write_text("Exported from the reviews warehouse on 2026-11-01.\n")
     loaded = hd.load_labeled_data(out, text_col="content", label_col="label", label_names="negative,positive")
     assert len(loaded.dataset) == 50
 
