@@ -49,10 +49,7 @@ def _epochs(text: str):
     return int(value) if value.is_integer() else value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="workbook", description="Finetune Workbook: run, score and serve.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _run_parser(sub) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute notebooks headless with papermill into runs/")
     run.add_argument("notebooks", nargs="*", help="numbers or names (01, 02_distilbert...); none: all")
     for flags, param, kind in JOB_OPTIONS:
@@ -69,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="replace an earlier run with other parameters in the output folder (OVERWRITE=True)")
     run.add_argument("--runs-dir", default=None, help="where executed notebooks and artifacts go (default runs/)")
     run.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
+    return run
 
+
+def _sweep_parser(sub) -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="run a notebook over a grid of parameters, or an Optuna search",
                            description="Values with commas are swept (a grid, or Optuna's choices); LOW:HIGH or "
                                        "LOW:HIGH:log is a range (with --trials); one value is fixed for every run, and "
@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True) for every run")
     sweep.add_argument("--runs-dir", default=None, help="where runs, mlflow.db and optuna.db go (default runs/)")
     sweep.add_argument("-v", "--log-output", action="store_true", help="stream the notebooks' output")
+    return sweep
 
+
+def _tracking_parsers(sub) -> None:
     comp = sub.add_parser("compare", help="a comparison report (table + plots) for run folders")
     comp.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIRs, each with a metrics.json)")
     comp.add_argument("--out", default=None, help="where report.md/.html go (default runs/compare/)")
@@ -105,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list the notebooks and their parameters")
     sub.add_parser("samples", help="regenerate the offline samples under data/samples/")
 
+
+def _predict_parser(sub) -> None:
     predict = sub.add_parser("predict", help="score texts with a saved model folder")
     predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
     predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
@@ -125,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       "summarizers)")
     predict.add_argument("--base-model", default=None,
                          help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
+
+
+def _serve_parser(sub) -> None:
     serve = sub.add_parser("serve", help="serve a saved model: a web page and a JSON API")
     serve.add_argument("folder", help="a notebook's OUTPUT_DIR or a saved model folder (model/ or adapter/)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -137,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="micro-batching: how long a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="one request per model call")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbook", description="Finetune Workbook: run, score and serve.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run, sweep = _run_parser(sub), _sweep_parser(sub)
+    _tracking_parsers(sub)
+    _predict_parser(sub)
+    _serve_parser(sub)
     parser.parameter_commands = {"run": run, "sweep": sweep}  # any --NAME VALUE is a parameter there
     return parser
 
