@@ -94,7 +94,7 @@ def _sweep_parser(sub) -> argparse.ArgumentParser:
     return sweep
 
 
-def _tracking_parsers(sub) -> None:
+def _compare_ui_and_list_parsers(sub) -> None:
     comp = sub.add_parser("compare", help="a comparison report (table + plots) for run folders")
     comp.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIRs, each with a metrics.json)")
     comp.add_argument("--out", default=None, help="where report.md/.html go (default runs/compare/)")
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbook", description="Finetune Workbook: run, score and serve.")
     sub = parser.add_subparsers(dest="command", required=True)
     run, sweep = _run_parser(sub), _sweep_parser(sub)
-    _tracking_parsers(sub)
+    _compare_ui_and_list_parsers(sub)
     _predict_parser(sub)
     _serve_parser(sub)
     parser.parameter_commands = {"run": run, "sweep": sweep}  # any --NAME VALUE is a parameter there
