@@ -266,6 +266,16 @@ def test_notebook_01_with_sentence_pairs_and_the_users_labels(tmp_path):
     code = f"import json, score; print(json.dumps(score.predict_sentiment({pair[0]!r}, text_pair={pair[1]!r})))"
     out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1])["label"] == expected["label"]
+    # the user's own pairs file scored row by row, the same answer as one pair alone
+    import pandas as pd
+
+    pd.DataFrame({"first": [pair[0], "Profit fell."], "second": [pair[1], "The CEO resigned."]}).to_csv(
+        tmp_path / "to_score.csv", index=False)
+    assert cli.main(["predict", str(folder), "--input", str(tmp_path / "to_score.csv"), "--text-col", "first",
+                     "--text-pair-col", "second", "--output", str(tmp_path / "scored.jsonl")]) == 0
+    scored = pd.read_json(tmp_path / "scored.jsonl", lines=True)
+    assert scored.loc[0, "predicted_label"] == expected["label"]
+    assert abs(scored.loc[0, "predicted_score"] - expected["score"]) < 1e-5
 
 
 def test_notebook_02_with_a_three_column_review_file(tmp_path):
