@@ -125,7 +125,8 @@ def _predict_parser(sub) -> None:
                          help="with --input: where the scored table goes (.csv .tsv .jsonl .parquet .xlsx; "
                               "default CSV on stdout)")
     predict.add_argument("--label-col", default=None,
-                         help="with --input: a column of true labels; prints accuracy and macro-F1 against it")
+                         help="with --input: the truth to compare with: true labels (classifiers: accuracy, "
+                              "macro-F1) or reference summaries (summarizers: ROUGE)")
     predict.add_argument("--batch-size", type=int, default=None, help="texts per model call (default 32; 8 for "
                                                                       "summarizers)")
     predict.add_argument("--base-model", default=None,
@@ -344,7 +345,8 @@ def _predict_file(args, model) -> int:
           + (f" ({unscored:,} without text left unscored)" if unscored else ""), file=sys.stderr)
     if args.label_col:  # the scored table is written already: a label problem loses nothing
         try:
-            print(_against_labels(scored, args.label_col, model.labels), file=sys.stderr)
+            print(_against_labels(scored, args.label_col, model.labels) if model.task == "text-classification"
+                  else _against_references(scored, args.label_col), file=sys.stderr)
         except data.DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -366,6 +368,20 @@ def _against_labels(scored, label_col: str, labels: list[str]) -> str:
                                            labels)
     return (f"against {label_col!r} ({rule}): accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
             f"on {len(rows):,} rows")
+
+
+def _against_references(scored, reference_col: str) -> str:
+    """ROUGE-1/2/L (0-100) of the generated summaries against a column of reference summaries."""
+    from . import data, metrics
+
+    data.check_columns(scored, [reference_col], "the input")
+    refs = scored[reference_col].fillna("").astype(str).str.strip()
+    rows = scored[scored["predicted_summary"].notna() & (refs != "")]
+    if rows.empty:
+        raise data.DataError(f"No scored row has a reference summary in {reference_col!r}; nothing to compare.")
+    score = metrics.rouge(rows["predicted_summary"].tolist(), refs[rows.index].tolist())
+    return (f"against {reference_col!r}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.items())
+            + f" on {len(rows):,} rows")
 
 
 def _cmd_predict(args) -> int:

@@ -132,8 +132,9 @@ def test_workbook_predict_scores_a_users_file_and_keeps_its_columns(classifier_d
                           "body": ["High winds damaged homes on Sunday.", "Parliament put off the vote."]})
     frame.to_json(tmp_path / "news.jsonl", orient="records", lines=True)
     assert cli.main(["predict", str(seq2seq_dir), "--input", str(tmp_path / "news.jsonl"), "--text-col",
-                     "title+body"]) == 0
+                     "title+body", "--label-col", "title"]) == 0
     captured = capsys.readouterr()
+    assert "against 'title': rouge1 " in captured.err and "rougeL" in captured.err and "on 2 rows" in captured.err
     back = pd.read_csv(io.StringIO(captured.out))
     assert list(back.columns) == ["title", "body", "predicted_summary", "truncated"]
     assert back["predicted_summary"].notna().all()
