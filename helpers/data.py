@@ -1258,8 +1258,17 @@ def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> 
         data = data_files(folder)
         kinds = sorted({p.suffix.lower() for p in data})
         if not data:
-            raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .txt); point "
-                            "DATA_SOURCE at a data file, or at a folder that holds them.")
+            archives = [p for p in sorted(folder.rglob("*")) if ".cache" not in p.parts and is_archive(p)]
+            if len(archives) == 1:  # a Hub repo of a script dataset keeps its data zipped beside the script
+                print(f"note: {folder.name} holds no data file but the archive {archives[0].relative_to(folder)}; "
+                      "reading that")
+                return read_archive(archives[0], split=split, **read_options)
+            scripts = sorted(p.name for p in folder.glob("*.py"))
+            hint = (f" Its loading script {scripts[0]} is not run (datasets 4 runs no scripts); export the data as "
+                    "files where it was made, or point DATA_SOURCE at them." if scripts else "")
+            raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .xlsx, .txt"
+                            f"{f'; archives: {len(archives)}' if archives else ''}); point DATA_SOURCE at a data "
+                            f"file, or at a folder that holds them.{hint}")
         if len(kinds) > 1:
             raise DataError(f"{folder} holds data files of several kinds ({', '.join(kinds)}) and none is named after "
                             "a split (train, validation, test); point DATA_SOURCE at one file.")

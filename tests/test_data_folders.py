@@ -255,3 +255,24 @@ def test_dataset_archives_as_downloaded(tmp_path, capsys):
     loaded = hd.load_pair_splits(tmp_path / "xsum.tar.gz", source_col="document", target_col="summary")
     assert loaded.how == "the dataset's own splits" and len(loaded.splits["train"]) == 20
     assert loaded.source.kind == "archive" and loaded.source.used.endswith("xsum.tar.gz")
+
+
+def test_a_script_dataset_repo_reads_its_zipped_data_or_says_why_not(tmp_path):
+    """`hf download takala/financial_phrasebank --repo-type dataset`: a loading script, a README and
+    data/FinancialPhraseBank-v1.0.zip (four agreement levels); a repo with the script alone."""
+    import zipfile
+
+    repo = tmp_path / "financial_phrasebank"
+    (repo / "data").mkdir(parents=True)
+    (repo / "financial_phrasebank.py").write_text("import datasets\n")
+    (repo / "README.md").write_text("---\nlicense: cc-by-nc-sa-3.0\n---\n")
+    with zipfile.ZipFile(repo / "data" / "FinancialPhraseBank-v1.0.zip", "w") as archive:
+        for level in ("50", "66", "75", "All"):
+            archive.writestr(f"FinancialPhraseBank-v1.0/Sentences_{level}Agree.txt", "Sales rose .@positive\n")
+        archive.writestr("FinancialPhraseBank-v1.0/License.txt", "CC BY-NC-SA 3.0\n")
+        archive.writestr("FinancialPhraseBank-v1.0/README.txt", "The data set ...\n")
+    with pytest.raises(hd.DataError, match=r"holds 4 data files \(FinancialPhraseBank-v1.0/Sentences_50Agree"):
+        hd.load_labeled_data(repo, text_col="sentence", label_col="label")
+    (repo / "data" / "FinancialPhraseBank-v1.0.zip").unlink()
+    with pytest.raises(hd.DataError, match="loading script financial_phrasebank.py is not run"):
+        hd.load_labeled_data(repo, text_col="sentence", label_col="label")
