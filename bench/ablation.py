@@ -1,6 +1,6 @@
 """What each CPU fast path of the loop is worth: (c) with all, none, and all but one of them.
 
-    python -m bench.ablation [--repeats 2] [--epochs 3]
+    python -m bench.ablation [--repeats 2] [--epochs N] [--max-train-samples N]
 
 Same workload as `make bench` (real AG News where ../shared/data has it, else --data-source, else the
 generated sample, announced; the stand-in encoder); every run is its own process, the configurations
@@ -32,21 +32,26 @@ def configurations() -> dict[str, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--epochs", type=float, default=3)
+    p.add_argument("--epochs", type=float, default=None, help="default: as make bench (1 on real data, 3 generated)")
     p.add_argument("--rows", type=int, default=1600, help="rows of the generated sample (when there is no real data)")
     p.add_argument("--data-source", default=None)
     p.add_argument("--text-col", default=None)
     p.add_argument("--label-col", default="label")
     p.add_argument("--label-names", default=None)
-    p.add_argument("--max-train-samples", type=int, default=None)
+    p.add_argument("--max-train-samples", type=int, default=None,
+                   help="default: as make bench (2,000 on real data; 0: all)")
     p.add_argument("--out", default=str(HERE / "ablation.json"))
     args = p.parse_args(argv)
 
-    from bench.run import choose_data
+    from bench.run import GENERATED_DEFAULTS, REAL_DEFAULTS, choose_data
 
     work = HERE / "work"
     work.mkdir(exist_ok=True)
     data, layout = choose_data(args, work)
+    defaults = GENERATED_DEFAULTS if args.generated else REAL_DEFAULTS  # the workload of make bench
+    args.epochs = defaults["epochs"] if args.epochs is None else args.epochs
+    if args.max_train_samples is None:
+        args.max_train_samples = defaults["max_train_samples"]
     if args.max_train_samples:
         layout += ["--max-train-samples", str(args.max_train_samples)]
     runs: dict[str, list[dict]] = {name: [] for name in configurations()}
