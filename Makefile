@@ -10,7 +10,7 @@ LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: ui strip setup browser serve bench bench-scale bench-serve run test test-fast lab lock samples lint clean help kernel
+.PHONY: ui strip setup browser serve bench bench-scale bench-serve gpu-check run test test-fast lab lock samples lint clean help kernel
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench  - on real data: Trainer (seeds' way, tuned) vs the workbook loop vs the plain PyTorch floor; generation"
 	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
 	@echo "make bench-serve - workbook serve, micro-batching on vs off, 1/8/32 clients: requests/s, p50/p99"
+	@echo "make gpu-check - on a GPU: every notebook in each precision, fp16 kill+resume, QLoRA, 2 GPUs, bench, serve (8 min)"
 	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
 
@@ -102,6 +103,12 @@ bench-scale: setup
 # workbook serve with micro-batching on and off, at 1, 8 and 32 clients on 127.0.0.1 (bench/serve.{json,md}).
 bench-serve: setup
 	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
+
+# The one-command GPU check (bench/gpu_check.py): writes bench/results/gpu-check.{json,md}. On a GPU machine
+# with no package index, use its own Python: make gpu-check GPU_PY=python3 (docs/benchmarks.md says how to
+# bring the missing packages as wheels). Without a GPU it runs the same plumbing at the smallest size.
+gpu-check: $(if $(GPU_PY),,setup)
+	$(or $(GPU_PY),$(PY)) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 serve: setup
 	$(VENV)/bin/workbook serve $(or $(DIR),runs/01_finbert_financial_sentiment) --port $(or $(PORT),8000) $(SERVE_ARGS)

@@ -302,7 +302,7 @@ def main(argv=None) -> int:
                       "precision); (c)/(d) above 1 is what the loop's CPU fast paths compute less.")
         md.append("")
     if any(r.get("mfu") for r in results.values()):
-        md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x params x tokens/s vs bf16 peak): "
+        md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x non-embedding params x tokens/s vs the GPU's peak in the run's precision): "
                + ", ".join(f"{NAMES[k]} {r['mfu']:.1%}" for k, r in results.items() if r.get("mfu")), ""]
     if generation:
         md += ["| generation | naive summaries/s | batched summaries/s | speedup | identical outputs |",

@@ -65,9 +65,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(folder: Path, batching: bool) -> tuple[subprocess.Popen, str]:
+def start(folder: Path, batching: bool, device: str = "cpu") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    args = [sys.executable, "-m", "helpers.cli", "serve", str(folder), "--port", str(port), "--device", "cpu"]
+    args = [sys.executable, "-m", "helpers.cli", "serve", str(folder), "--port", str(port), "--device", device]
     if not batching:
         args.append("--no-batching")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -112,7 +112,7 @@ def classifier_cost(folder: Path, items: list[str], n: int = 96) -> dict:
 
     import helpers as hp
 
-    clf = hp.inference.load(folder, device="cpu")
+    clf = hp.inference.load(folder, device=device)
     sample = items[:n]
     clf.predict(sample[:8], batch_size=8)  # warm up
     cost = {}
@@ -147,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--requests", type=int, default=256, help="requests per load level (classifier)")
     p.add_argument("--summarizer-requests", type=int, default=64)
     p.add_argument("--clients", default="1,8,32")
+    p.add_argument("--device", default="cpu", help="where the servers run: cpu (default), cuda (make gpu-check)")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     levels = [int(c) for c in args.clients.split(",")]
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
         n = args.requests if kind == "classifier" else args.summarizer_requests
         items = texts(n)
         for batching in (False, True):
-            proc, url = start(folder, batching)
+            proc, url = start(folder, batching, args.device)
             try:
                 endpoint = url + ("/predict" if kind == "classifier" else "/summarize")
                 post(endpoint, items[0])  # warm up

@@ -382,3 +382,37 @@ def test_mfu_counts_non_embedding_weights_against_the_right_peak():
     t4 = bench_run.mfu({**result, "precision": "fp16"}, "Tesla T4", None)
     assert t4 == pytest.approx(6 * 86e6 * 1e5 / 65e12)
     assert bench_run.mfu({**result, "precision": "bf16"}, "Tesla T4", None) is None  # no bf16 peak on a T4
+
+
+# --------------------------------------------------------------------------- make gpu-check, on a CPU
+
+@pytest.mark.slow
+def test_gpu_check_runs_its_plumbing_on_a_cpu_and_writes_its_table(tmp_path):
+    """Without a GPU, `make gpu-check` says so and runs each step at the smallest size (the notebook
+    steps are left to the suite's own notebook runs, and serving to test_bench: they cost minutes)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run make gpu-check itself")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path),
+                           "--steps", "resume,qlora,processes,bench"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "No GPU here" in proc.stdout
+    report = json.loads((tmp_path / "gpu-check.json").read_text())
+    status = {row["step"]: row for row in report["steps"]}
+    assert report["gpu"] is None
+    assert status["kill and resume (fp32)"]["status"] == "ok"
+    assert status["kill and resume (fp32)"]["resumed_from"] == "checkpoint-8"
+    assert status["notebook 05 (QLoRA)"]["status"] == "skipped"
+    assert status["two processes (torchrun)"]["why"] == "no GPU"
+    assert status["make bench: loop"]["samples_per_s"] > 0 and status["make bench: floor"]["device"] == "cpu"
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "| kill and resume (fp32) | ok |" in table and "No GPU here" in table
+
+
+def test_gpu_check_plans_every_precision_the_gpu_has():
+    from bench import gpu_check
+
+    assert gpu_check.precisions_for("01", {"bf16_native": True}) == ["auto", "fp16", "bf16"]
+    assert gpu_check.precisions_for("05", {"bf16_native": True}) == ["auto"]  # T5: never fp16
+    assert gpu_check.precisions_for("01", None) == ["auto"]

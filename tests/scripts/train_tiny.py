@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--pause-at-step", type=int)
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--precision", default="fp32", help="fp16 / bf16 on a GPU (make gpu-check)")
     p.add_argument("--stop-after-steps", type=int, default=None, help="end as an interruption would, at this step")
     args = p.parse_args()
 
@@ -70,7 +71,7 @@ def main() -> None:
 
     train, val = encode(splits["train"], 192), encode(splits["validation"], 64)
     history = hp.train(model, train, val, pad_token_id=tokenizer.pad_token_id, max_steps=args.steps,
-                       train_batch_size=16, lr=5e-3, precision="fp32", eval_every_steps=8, log_every_steps=1,
+                       train_batch_size=16, lr=5e-3, precision=args.precision, eval_every_steps=8, log_every_steps=1,
                        compute_metrics=hp.metrics.classification_metrics_fn(LABELS), metric_for_best="accuracy",
                        checkpoint_dir=args.checkpoint_dir, save_every_steps=4 if args.checkpoint_dir else None,
                        keep_checkpoints=2, resume=args.resume, seed=0, progress=False,
@@ -81,7 +82,9 @@ def main() -> None:
                                               "weights_sum": float(weights.double().sum()),
                                               "weights_abs": float(weights.double().abs().sum()),
                                               "num_processes": history.num_processes,
-                                              "resumed_from": history.resumed_from}))
+                                              "resumed_from": history.resumed_from,
+                                              "loss_scale": history.loss_scale,
+                                              "skipped_steps": history.skipped_steps}))
 
 
 if __name__ == "__main__":
