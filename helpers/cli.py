@@ -318,74 +318,92 @@ def _cmd_list() -> int:
     return 0
 
 
-def _predict_file(args, model) -> int:
-    """`workbook predict DIR --input FILE [--output FILE]`: every row scored, its columns kept."""
+def _read_input(args):
+    """The table of `--input`, read (and `--output` checked) before the model loads: a wrong path, column or
+    output costs seconds, not the scoring of the whole file."""
     from pathlib import Path
 
     from . import data, inference
 
     source = Path(args.input).expanduser()
+    if not source.exists():
+        raise data.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
+    if args.output is not None:
+        inference.check_output(args.output, source)
+    read = data.read_folder if source.is_dir() else data.read_table
+    wanted = data.text_columns(args.text_col)
+    wanted += data.text_columns(args.text_pair_col) if args.text_pair_col else []
+    with contextlib.redirect_stdout(sys.stderr):  # the reader's notes must not mix into CSV on stdout
+        frame, _ = read(source, wanted=wanted)
+    return frame
+
+
+def _predict_file(args, model, frame) -> int:
+    """`workbook predict DIR --input FILE [--output FILE]`: every row scored, its columns kept (new columns whose
+    names the input already uses get a suffix, said on stderr); the input itself is never written."""
+    from pathlib import Path
+
+    from . import data, inference
+
+    existed = args.output is not None and Path(args.output).expanduser().exists()
     try:
-        if not source.exists():
-            raise data.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
-        read = data.read_folder if source.is_dir() else data.read_table
-        wanted = data.text_columns(args.text_col)
-        wanted += data.text_columns(args.text_pair_col) if args.text_pair_col else []
-        with contextlib.redirect_stdout(sys.stderr):  # the reader's notes must not mix into CSV on stdout
-            frame, _ = read(source, wanted=wanted)
+        with contextlib.redirect_stdout(sys.stderr):
             scored = inference.score_table(model, frame, text_col=args.text_col, text_pair_col=args.text_pair_col,
                                            text_join=args.text_join, batch_size=args.batch_size)
         inference.write_table(scored, args.output)
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    unscored = int(scored["truncated"].isna().sum())
-    where = args.output or "stdout"
+    given = scored.attrs.get("predicted_columns", {})  # the new columns' names, suffixed where the input had them
+    name = {k: given.get(k, k) for k in ("truncated", "predicted_label", "predicted_summary")}
+    unscored = int(scored[name["truncated"]].isna().sum())
+    where = (args.output + (" (the file that was there is replaced)" if existed else "")) if args.output else "stdout"
     print(f"scored {len(scored) - unscored:,} of {len(scored):,} rows -> {where}"
           + (f" ({unscored:,} without text left unscored)" if unscored else ""), file=sys.stderr)
     if args.label_col:  # the scored table is written already: a label problem loses nothing
         try:
-            print(_against_labels(scored, args.label_col, model.labels) if model.task == "text-classification"
-                  else _against_references(scored, args.label_col), file=sys.stderr)
+            versus = (_against_labels(scored, args.label_col, model.labels, name["predicted_label"])
+                      if model.task == "text-classification"
+                      else _against_references(scored, args.label_col, name["predicted_summary"]))
+            print(versus, file=sys.stderr)
         except data.DataError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     return 0
 
 
-def _against_labels(scored, label_col: str, labels: list[str]) -> str:
+def _against_labels(scored, label_col: str, labels: list[str], predicted: str = "predicted_label") -> str:
     """Accuracy and macro-F1 of the predictions against a column of true labels (names, or 0-/1-based
     positions in the model's labels, as the notebooks read them)."""
     from . import data, metrics
 
     data.check_columns(scored, [label_col], "the input")
-    rows = scored[scored["predicted_label"].notna() & scored[label_col].notna()]
+    rows = scored[scored[predicted].notna() & scored[label_col].notna()]
     if rows.empty:
         raise data.DataError(f"No scored row has a value in {label_col!r}; nothing to compare.")
     truth, _, rule = data.encode_label_names(rows, label_col, labels, where="the input")
     index = {name: i for i, name in enumerate(labels)}
-    report = metrics.classification_report([index[t] for t in truth], [index[p] for p in rows["predicted_label"]],
-                                           labels)
+    report = metrics.classification_report([index[t] for t in truth], [index[p] for p in rows[predicted]], labels)
     return (f"against {label_col!r} ({rule}): accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
             f"on {len(rows):,} rows")
 
 
-def _against_references(scored, reference_col: str) -> str:
+def _against_references(scored, reference_col: str, predicted: str = "predicted_summary") -> str:
     """ROUGE-1/2/L (0-100) of the generated summaries against a column of reference summaries."""
     from . import data, metrics
 
     data.check_columns(scored, [reference_col], "the input")
     refs = scored[reference_col].fillna("").astype(str).str.strip()
-    rows = scored[scored["predicted_summary"].notna() & (refs != "")]
+    rows = scored[scored[predicted].notna() & (refs != "")]
     if rows.empty:
         raise data.DataError(f"No scored row has a reference summary in {reference_col!r}; nothing to compare.")
-    score = metrics.rouge(rows["predicted_summary"].tolist(), refs[rows.index].tolist())
+    score = metrics.rouge(rows[predicted].tolist(), refs[rows.index].tolist())
     return (f"against {reference_col!r}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.items())
             + f" on {len(rows):,} rows")
 
 
 def _cmd_predict(args) -> int:
-    from . import inference
+    from . import data, inference
 
     if args.input is None and (args.output or args.text_pair_col or args.label_col):
         print("error: --output, --text-pair-col and --label-col go with --input FILE (a table to score)",
@@ -405,6 +423,11 @@ def _cmd_predict(args) -> int:
 
     from .serve import describe_model
 
+    try:
+        frame = _read_input(args) if args.input is not None else None  # before the model: mistakes cost seconds
+    except (data.DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     hf_logging.disable_progress_bar()  # "Loading weights" bars on a command's stderr are noise
     try:
         model = inference.load(args.folder, base_model=args.base_model)
@@ -415,7 +438,14 @@ def _cmd_predict(args) -> int:
     if notice:  # on stderr, so --json output stays plain JSON
         print(f"note: {notice}", file=sys.stderr)
     if args.input is not None:
-        return _predict_file(args, model)
+        return _predict_file(args, model, frame)
+    return _predict_texts(args, model, texts)
+
+
+def _predict_texts(args, model, texts: list[str]) -> int:
+    """`workbook predict DIR TEXT ...` (or texts on stdin): a line per text, or JSON."""
+    from . import inference
+
     if model.task == "text-classification":
         inputs = texts
         if getattr(model, "takes_pairs", False):

@@ -9,7 +9,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,6 +230,67 @@ def split_pair(item) -> tuple[str, str | None]:
 
 SUMMARIZATION_TASKS = ("summarization-causal", "summarization-seq2seq")
 
+# What a caller may ask of a summarizer per call (the server's "parameters", `summarize(**overrides)`). Wider values
+# cost minutes of the one model for nothing a summary needs. max_new_tokens: 1 to `max_new_tokens_limit`
+# (MAX_NEW_TOKENS, or what the model's positions leave); min_new_tokens: 0 to max_new_tokens.
+MAX_NEW_TOKENS = 512
+GENERATION_LIMITS: dict[str, tuple[Any, Any, str]] = {  # name: (lowest, highest, note); int bounds: whole numbers
+    "num_beams": (1, 8, " (1: greedy)"),
+    "no_repeat_ngram_size": (0, 20, " (0: off)"),
+    "repetition_penalty": (1.0, 10.0, " (1.0: off)"),
+    "length_penalty": (-10.0, 10.0, " (used with num_beams > 1)"),
+}
+
+
+def _shown(value: Any) -> str:
+    """A value as the client wrote it in JSON (null, true, "10"), cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:
+    """An integer setting in [low, high] (10.0 is 10; 1.5, true, "10" and null are not)."""
+    whole = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not whole or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}{why}; got {_shown(value)}")
+    return int(value)
+
+
+def _number(name: str, value: Any, low: float, high: float, why: str = "") -> float:
+    """A finite number setting in [low, high]."""
+    number = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+    if not number or not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}{why}; got {_shown(value)}")
+    return float(value)
+
+
+class GenerationStopped(RuntimeError):
+    """Generation ended part-way because its `stop` callable gave a reason (the reason is the message)."""
+
+
+@contextlib.contextmanager
+def stoppable(model, stop):
+    """While inside, every forward pass of `model` first asks `stop()`; a reason raises `GenerationStopped`.
+
+    `generate` makes one forward pass per new token, so work ends within a token of `stop` saying so, where
+    a StoppingCriteria would need textgen's generate call to take one. A peft wrapper's inner model is hooked:
+    that is what `generate` calls."""
+    if stop is None:
+        yield
+        return
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+
+    def check(_module, _args):
+        reason = stop()
+        if reason:
+            raise GenerationStopped(reason)
+
+    handle = inner.register_forward_pre_hook(check)
+    try:
+        yield
+    finally:
+        handle.remove()
+
 
 @dataclass
 class Summarizer:
@@ -251,15 +316,58 @@ class Summarizer:
             return int(self.info["max_length"]) - int(self.settings().max_new_tokens)
         return int(self.info.get("max_source_length", 512))
 
+    def _saved_settings(self) -> dict[str, Any]:
+        from .textgen import GenerationSettings
+
+        known = GenerationSettings.__dataclass_fields__
+        return {k: v for k, v in (self.info.get("generation") or {}).items() if k in known}
+
     def settings(self, **overrides):
+        """The folder's generation settings with `overrides` (checked by `check_generation`) on top."""
+        from .textgen import GenerationSettings
+
+        return GenerationSettings(**{**self._saved_settings(), **self.check_generation(overrides)})
+
+    @property
+    def max_new_tokens_limit(self) -> int:
+        """The most tokens one summary may ask for: MAX_NEW_TOKENS, or fewer where the model's positions end
+        first (a causal LM's prompt and summary share them); never fewer than the folder was saved with."""
+        from .models import model_max_length
+        from .textgen import GenerationSettings
+
+        saved = int(self._saved_settings().get("max_new_tokens", GenerationSettings.max_new_tokens))
+        positions = model_max_length(self.model.config)
+        if self.task == "summarization-causal":
+            positions -= int(self.info["max_length"]) - saved  # the prompt's share
+        return max(saved, min(MAX_NEW_TOKENS, positions))
+
+    def generation_limits(self) -> dict[str, list]:
+        """Each per-call setting's allowed range [lowest, highest], as the server's /health shows it."""
+        return {"max_new_tokens": [1, self.max_new_tokens_limit], "min_new_tokens": [0, "max_new_tokens"],
+                **{name: [low, high] for name, (low, high, _) in GENERATION_LIMITS.items()}}
+
+    def check_generation(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Per-call settings, each checked against its documented range (GENERATION_LIMITS): one caller must not
+        hold the model with 10^9 tokens or 0 beams. ValueError names the setting and its range."""
         from .textgen import GenerationSettings
 
         known = GenerationSettings.__dataclass_fields__
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"Unknown generation settings {unknown}; known: {sorted(known)}.")
-        saved = {k: v for k, v in (self.info.get("generation") or {}).items() if k in known}
-        return GenerationSettings(**{**saved, **overrides})
+        out = dict(overrides)
+        saved = {**GenerationSettings().to_dict(), **self._saved_settings()}
+        if "max_new_tokens" in out:
+            out["max_new_tokens"] = _whole("max_new_tokens", out["max_new_tokens"], 1, self.max_new_tokens_limit)
+        most = int(out.get("max_new_tokens", saved["max_new_tokens"]))
+        rules = {**GENERATION_LIMITS, "min_new_tokens": (0, most, " (at most max_new_tokens)")}
+        for name in sorted(set(out) & set(rules) - {"max_new_tokens"}):
+            low, high, why = rules[name]
+            check = _whole if isinstance(low, int) else _number
+            out[name] = check(name, out[name], low, high, why)
+        if "min_new_tokens" not in out and int(saved["min_new_tokens"]) > most:
+            out["min_new_tokens"] = most  # the caller's own max_new_tokens wins over the folder's minimum
+        return out
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
         """Token ids the model reads for each text, and whether the text had to be cut."""
@@ -278,18 +386,90 @@ class Summarizer:
         eos = self.tokenizer.eos_token_id
         return [x if len(x) <= limit else x[: limit - 1] + [eos] for x in ids], [len(x) > limit for x in ids]
 
-    def summarize(self, texts: str | list[str], *, batch_size: int = 8, **overrides) -> Any:
-        """{"summary", "truncated"} for one text, or a list of them for a list of texts."""
+    def summarize(self, texts: str | list[str], *, batch_size: int = 8, stop=None, **overrides) -> Any:
+        """{"summary", "truncated"} for one text, or a list of them for a list of texts.
+
+        `stop`: a callable polled before every forward pass (one per generated token); when it returns a reason,
+        generation ends with `GenerationStopped` (the server's way to drop work whose caller has gone).
+        """
         from . import textgen
 
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
+        settings = self.settings(**overrides)
         ids, truncated = self.encode(texts)
-        summaries = textgen.generate(self.model, self.tokenizer, ids, settings=self.settings(**overrides),
-                                     batch_size=batch_size, precision=self.precision, device=self.device,
-                                     progress=False)
+        with stoppable(self.model, stop):
+            summaries = textgen.generate(self.model, self.tokenizer, ids, settings=settings, batch_size=batch_size,
+                                         precision=self.precision, device=self.device, progress=False)
         results = [{"summary": s, "truncated": bool(t)} for s, t in zip(summaries, truncated)]
         return results[0] if single else results
+
+
+def _weights_file(folder: Path, suffix: str = "") -> str:
+    """The weights file a folder's model loads from (for messages): safetensors first, as transformers reads."""
+    for name in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                 "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin"):
+        if name.endswith(suffix) and (folder / name).exists():
+            return str(folder / name)
+    found = sorted(folder.glob(f"*{suffix or '.safetensors'}")) or sorted(folder.glob("*.bin"))
+    return str(found[0]) if found else f"the weights in {folder}"
+
+
+def _mismatch_message(folder: Path, config, report: dict) -> str | None:
+    """One line for weights that do not fit config.json (an edited id2label, a lost head); None when they fit."""
+    weights = _weights_file(folder)
+    labels = int(getattr(config, "num_labels", 0) or 0)
+    for key, saved, wanted in sorted(report.get("mismatched_keys") or [], key=lambda m: m[0]):
+        if "ForSequenceClassification" in " ".join(config.architectures or []) and len(wanted) and \
+                wanted[0] == labels != saved[0]:
+            names = ", ".join(str(config.id2label[i]) for i in sorted(config.id2label))
+            return (f"{folder / 'config.json'} names {labels} labels ({names}) but {weights} was trained for "
+                    f"{saved[0]}; put id2label and label2id in config.json back to {saved[0]} labels (renaming "
+                    f"them is fine), or fine-tune again for {labels} labels.")
+        return (f"{weights} does not fit {folder / 'config.json'} ({key}: {tuple(saved)} in the weights, "
+                f"{tuple(wanted)} in the config); restore the config.json saved with these weights.")
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:
+        return (f"{weights} lacks {len(missing)} weights the model in config.json needs (e.g. {missing[0]}), so its "
+                "answers would come from random numbers; point at the folder save_pretrained wrote, whole.")
+    return None
+
+
+def _from_pretrained(auto, folder: Path):
+    """`auto.from_pretrained(folder)` for a whole saved model, refused in one line when its weights do not fit its
+    config.json: transformers would print a report and a traceback, or, told to ignore it, answer with a
+    randomly initialised head."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its load report: the one line below says what matters
+    try:
+        model, report = auto.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problem = _mismatch_message(folder, model.config, report)
+    if problem:
+        raise FolderError(problem)
+    ids = sorted(getattr(model.config, "id2label", None) or {})
+    if "ForSequenceClassification" in " ".join(model.config.architectures or []) and ids != list(range(len(ids))):
+        raise FolderError(f"{folder / 'config.json'}: id2label must number its labels 0 to {len(ids) - 1}, found ids "
+                          f"{ids}; number them from 0 in the order of the model's outputs.")
+    return model
+
+
+def _load_error(folder: Path, err: BaseException) -> FolderError:
+    """One line for a folder that failed to load: what is wrong with which file, and what to do."""
+    if isinstance(err, FolderError):
+        return err
+    if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        return FolderError(f"{_weights_file(folder, '.bin')} is refused: it is a pickle holding Python objects "
+                           f"besides tensors{f' ({found.group(1)})' if found else ''}, which could run code, so "
+                           "nothing in it was loaded or run. Get the model as model.safetensors from its source "
+                           "(or a pickle of plain tensors) and remove the .bin file.")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
+                       "tokenizer files, as save_pretrained writes them for model and tokenizer.")
 
 
 def _load_generative(folder: Path, task: str, info: dict[str, Any]):
@@ -304,10 +484,25 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
         with quiet_peft():
             model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model_path"]), folder)
     else:
-        model = auto.from_pretrained(folder)
+        model = _from_pretrained(auto, folder)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _load_classifier(folder: Path, info: dict[str, Any]):
+    """A sequence classifier and its tokenizer, from a full folder or base model + adapter (its head inside)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if (folder / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"])
+        with quiet_peft():
+            model = PeftModel.from_pretrained(base, folder)
+    else:
+        model = _from_pretrained(AutoModelForSequenceClassification, folder)
+    return model, AutoTokenizer.from_pretrained(folder)
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32",
@@ -317,10 +512,9 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
     or a `Summarizer`. `base_model` overrides the base an adapter folder goes on.
 
     Raises `FolderError` (one line) for a folder it cannot serve; the Hub is probed once, so an
-    unreachable Hub costs seconds, not retries.
+    unreachable Hub costs seconds, not retries. Weights are read as safetensors or with torch.load's
+    weights_only=True (transformers' and peft's default, kept): a pickle holding code is refused, never run.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from . import hub
 
     hub.hub_available()  # one short probe; offline mode from here on when the Hub is out of reach
@@ -330,31 +524,18 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
         info["base_model_path"] = _check_base_model(folder, info, base_model)
     device = torch.device(device) if device is not None else dev.best_device()
     task = info.get("task", "text-classification")
+    if task not in ("text-classification", *SUMMARIZATION_TASKS):
+        raise FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
+                          f"known tasks: text-classification, {', '.join(SUMMARIZATION_TASKS)}.")
     try:
         if task in SUMMARIZATION_TASKS:
             model, tokenizer = _load_generative(folder, task, info)
-            return Summarizer(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
-                              precision=precision)
-        if task != "text-classification":
-            raise FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
-                              f"known tasks: text-classification, {', '.join(SUMMARIZATION_TASKS)}.")
-        if (folder / "adapter_config.json").exists():
-            from peft import PeftModel
-
-            base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"])
-            with quiet_peft():
-                model = PeftModel.from_pretrained(base, folder)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(folder)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        if isinstance(err, FolderError):
-            raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
-                          "tokenizer files, as save_pretrained writes them for model and tokenizer.") from err
-    return TextClassifier(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device,
-                          precision=precision)
+            model, tokenizer = _load_classifier(folder, info)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+        raise _load_error(folder, err) from err
+    kind = Summarizer if task in SUMMARIZATION_TASKS else TextClassifier
+    return kind(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device, precision=precision)
 
 
 def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",
@@ -362,11 +543,11 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
     """Score every row of a table with a loaded model; returns the table with new columns.
 
     A classifier adds `predicted_label`, `predicted_score`, `prob_<label>` for each label and
-    `truncated`; a summarizer adds `predicted_summary` and `truncated`. The input's own columns (a
-    `label` with the truth, ids) are kept as they are, rows in their order. Rows whose text is empty
-    stay unscored (empty cells), never given a guess. `text_col` may join columns ("title+description",
-    with `text_join`), as the notebooks do. Rows are scored in chunks of `chunk_rows`, with a progress bar
-    on stderr.
+    `truncated`; a summarizer adds `predicted_summary` and `truncated`. The input's own columns are kept as
+    they are (a new name already taken gets `_new`: `new_column_names`), rows in their order. Rows whose
+    text is empty stay unscored (empty cells), never given a guess. `text_col` may join columns
+    ("title+description", with `text_join`), as the notebooks do. Rows are scored in chunks of
+    `chunk_rows`, with a progress bar on stderr.
     """
     from tqdm.auto import tqdm
 
@@ -411,9 +592,54 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
                 columns["predicted_summary"][i] = r["summary"]
         bar.update(len(index))
     bar.close()
-    out = frame.copy()
+    out, given = frame.copy(), new_column_names(frame.columns, list(columns))
     for name, values in columns.items():
-        out[name] = values
+        out[given[name]] = values
+    out.attrs["predicted_columns"] = given  # what `workbook predict` reads its counts and metrics from
+    return out
+
+
+def new_column_names(existing, wanted: list[str]) -> dict[str, str]:
+    """A free name for each new column: the input's own columns are never overwritten; a clash gets a suffix
+    (`predicted_label_new`, then `_new2`, ...), and the note says so."""
+    taken, given = {str(c) for c in existing}, {}
+    for name in wanted:
+        free, n = name, 1
+        while free in taken:
+            free, n = f"{name}_new{n if n > 1 else ''}", n + 1
+        given[name] = free
+        taken.add(free)
+    clashes = [name for name in wanted if given[name] != name]
+    if clashes:
+        print(f"note: the input already has columns {', '.join(clashes)}; they are kept as they are, and this "
+              f"model's answers go in {', '.join(given[c] for c in clashes)}")
+    return given
+
+
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".xlsx")
+
+
+def check_output(path: str | Path, source: str | Path | None = None) -> Path:
+    """Where a scored table may go, checked before the model loads (not after minutes of scoring): a known
+    suffix, an existing folder that can be written, and never the input itself or a file inside an input
+    folder (it would be read as part of the input next time). ValueError says which and what to do."""
+    import os
+
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in OUTPUT_SUFFIXES or out.is_dir():
+        raise ValueError(f"Cannot write {out}: name the output .csv, .tsv, .jsonl, .parquet or .xlsx"
+                         + (" (that is a folder: name a file in it)." if out.is_dir() else "."))
+    if not out.parent.is_dir():
+        raise ValueError(f"Cannot write {out}: the folder {out.parent} does not exist; create it "
+                         f"(mkdir -p {out.parent}) or name a file in an existing folder.")
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise ValueError(f"Cannot write {out}: no permission to write there; name a file in a folder you can write.")
+    if source is not None:
+        src, dst = Path(source).expanduser().resolve(), out.resolve()
+        if dst == src or (src.is_dir() and src in dst.parents) or (dst.exists() and os.path.samefile(dst, src)):
+            other = src.with_name(f"{src.stem}.scored{out.suffix}")
+            raise ValueError(f"--output {path} would write over the input {source}; the input is never written "
+                             f"over, so name another file, e.g. --output {other}.")
     return out
 
 
@@ -424,15 +650,10 @@ def write_table(frame, path: str | Path | None) -> None:
     if path is None:
         frame.to_csv(sys.stdout, index=False)
         return
-    path = Path(path).expanduser()
-    suffix = path.suffix.lower()
+    path = check_output(path)
     writers = {".csv": lambda: frame.to_csv(path, index=False),
                ".tsv": lambda: frame.to_csv(path, index=False, sep="\t"),
                ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
                ".parquet": lambda: frame.to_parquet(path, index=False),
                ".xlsx": lambda: frame.to_excel(path, index=False)}
-    if suffix not in writers:
-        raise ValueError(f"Cannot write {path.name}: name the output .csv, .tsv, .jsonl, .parquet or .xlsx.")
-    if not path.parent.is_dir():
-        raise ValueError(f"Cannot write {path}: the folder {path.parent} does not exist.")
-    writers[suffix]()
+    writers[path.suffix.lower()]()

@@ -17,7 +17,10 @@ accepted, each documented with curl in the README:
 
 A text longer than the model reads is cut, and the answer says so (`"truncated": true` and a
 `"note"`); only absurd sizes (megabytes) get a 413. Bad input gets a 4xx with a message; model
-calls are serialized with a lock, so concurrent requests are answered correctly.
+calls are serialized with a lock, so concurrent requests are answered correctly. A summarizer's
+"parameters" are held to ranges (`inference.GENERATION_LIMITS`, shown by /health), and a model call
+stops at its next token once all its callers have gone (disconnected, or waited QUEUE_TIMEOUT_S) or
+after GENERATION_TIMEOUT_S, so one request cannot hold the model for the others.
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ MAX_CHARS = 1_000_000  # characters per text: longer is not text for a model tha
 MAX_BODY_BYTES = 8 * 2**20  # a request body over this is refused (413) before it is read
 MAX_QUEUE = 64  # requests waiting for the model at once; more get 503 with Retry-After
 QUEUE_TIMEOUT_S = 20.0  # a request that waited this long for the model gets 503 (under common 30 s gateway limits)
+GENERATION_TIMEOUT_S = 15.0  # a summarizer call running longer is stopped (413), so the next caller is served in time
+POLL_S = 0.25  # how often a waiting request checks that its caller is still connected
+SERVER_NAME = "finetune-workbook"  # the one Server header: no product versions to look up exploits for
 TEXT_KEYS = ("text", "sentence", "texts", "sentences")
 
 
@@ -76,45 +82,83 @@ def check_text(text: Any, where: str, *, max_chars: int = MAX_CHARS) -> str:
     return text
 
 
+def _paired(text: str, pair: Any, where: str, pairs: bool, max_chars: int):
+    """`(text, text_pair)` for a sentence-pair model, the text alone for a one-text model. A pair sent to a model
+    that reads one text (or one text to a pair model) is refused: answering it as something else is wrong."""
+    if pair is None:
+        if pairs:
+            raise BadRequest(f'this model reads sentence pairs; send "{where}" with its second text, e.g. '
+                             '{"text": "...", "text_pair": "..."}')
+        return text
+    if not pairs:
+        raise _one_text_only(where)
+    return text, check_text(pair, where, max_chars=max_chars)
+
+
+def _one_text_only(where: str) -> BadRequest:
+    return BadRequest(f'"{where}" was given, but this model reads one text, not a pair of texts; send the text '
+                      'alone (sentence pairs need a model fine-tuned on pairs, with TEXT_PAIR_COL)')
+
+
+def _check_keys(body: dict, allowed: tuple[str, ...], where: str) -> None:
+    """Refuse fields the server would otherwise ignore without a word (a misspelt "text_pair", "parameters"
+    inside "data")."""
+    unknown = sorted(str(k) for k in body if k not in allowed)
+    if unknown:
+        raise BadRequest(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in "
+                         f"{where}; the fields are {', '.join(allowed)}")
+
+
 def _one_item(value: Any, where: str, pairs: bool, max_chars: int):
     """A text, or for a sentence-pair model a (text, text_pair) tuple, from a string or an object."""
     if isinstance(value, dict):
+        _check_keys(value, ("text", "sentence", "text_pair"), where)
         text = check_text(value.get("text", value.get("sentence")), f"{where}.text", max_chars=max_chars)
-        if value.get("text_pair") is None:
-            return text
-        return text, check_text(value["text_pair"], f"{where}.text_pair", max_chars=max_chars)
-    return check_text(value, where, max_chars=max_chars)
+        return _paired(text, value.get("text_pair"), f"{where}.text_pair", pairs, max_chars)
+    return _paired(check_text(value, where, max_chars=max_chars), None, f"{where}.text_pair", pairs, max_chars)
+
+
+def _unwrap(payload: Any) -> tuple[dict, tuple[str, ...], str]:
+    """(the object holding the texts, its allowed fields, its name) from a body: bare list, object, {"data": ...}."""
+    if isinstance(payload, list):  # a bare JSON list of texts (OCI Data Science clients)
+        return {"texts": payload}, TEXT_KEYS, "the body"
+    if not isinstance(payload, dict):
+        raise BadRequest(f"the body must be a JSON object or a list of texts; {EXAMPLE}")
+    if "data" not in payload:
+        return payload, (*TEXT_KEYS, "text_pair", "parameters"), "the body"
+    _check_keys(payload, ("data", "parameters"), "the body")  # {"data": ..., "text_pair": ...} is not a pair
+    body = payload["data"]
+    if isinstance(body, (str, list)):
+        body = {"texts" if isinstance(body, list) else "text": body}
+    if not isinstance(body, dict):
+        raise BadRequest(f'"data" must be an object, got {type(body).__name__}; {EXAMPLE}')
+    return body, (*TEXT_KEYS, "text_pair"), '"data" ("parameters" go beside "data")'
 
 
 def parse_texts(payload: Any, *, max_texts: int = MAX_TEXTS, max_chars: int = MAX_CHARS,
                 pairs: bool = False) -> tuple[list, bool]:
     """(inputs, single) from a request body; `BadRequest` naming the problem and the fix otherwise.
 
-    An input is a text, or `(text, text_pair)` when the body gives `"text_pair"`.
+    An input is a text, or `(text, text_pair)` for a sentence-pair model (`pairs`), which needs both.
     """
-    if isinstance(payload, list):  # a bare JSON list of texts (OCI Data Science clients)
-        body: Any = {"texts": payload}
-    elif isinstance(payload, dict):
-        body = payload
-    else:
-        raise BadRequest(f"the body must be a JSON object or a list of texts; {EXAMPLE}")
-    if "data" in body:
-        body = body["data"]
-        if isinstance(body, (str, list)):
-            body = {"texts" if isinstance(body, list) else "text": body}
-        if not isinstance(body, dict):
-            raise BadRequest(f'"data" must be an object, got {type(body).__name__}; {EXAMPLE}')
+    body, allowed, where = _unwrap(payload)
     keys = [k for k in TEXT_KEYS if k in body]
     if len(keys) != 1:
         raise BadRequest(f"give exactly one of text / sentence / texts (got {sorted(map(str, body)) or 'none'}); "
                          f"{EXAMPLE}")
+    _check_keys(body, allowed, where)
     key = keys[0]
     value = body[key]
     if key in ("text", "sentence"):
-        item = _one_item(value, key, pairs, max_chars)
-        if body.get("text_pair") is not None:
-            item = (item, check_text(body["text_pair"], "text_pair", max_chars=max_chars))
-        return [item], True
+        if isinstance(value, dict):
+            return [_one_item(value, key, pairs, max_chars)], True
+        return [_paired(check_text(value, key, max_chars=max_chars), body.get("text_pair"), "text_pair", pairs,
+                        max_chars)], True
+    if body.get("text_pair") is not None:
+        if not pairs:
+            raise _one_text_only("text_pair")
+        raise BadRequest(f'"text_pair" goes with each item of "{key}": {{"{key}": [{{"text": "...", '
+                         '"text_pair": "..."}, ...]}')
     if not isinstance(value, list):
         raise BadRequest(f'"{key}" must be a list of strings, got {type(value).__name__}')
     if not value:
@@ -265,7 +309,7 @@ class _Job:
         self.done = threading.Event()
         self.results: list[dict] | None = None
         self.error: BaseException | None = None
-        self.cancelled = False
+        self.cancelled = False  # its caller gave up or went away: skip it, or stop the model call it is in
 
 
 class MicroBatcher:
@@ -273,19 +317,25 @@ class MicroBatcher:
     each other (up to `max_batch` texts) go through the model in one call; each caller gets its own
     answers, and a request whose inputs fail is retried alone, so it cannot fail the others.
 
-    `max_batch=1` and `max_wait_ms=0` is one request per model call (what `--no-batching` serves)."""
+    `max_batch=1` and `max_wait_ms=0` is one request per model call (what `--no-batching` serves).
+    `call(items, overrides, stop)` gets a `stop()` to poll: it gives a reason once every caller of that call
+    has gone, or the call ran over `budget_s`, so no work goes on for nobody."""
 
-    def __init__(self, call, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = MAX_QUEUE):
+    def __init__(self, call, *, max_batch: int = 32, max_wait_ms: float = 5.0, max_queue: int = MAX_QUEUE,
+                 budget_s: float = GENERATION_TIMEOUT_S):
         import queue
 
         self.call, self.max_batch, self.max_wait = call, max(1, max_batch), max(0.0, max_wait_ms) / 1000
+        self.budget_s = budget_s
         self.queue: queue.Queue[_Job] = queue.Queue(maxsize=max_queue)
         self.active = 0  # requests submitted and not yet answered: waiting makes sense only when > 1
         self.active_lock = threading.Lock()
         self.worker = threading.Thread(target=self._work, name="micro-batcher", daemon=True)
         self.worker.start()
 
-    def submit(self, items: list, overrides: dict, timeout_s: float) -> list[dict]:
+    def submit(self, items: list, overrides: dict, timeout_s: float, gone=None) -> list[dict]:
+        """The answers for `items`; `Busy` when the queue is full or `timeout_s` passed. `gone()`, polled while
+        waiting, says the caller closed its connection: its work is then dropped."""
         import queue
 
         job = _Job(items, overrides)
@@ -296,15 +346,24 @@ class MicroBatcher:
         with self.active_lock:
             self.active += 1
         try:
-            if not job.done.wait(timeout_s):
-                job.cancelled = True
-                raise Busy(f"the model was busy for {timeout_s:g} s; retry shortly")
+            self._wait(job, timeout_s, gone)
         finally:
             with self.active_lock:
                 self.active -= 1
         if job.error is not None:
             raise job.error
         return job.results
+
+    @staticmethod
+    def _wait(job: _Job, timeout_s: float, gone) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not job.done.wait(max(0.0, min(POLL_S, deadline - time.monotonic()))):
+            if gone is not None and gone():
+                job.cancelled = True
+                raise BadRequest("the client closed the connection; its request was dropped", 499)
+            if time.monotonic() >= deadline:
+                job.cancelled = True
+                raise Busy(f"the model was busy for {timeout_s:g} s; retry shortly")
 
     def _work(self) -> None:
         while True:
@@ -334,11 +393,25 @@ class MicroBatcher:
             size += len(job.items)
         return [j for j in jobs if not j.cancelled]
 
+    def _stopper(self, jobs: list[_Job]):
+        """What a model call polls (once per generated token): a reason to stop, or None."""
+        start = time.monotonic()
+
+        def stop() -> str | None:
+            if all(job.cancelled for job in jobs):
+                return "every caller of this model call has gone"
+            if time.monotonic() - start > self.budget_s:
+                return f"it ran over {self.budget_s:g} s"
+            return None
+
+        return stop
+
     def _run(self, jobs: list[_Job]) -> None:
+        jobs = [job for job in jobs if not job.cancelled]
         if not jobs:
             return
         try:
-            results = self.call([item for job in jobs for item in job.items], jobs[0].overrides)
+            results = self.call([item for job in jobs for item in job.items], jobs[0].overrides, self._stopper(jobs))
         except Exception as err:  # noqa: BLE001 - isolate the request that failed
             if len(jobs) > 1:
                 for job in jobs:
@@ -359,7 +432,8 @@ class ModelService:
     through a bounded queue), shape the answer for the client that asked."""
 
     def __init__(self, predictor, *, name: str, max_texts: int = MAX_TEXTS, max_queue: int = MAX_QUEUE,
-                 queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32, max_wait_ms: float = 5.0):
+                 queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32, max_wait_ms: float = 5.0,
+                 generation_timeout_s: float = GENERATION_TIMEOUT_S):
         self.predictor = predictor
         self.classifier = predictor.task == "text-classification"
         self.pairs = self.classifier and getattr(predictor, "takes_pairs", False)
@@ -368,10 +442,11 @@ class ModelService:
         self.model_name, self.requested, self.standin = describe_model(predictor.info, name)
         self.max_texts, self.queue_timeout_s = max_texts, queue_timeout_s
         self.batcher = MicroBatcher(self._call_model, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                                    max_queue=max_queue)
+                                    max_queue=max_queue, budget_s=generation_timeout_s)
 
-    def run(self, items: list, overrides: dict) -> list[dict]:
-        """The model on `items`; `Busy` when the queue is full or the wait too long."""
+    def run(self, items: list, overrides: dict, gone=None) -> list[dict]:
+        """The model on `items`; `Busy` when the queue is full or the wait too long. Generation settings are
+        checked against their limits first (`inference.GENERATION_LIMITS`): a 400 naming the setting."""
         if overrides and self.classifier:
             raise BadRequest('"parameters" are for summarizers only')
         if not self.classifier:
@@ -379,51 +454,55 @@ class ModelService:
                 self.predictor.settings(**overrides)  # unknown settings: this request's 400, before it is queued
             except (TypeError, ValueError) as err:
                 raise BadRequest(str(err)) from None
-        results = self.batcher.submit(items, overrides, self.queue_timeout_s)
+        results = self.batcher.submit(items, overrides, self.queue_timeout_s, gone)
         return [with_note(r, self.reads_tokens) for r in results]
 
-    def _call_model(self, items: list, overrides: dict) -> list[dict]:
+    def _call_model(self, items: list, overrides: dict, stop=None) -> list[dict]:
         if self.classifier:
             return self.predictor.predict(items)
+        from .inference import GenerationStopped
+
         try:
-            return self.predictor.summarize(items, **overrides)
+            return self.predictor.summarize(items, stop=stop, **overrides)
+        except GenerationStopped as err:
+            raise BadRequest(f"generating these summaries was stopped: {err}; send fewer texts per request, or a "
+                             "smaller max_new_tokens or num_beams", 413) from None
         except (TypeError, ValueError) as err:
             raise BadRequest(str(err)) from err
 
-    def answer_json(self, payload) -> tuple[dict, int]:
+    def answer_json(self, payload, gone=None) -> tuple[dict, int]:
         """A JSON request's answer: a result, {"predictions" | "summaries": [...]}, or OCI's {"prediction": [...]}."""
         items, single = parse_texts(payload, max_texts=self.max_texts, pairs=self.pairs)
         overrides = payload.get("parameters", {}) if isinstance(payload, dict) else {}
         if not isinstance(overrides, dict):
             raise BadRequest('"parameters" must be an object, e.g. {"num_beams": 4}')
-        results = self.run(items, overrides)
+        results = self.run(items, overrides, gone)
         if isinstance(payload, list):  # OCI Data Science's answer shape
             return {"prediction": results}, 200
         if single:
             return results[0], 200
         return {"predictions" if self.classifier else "summaries": results}, 200
 
-    def answer_domino(self, payload) -> dict:
+    def answer_domino(self, payload, gone=None) -> dict:
         """Domino's model API: {"data": {<argument>: value}} in, the function's return value as "result" out."""
         start = time.perf_counter()
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), (dict, str, list)):
             raise BadRequest('a Domino model API call is {"data": {"sentence": "..."}} '
                              '(or {"data": {"text": ...}} / {"data": {"texts": [...]}})')
+        _check_keys(payload, ("data",), "a Domino model API call")
         items, single = parse_texts({"data": payload["data"]}, max_texts=self.max_texts, pairs=self.pairs)
-        results = self.run(items, {})
+        results = self.run(items, {}, gone)
         elapsed = round(1000 * (time.perf_counter() - start), 1)
         return {"result": results[0] if single else results, "request_id": str(uuid.uuid4()),
                 "model_time_in_ms": elapsed, "timing": elapsed,
                 "release": {"harness_version": "finetune-workbook", "model_version": self.model_name}}
 
-    def answer_form(self, form) -> dict:
+    def answer_form(self, form, gone=None) -> dict:
         """An HTML form post (`text`, `text_pair`): the values to render the page with."""
         text, pair = form.get("text", form.get("sentence", "")), form.get("text_pair")
         try:
-            item = check_text(text, "text")
-            if pair:
-                item = (item, check_text(pair, "text_pair"))
-            return {"text": text, "text_pair": pair or "", "result": self.run([item], {})[0]}
+            item = _paired(check_text(text, "text"), pair or None, "text_pair", self.pairs, MAX_CHARS)
+            return {"text": text, "text_pair": pair or "", "result": self.run([item], {}, gone)[0]}
         except BadRequest as err:
             return {"text": text, "text_pair": pair or "", "error": str(err), "status": err.status}
 
@@ -443,6 +522,8 @@ class ModelService:
                 "max_texts": self.max_texts, "text_pair": self.pairs}
         if self.classifier:
             body["labels"] = self.predictor.labels
+        elif hasattr(self.predictor, "generation_limits"):
+            body["parameters"] = self.predictor.generation_limits()
         return body
 
 
@@ -458,7 +539,7 @@ def read_payload(request):
 
 def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
                max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32,
-               max_wait_ms: float = 5.0):
+               max_wait_ms: float = 5.0, generation_timeout_s: float = GENERATION_TIMEOUT_S):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
     or a loaded predictor."""
     from flask import Flask, jsonify, render_template_string, request
@@ -469,7 +550,7 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
                  else source)
     service = ModelService(predictor, name=getattr(source, "name", "model"), max_texts=max_texts,
                            max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_batch=max_batch,
-                           max_wait_ms=max_wait_ms)
+                           max_wait_ms=max_wait_ms, generation_timeout_s=generation_timeout_s)
     app = Flask("finetune_workbook")
     app.json.sort_keys = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint)
@@ -489,15 +570,16 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
         try:
             payload = read_payload(request)
             if payload is None:
-                return page(**service.answer_form(request.form))
-            body, status = service.answer_json(payload)
+                return page(**service.answer_form(request.form, caller_gone(request.environ)))
+            body, status = service.answer_json(payload, caller_gone(request.environ))
         except BadRequest as err:
             return error(str(err), err.status)
         return jsonify(body), status
 
     def domino(model_id: str | None = None):
         try:
-            return jsonify(service.answer_domino(parse_json_body(request.get_data(cache=True))))
+            return jsonify(service.answer_domino(parse_json_body(request.get_data(cache=True)),
+                                                 caller_gone(request.environ)))
         except BadRequest as err:
             return error(str(err), err.status)
 
@@ -519,7 +601,7 @@ def _error_pages(app, error, endpoint: str) -> None:
     @app.after_request
     def headers(response):
         response.headers.update(SECURITY_HEADERS)
-        response.headers["Server"] = "finetune-workbook"
+        response.headers["Server"] = SERVER_NAME  # the only one: make_http_server drops Werkzeug's
         return response
 
     app.register_error_handler(404, lambda _: error(f"no such endpoint; use GET /, GET /health or POST {endpoint}",
@@ -532,12 +614,46 @@ def _error_pages(app, error, endpoint: str) -> None:
         f"the model failed on this input ({getattr(err, 'original_exception', err)})", 500))
 
 
+def caller_gone(environ):
+    """For a request on a real connection, a check that its client has closed it (the socket reads end-of-file,
+    peeked, nothing consumed); None where there is no socket (the test client, other WSGI servers)."""
+    import select
+    import socket
+
+    sock = environ.get("werkzeug.socket")
+    if sock is None:
+        return None
+
+    def gone() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+        except ConnectionError:
+            return True
+        except (OSError, ValueError):  # closed here already, or TLS (no peeking): assume it is still there
+            return False
+
+    return gone
+
+
+def make_http_server(app, host: str, port: int):
+    """Werkzeug's threaded server, without its own `Server: Werkzeug/3.x Python/3.x` header: answers carry one
+    Server header, the app's, naming no versions."""
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    class Handler(WSGIRequestHandler):
+        def send_response(self, code, message=None):  # http.server's, less its Server header
+            self.log_request(code)
+            self.send_response_only(code, message)
+            self.send_header("Date", self.date_time_string())
+
+    return make_server(host, port, app, threaded=True, request_handler=Handler)
+
+
 def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
           base_model: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
     """Run the app with a threaded server until interrupted. The port is claimed before the model loads."""
     import socket
-
-    from werkzeug.serving import make_server
 
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
@@ -549,7 +665,7 @@ def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device:
         probe.close()
     print(f"loading the model from {source} ...", flush=True)
     app = create_app(source, device=device, base_model=base_model, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    server = make_server(host, port, app, threaded=True)
+    server = make_http_server(app, host, port)
     url = f"http://{host}:{server.server_port}"
     endpoint = app.config["WORKBOOK_ENDPOINT"]
     print(f"serving {source} at {url}  (page: {url}/, health: {url}/health; Ctrl+C stops)")
