@@ -131,7 +131,10 @@ def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, r
     if overwrite and (folder / METRICS_FILE).exists():
         (folder / METRICS_FILE).unlink()
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(run_file, {**mine, "finished": False,
+    # A resumed run that fails (a damaged checkpoint, Ctrl-C) leaves the folder as it was: a finished
+    # run's results are still there, so it stays "finished" until this run writes new ones.
+    finished = bool(resume and previous and previous.get("finished") and (folder / METRICS_FILE).exists())
+    write_json(run_file, {**mine, "finished": finished,
                           "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     return folder
 
