@@ -330,11 +330,14 @@ def _read_input(args):
         raise data.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
     if args.output is not None:
         inference.check_output(args.output, source)
-    read = data.read_folder if source.is_dir() else data.read_table
+    read = (data.read_folder if source.is_dir() else data.read_archive if data.is_archive(source)
+            else data.read_table)
     wanted = data.text_columns(args.text_col)
     wanted += data.text_columns(args.text_pair_col) if args.text_pair_col else []
     with contextlib.redirect_stdout(sys.stderr):  # the reader's notes must not mix into CSV on stdout
-        frame, _ = read(source, wanted=wanted)
+        frame, used = read(source, wanted=wanted)
+        for reason, lines in (used.skipped or {}).items():  # lines the reader set aside: said, never silent
+            print(f"note: {len(lines):,} input lines not scored ({reason}), e.g. {lines[0]}")
     return frame
 
 

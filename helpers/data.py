@@ -15,8 +15,10 @@ import json
 import math
 import os
 import re
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +49,12 @@ class DataSource:
     encoding: str | None = None
     header: bool | None = None
     skipped: dict[str, list[str]] = field(default_factory=dict)  # lines that could not be read, by reason
+    layout: str | None = None  # how a folder was read when its columns are the reader's own ("class folders")
+    parts: list[str] = field(default_factory=list)  # what a folder's split was read from (`dev.tsv`, `aclImdb/test`)
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "skipped"}
+        out = {k: v for k, v in self.__dict__.items()
+               if k not in ("skipped", "parts") and not (k == "layout" and v is None)}
         if self.skipped:
             out["skipped"] = {reason: len(lines) for reason, lines in self.skipped.items()}
         return out
@@ -63,6 +68,7 @@ class DropReport:
     dropped: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
     flagged: dict[str, int] = field(default_factory=dict)  # kept but worth knowing (e.g. mojibake)
+    parts: dict[str, tuple[int, int]] = field(default_factory=dict)  # split -> (rows read, kept), several splits
 
     @property
     def rows_kept(self) -> int:
@@ -73,8 +79,10 @@ class DropReport:
             self.dropped[reason] = self.dropped.get(reason, 0) + len(texts)
             self.examples.setdefault(reason, []).extend(t[:80] for t in texts[:3])
 
-    def merge(self, other: DropReport) -> None:
-        """Add another part's counts (e.g. the splits of one dataset)."""
+    def merge(self, other: DropReport, part: str | None = None) -> None:
+        """Add another part's counts (e.g. the splits of one dataset; `part` names it in the summary)."""
+        if part is not None:
+            self.parts[part] = (other.rows_read, other.rows_kept)
         self.rows_read += other.rows_read
         for reason, count in other.dropped.items():
             self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -84,6 +92,8 @@ class DropReport:
 
     def summary(self) -> str:
         lines = [f"read {self.rows_read} rows, kept {self.rows_kept}"]
+        if len(self.parts) > 1:
+            lines[0] += " (" + ", ".join(f"{k}: {kept} of {read}" for k, (read, kept) in self.parts.items()) + ")"
         for reason, count in self.dropped.items():
             lines.append(f"  dropped {count:>5} {reason}  e.g. {self.examples.get(reason, [])[:2]}")
         for reason, count in self.flagged.items():
@@ -109,11 +119,27 @@ class LoadedData:
     report: DropReport
     label_names: list[str]
     label_rule: str = ""  # how the label column was read (printed by the notebooks)
+    value_names: dict[str, str] = field(default_factory=dict)  # normalized label value -> label name
+    given: GivenSplits | None = None  # the splits the data came with, beside `dataset` (its train split)
 
     @property
     def has_pairs(self) -> bool:
         """True when rows are sentence pairs (a `text_pair` column beside `text`)."""
         return "text_pair" in self.dataset.column_names
+
+
+@dataclass
+class GivenSplits:
+    """What a dataset brought beside its train split: `stratified_split` uses these instead of re-splitting.
+
+    `origin` names the train split (`the train split of SST-2`); `splits` holds the labelled validation / test
+    Datasets, cleaned and labelled like the train split; `unused` says why a given split is not used (a GLUE
+    `test.tsv` without labels)."""
+
+    origin: str
+    splits: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # split -> what it was read from (`dev.tsv`)
+    unused: dict[str, str] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- locating sources
@@ -346,11 +372,9 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
     if "\x00" in text[:4096]:
         raise DataError(f"{path} looks binary (NUL bytes), not text; export it as CSV, TSV, JSON lines or parquet.")
     if suffix in (".jsonl", ".json"):
-        try:
-            frame = pd.read_json(io.StringIO(text), lines=suffix == ".jsonl" or text.lstrip()[:1] != "[",
-                                 dtype=False)
-        except ValueError as err:
-            raise DataError(f"{path} is not valid JSON lines ({err}); one JSON object per line is expected.") from err
+        from .readers import read_json_records
+
+        frame, source.skipped = read_json_records(text, path)
         return frame, source
     if suffix == ".txt" and text.lstrip().startswith("__label__"):
         return _read_fasttext(text, columns), source
@@ -360,6 +384,15 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
         print(f"note: {path.name} holds `sentence@label` lines (the original Financial PhraseBank release); "
               f"read as columns {list(frame.columns)}")
         return frame, source
+    return _read_csv_text(text, path, suffix, source, columns=columns, header=header, label_values=label_values,
+                          sep=sep, wanted=wanted, label_col=label_col)
+
+
+def _read_csv_text(text: str, path: Path, suffix: str, source: DataSource, *, columns: list[str] | None,
+                   header: bool | None, label_values: list[str] | None, sep: str | None, wanted: list[str] | None,
+                   label_col: str | None) -> tuple[pd.DataFrame, DataSource]:
+    """The delimited-text half of `read_table`: delimiter sniffed, header inferred, a known variant of the
+    recipe's header renamed by position (said), unreadable lines in `source.skipped`."""
     csv.field_size_limit(2**31 - 1)  # long documents: the csv module's default caps a field at 128 KB
     first_line = text.split("\n", 1)[0]
     delimiter = sep or _sniff_delimiter(first_line, "\t" if suffix == ".tsv" else ",")
@@ -375,8 +408,7 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
     if not header:
         same_width = columns is not None and len(columns) == len(first_row)
         names = list(columns) if same_width else [f"column_{i}" for i in range(len(first_row))]
-    frame, skipped = _read_delimited(text, path, delimiter, header, names)
-    source.skipped = skipped
+    frame, source.skipped = _read_delimited(text, path, delimiter, header, names)
     if header and columns and _is_known_variant(list(frame.columns), columns, label_col) and not (
             set(wanted or columns) <= set(frame.columns)):
         # A header with other names than ours, in our layout (e.g. `sentiment,text` or `result,content`):
@@ -391,7 +423,10 @@ def _read_excel(path: Path, columns: list[str] | None, header: bool | None, want
     """The first sheet of an Excel workbook (the others are named), as read_table reads a CSV: cells as
     strings where they are text, a missing header detected the same way."""
     try:
-        sheets = pd.read_excel(path, sheet_name=None, header=None, dtype=object)
+        # keep_default_na=False: `NA` (North America), `None` or `null` are values, as the CSV reader keeps them;
+        # only blank cells are missing
+        sheets = pd.read_excel(path, sheet_name=None, header=None, dtype=object, keep_default_na=False,
+                               na_values=[""])
     except Exception as err:  # noqa: BLE001 - openpyxl raises many kinds for damaged or protected files
         raise DataError(f"Cannot read {path} as an Excel workbook ({err}); open it in Excel and save it again, or "
                         "export the sheet as CSV.") from err
@@ -498,10 +533,28 @@ def _read_at_labeled(text: str, columns: list[str] | None, label_col: str | None
 
 # --------------------------------------------------------------------------- cleaning
 
+_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)")
+
+
 def normalize_label(value: Any) -> str:
+    """A label as labels are compared: stripped, lower case, and numbers as numbers (`1`, `01`, `1.0` and `+1`
+    are the label `1`; `0.50` is `0.5`): spreadsheets and float columns write one class several ways."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value).strip().lower()
+    text = str(value).strip().lower()
+    if _NUMBER.fullmatch(text):
+        number = Decimal(text)
+        return str(int(number)) if number == number.to_integral_value() else format(number.normalize(), "f")
+    return text
+
+
+def normalized_labels(raw: pd.Series) -> pd.Series:
+    """`normalize_label` of every row, computed once per distinct value (millions of rows, a few labels)."""
+    try:
+        lookup = {value: normalize_label(value) for value in pd.unique(raw)}
+    except TypeError:  # unhashable cells (lists): row by row
+        return raw.map(normalize_label).astype(object)
+    return raw.map(lookup).astype(object)
 
 
 def parse_label_names(value: str | list[str] | dict | None) -> tuple[list[str] | None, dict[str, str] | None]:
@@ -540,8 +593,23 @@ def check_columns(frame: pd.DataFrame, needed: list[str], where: str) -> None:
 
 
 
+_INVISIBLE = r"^[\p{C}\p{Z}\p{M}\s]*$"  # no letter, number, punctuation or symbol: what the server refuses
+
+
+def invisible(texts: pd.Series) -> pd.Series:
+    """True for texts with nothing visible: empty, whitespace, or only zero-width, control or format characters
+    (`\u200b`, `\ufeff`, a lone combining mark). Run in Arrow (RE2), not per Python object."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    flags = pc.match_substring_regex(pa.array(texts.astype(str).array),
+                                     pattern=_INVISIBLE)
+    return pd.Series(flags.to_numpy(zero_copy_only=False), index=texts.index, dtype=bool)
+
+
 def text_keys(texts: pd.Series, chunk_rows: int = 200_000) -> tuple[pd.Series, pd.Series]:
-    """(a 64-bit hash of each text with whitespace normalized, whether it is empty), in bounded chunks.
+    """(a 64-bit hash of each text with whitespace normalized, whether it is empty or invisible), in bounded
+    chunks. Invisible texts (zero-width characters only) count as empty: a model reads nothing in them.
 
     Comparing hashes instead of normalized copies keeps duplicate detection at 8 bytes a row (a million
     reviews: 8 MB, not a second copy of every text); at 64 bits a collision among millions of rows is
@@ -552,7 +620,7 @@ def text_keys(texts: pd.Series, chunk_rows: int = 200_000) -> tuple[pd.Series, p
     texts = texts.astype(str)  # Arrow-backed: the regex runs in Arrow (RE2), not per Python object
     for start in range(0, len(texts), chunk_rows):
         part = texts.iloc[start: start + chunk_rows].str.replace(r"\s+", " ", regex=True).str.strip()
-        empty[start: start + len(part)] = (part.str.len() == 0).to_numpy()
+        empty[start: start + len(part)] = invisible(part).to_numpy()
         hashes[start: start + len(part)] = pd.util.hash_pandas_object(part, index=False).to_numpy()
     return pd.Series(hashes, index=texts.index), pd.Series(empty, index=texts.index)
 
@@ -574,7 +642,10 @@ def clean_labeled(frame: pd.DataFrame, text_col: str, label_col: str,
     frame = frame.copy()
     frame[text_col] = frame[text_col].fillna("").astype(str)
     key, empty = text_keys(frame[text_col])
-    report.add("empty text", frame.loc[empty, text_col].tolist())
+    blank = frame.loc[empty, text_col].str.strip() == ""
+    report.add("empty text", frame.loc[empty, text_col][blank].tolist())
+    report.add("no visible characters (only zero-width, control or format ones)",
+               frame.loc[empty, text_col][~blank].tolist())
     if pair_col is not None:
         frame[pair_col] = frame[pair_col].fillna("").astype(str)
         pair_key, pair_empty = text_keys(frame[pair_col])
@@ -608,13 +679,25 @@ _INTEGER = r"-?\d+"
 
 
 def _names_from_data(norm: pd.Series, raw: pd.Series) -> tuple[list[str], dict[str, str]]:
-    """The data's own label set in a stable order (numbers numerically, names alphabetically), each
-    label spelled as most of its rows spell it."""
-    spelled = raw.astype(str).str.strip().groupby(norm).agg(lambda s: s.value_counts().index[0]).to_dict()
+    """The data's own label set in a stable order (numbers numerically, names alphabetically); a name spelled
+    as most of its rows spell it, a number as the number (`03` is `3`)."""
+    spelled = raw.astype(str).str.strip().groupby(norm.to_numpy()).agg(lambda s: s.value_counts().index[0]).to_dict()
     keys = list(spelled)
     numeric = all(re.fullmatch(_INTEGER, k) for k in keys)
+    if numeric:
+        spelled = {k: k for k in keys}
     keys.sort(key=(lambda k: int(k)) if numeric else (lambda k: (k, spelled[k])))
     return [spelled[k] for k in keys], spelled
+
+
+def _spellings(raw: pd.Series, norm: pd.Series) -> str:
+    """' (one label written several ways, read as one: 01 = 1, ...)', or '' when each label has one spelling."""
+    ways = raw.astype(str).str.strip().groupby(norm.to_numpy()).unique()
+    several = [f"{' = '.join(sorted(map(str, v), key=lambda w: (w != k, w)))}" for k, v in ways.items() if len(v) > 1]
+    if not several:
+        return ""
+    return f" (labels written several ways, each read as one label: {', '.join(several[:4])}" + (
+        ", ..." if len(several) > 4 else "") + ")"
 
 
 def _integer_rule(ints: pd.Series, names: list[str], label_col: str, where: str) -> int:
@@ -633,58 +716,50 @@ def _integer_rule(ints: pd.Series, names: list[str], label_col: str, where: str)
     return 0 if zero else 1
 
 
-def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: str | list[str] | None,
-                       label_map: dict[Any, str] | None = None, where: str = "data"
-                       ) -> tuple[pd.Series, list[str], str]:
-    """Label column -> label names, checked against `label_names`; returns (names per row, the label
-    set in order, a sentence saying how labels were read).
+def _refuse_mixed(raw: pd.Series, numeric: pd.Series, label_col: str, where: str) -> None:
+    if numeric.any() and not numeric.all():
+        mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
+        raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
+                        "make the labels consistent, or set LABEL_NAMES with value=name pairs.")
 
-    `label_names` None takes the label set from the data. Integer labels with `label_names` are
-    positions in it, counted from 0 or from 1 as the values show (said in the returned rule); a
-    `label_map` or `value=name` pairs map raw values explicitly. Names compare case-insensitively
-    and keep the spelling of `label_names` (or of the data).
-    """
-    raw = frame[label_col]
-    norm = raw.map(normalize_label)
-    wanted, pairs = parse_label_names(label_names)
-    if label_map:
-        pairs = {normalize_label(k): str(v) for k, v in label_map.items()}
-        wanted = wanted or list(dict.fromkeys(pairs.values()))
-    numeric = norm.str.fullmatch(_INTEGER)
-    if wanted is None:
-        decimal = norm.str.fullmatch(r"-?\d*\.\d+")
-        if decimal.mean() > 0.5:
-            shown = ", ".join(sorted(set(raw[decimal].astype(str)))[:4])
-            raise DataError(f"Labels in {label_col!r} of {where} are decimal numbers ({shown}, ...): a score to "
-                            "regress, not classes; set LABEL_COL to a column of classes, or LABEL_NAMES with "
-                            "value=name pairs to say which values are classes.")
-        if len(frame) >= 50 and norm.nunique() > 0.5 * len(frame):
-            raise DataError(f"Column {label_col!r} of {where} holds {norm.nunique():,} different values in "
-                            f"{len(frame):,} rows: it looks like text or ids, not labels; set LABEL_COL to the "
-                            "label column (or LABEL_NAMES to the labels).")
-        if numeric.any() and not numeric.all():
-            mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
-            raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
-                            "make the labels consistent, or set LABEL_NAMES with value=name pairs.")
-        wanted, spelled = _names_from_data(norm, raw)
-        return norm.map(spelled), wanted, f"labels taken from the data ({len(wanted)}): {', '.join(wanted)}"
+
+def _labels_from_data(raw: pd.Series, norm: pd.Series, label_col: str, where: str
+                      ) -> tuple[pd.Series, list[str], str]:
+    """LABEL_NAMES=None: the data's own labels, once checked that they are classes (not scores, text or ids)."""
+    decimal = norm.str.fullmatch(r"-?\d*\.\d+")
+    if decimal.mean() > 0.5:
+        shown = ", ".join(sorted(set(raw[decimal].astype(str)))[:4])
+        raise DataError(f"Labels in {label_col!r} of {where} are decimal numbers ({shown}, ...): a score to "
+                        "regress, not classes; set LABEL_COL to a column of classes, or LABEL_NAMES with "
+                        "value=name pairs to say which values are classes.")
+    if len(norm) >= 50 and norm.nunique() > 0.5 * len(norm):
+        raise DataError(f"Column {label_col!r} of {where} holds {norm.nunique():,} different values in "
+                        f"{len(norm):,} rows: it looks like text or ids, not labels; set LABEL_COL to the "
+                        "label column (or LABEL_NAMES to the labels).")
+    _refuse_mixed(raw, norm.str.fullmatch(_INTEGER), label_col, where)
+    wanted, spelled = _names_from_data(norm, raw)
+    return norm.map(spelled), wanted, f"labels taken from the data ({len(wanted)}): {', '.join(wanted)}"
+
+
+def _labels_by_names(raw: pd.Series, norm: pd.Series, wanted: list[str], pairs: dict[str, str] | None,
+                     label_col: str, where: str) -> tuple[pd.Series, str]:
+    """Labels read against LABEL_NAMES: value=name pairs, integer positions (0- or 1-based), or names."""
     by_key = {normalize_label(n): n for n in wanted}
+    numeric = norm.str.fullmatch(_INTEGER)
+    named_by_numbers = any(re.fullmatch(_INTEGER, k) for k in by_key)
     if pairs:
         names = norm.map(lambda v: pairs.get(v, v))
         rule = "labels mapped by LABEL_NAMES: " + ", ".join(f"{k} -> {v}" for k, v in list(pairs.items())[:8])
-    elif numeric.all() and not any(re.fullmatch(_INTEGER, k) for k in by_key):
+    elif numeric.all() and not named_by_numbers:
         ints = norm.astype(int)
         base = _integer_rule(ints, wanted, label_col, where)
         names = ints.map(lambda i: wanted[i - base])
         rule = (f"integer labels counted from {base} ({'0-based' if base == 0 else '1-based'}): "
                 + ", ".join(f"{i + base} -> {n}" for i, n in enumerate(wanted)))
     else:
-        if numeric.any() and not numeric.all() and not any(re.fullmatch(_INTEGER, k) for k in by_key):
-            mixed = sorted(set(raw[numeric].astype(str)))[:3] + sorted(set(raw[~numeric].astype(str)))[:3]
-            raise DataError(f"Label column {label_col!r} in {where} mixes numbers and names ({', '.join(mixed)}); "
-                            "make the labels consistent, or set LABEL_NAMES with value=name pairs.")
-        names = norm
-        rule = f"labels matched by name: {', '.join(wanted)}"
+        if not named_by_numbers:
+            _refuse_mixed(raw, numeric, label_col, where)
+        names, rule = norm, f"labels matched by name: {', '.join(wanted)}"
     names = names.map(lambda v: by_key.get(normalize_label(v), v))
     unknown = Counter(v for v in names if v not in wanted)
     if unknown:
@@ -695,9 +770,39 @@ def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: str | l
                         f"{{{', '.join(wanted)}}} (unknown: {shown}); set LABEL_NAMES to your labels (or None to "
                         "take them from the data), or LABEL_COL to the label column.")
     absent = [n for n in wanted if n not in set(names)]
-    if absent:
-        rule += f" (no rows for {', '.join(absent)})"
-    return names, wanted, rule
+    return names, rule + (f" (no rows for {', '.join(absent)})" if absent else "")
+
+
+def encode_label_names(frame: pd.DataFrame, label_col: str, label_names: str | list[str] | None,
+                       label_map: dict[Any, str] | None = None, where: str = "data", *,
+                       names_are_default: bool = False) -> tuple[pd.Series, list[str], str]:
+    """Label column -> label names, checked against `label_names`; returns (names per row, the label
+    set in order, a sentence saying how labels were read).
+
+    `label_names` None takes the label set from the data. Integer labels with `label_names` are
+    positions in it, counted from 0 or from 1 as the values show (said in the returned rule); a
+    `label_map` or `value=name` pairs map raw values explicitly. Names compare case-insensitively
+    and keep the spelling of `label_names` (or of the data); numbers compare as numbers (`01` is `1`).
+    `names_are_default`: `label_names` is a recipe's default, not the user's: it exists to name integer
+    labels, so labels that are names it lacks are taken from the data instead of refused (the rule says so).
+    """
+    raw = frame[label_col]
+    norm = normalized_labels(raw)
+    wanted, pairs = parse_label_names(label_names)
+    if label_map:
+        pairs = {normalize_label(k): str(v) for k, v in label_map.items()}
+        wanted = wanted or list(dict.fromkeys(pairs.values()))
+    prefix = ""
+    if (names_are_default and wanted is not None and not pairs and not norm.str.fullmatch(_INTEGER).all()
+            and set(norm) - {normalize_label(n) for n in wanted}):
+        prefix = (f"LABEL_NAMES was the recipe's default ({','.join(wanted)}), which names integer labels; "
+                  "the data's labels are names, so ")
+        wanted = None
+    if wanted is None:
+        names, wanted, rule = _labels_from_data(raw, norm, label_col, where)
+    else:
+        names, rule = _labels_by_names(raw, norm, wanted, pairs, label_col, where)
+    return names, wanted, prefix + rule + _spellings(raw, norm)
 
 
 # --------------------------------------------------------------------------- the main entry point
@@ -720,6 +825,37 @@ def text_columns(text_col: str) -> list[str]:
     return [c.strip() for c in text_col.split("+") if c.strip()]
 
 
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def text_cells(column: pd.Series, name: str) -> pd.Series:
+    """A column as strings, missing cells empty. A column of word lists (a tokenized parquet or JSON column) is
+    joined with spaces, never turned into its repr (`"['orders' 'surged']"`); lists of other things and
+    records are refused, naming what the column holds."""
+    if column.dtype != object:
+        return column.fillna("").astype(str)
+    sample = next((v for v in column.head(1000) if not _is_missing(v)), None)
+    if isinstance(sample, dict):
+        raise DataError(f"Column {name!r} holds records (e.g. {str(sample)[:60]}), not text; set TEXT_COL to a "
+                        "column of text (a field of these records must be a column of its own).")
+    if not isinstance(sample, (list, tuple, np.ndarray)):
+        return column.fillna("").astype(str)
+
+    def joined(value: Any) -> str:
+        if _is_missing(value) or isinstance(value, str):
+            return "" if _is_missing(value) else value
+        items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        if all(isinstance(w, str) for w in items):
+            return " ".join(items)
+        kind = type(next(w for w in items if not isinstance(w, str))).__name__
+        raise DataError(f"Column {name!r} holds lists of {kind} (e.g. {str(items)[:60]}), not text; set TEXT_COL "
+                        "to a column of text, or of lists of words.")
+
+    print(f"note: column {name!r} holds lists of words; each row's words joined with spaces into its text")
+    return column.map(joined).astype(str)
+
+
 def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape: bool = False,
                chunk_rows: int = 100_000) -> pd.Series:
     """The text column, or several joined with `join` (empty parts skipped); optionally turn the
@@ -730,7 +866,7 @@ def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns = [pa.chunked_array(pa.array(frame[c].fillna("").astype(str))) for c in text_columns(text_col)]
+    columns = [pa.chunked_array(pa.array(text_cells(frame[c], c))) for c in text_columns(text_col)]
     chunks = []
     for start in range(0, len(frame), chunk_rows):  # bounded temporaries: a few copies of one chunk at most
         parts = [pc.utf8_trim_whitespace(col.slice(start, chunk_rows).combine_chunks()) for col in columns]
@@ -746,49 +882,71 @@ def build_text(frame: pd.DataFrame, text_col: str, *, join: str = ". ", unescape
     return series
 
 
+def locate_frames(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
+                  columns: list[str] | None = None, header: bool | None = None, label_values: list[str] | None = None,
+                  hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
+                  seed: int = 42, wanted: list[str] | None = None, label_col: str | None = None,
+                  every_split: bool = False) -> dict[str, tuple[pd.DataFrame, DataSource]]:
+    """{split: (raw table, source)} behind `source`, `hub_split` first: a local file, folder or archive, a Hub
+    dataset (reachable or cached), or the generated `sample` (announced) when allowed. With `every_split`, a
+    folder's or archive's other splits come too (its `dev.tsv`, `test/`). One-line `DataError` otherwise."""
+    source_str = None if source is None else str(source)
+    options = {"columns": columns, "header": header, "label_values": label_values, "wanted": wanted,
+               "label_col": label_col}
+    if source_str not in (None, "", "auto"):
+        local = find_local_file(source_str)
+        if local is not None:
+            if local.is_dir() or is_archive(local):
+                read = folder_splits if local.is_dir() else archive_splits
+                parts = read(local, hub_split, every=every_split, **options)
+            else:
+                parts = {hub_split: read_table(local, **options)}
+            for _, used in parts.values():
+                used.requested = source_str
+            return parts
+        if looks_like_file(source_str):
+            raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
+                            "fix DATA_SOURCE, or set it to 'auto' for the generated sample.")
+        if hub.hub_available() or _hub_dataset_cached(source_str):
+            frame = _load_hub_frame(source_str, hub_split, hub_config, hub_max_rows, seed)
+            return {hub_split: (frame, DataSource(requested=source_str, used=source_str, kind="hub"))}
+        if not allow_standin or sample is None:
+            raise DataError(f"Dataset {source_str!r} is not reachable (no Hub access and not in the HF cache); "
+                            "download it where the Hub is reachable and set DATA_SOURCE to the file, "
+                            "or set ALLOW_STANDIN=True to use the generated sample.")
+    if sample is None:
+        raise DataError("No data source given; set DATA_SOURCE to a file or Hub dataset id.")
+    path = sample_path(sample)
+    hub.announce("OFFLINE STAND-IN DATA", [
+        f"requested: {source_str or 'auto'}",
+        f"using the generated sample {path.relative_to(PROJECT_ROOT)} (template sentences, same layout)",
+        "metrics on it say the code works, not how good a model is; see data/README.md for real data",
+    ])
+    frame, used = read_table(path, **options)
+    return {hub_split: (frame, DataSource(requested=source_str, used=str(path.relative_to(PROJECT_ROOT)),
+                                          kind="sample", standin=True, encoding=used.encoding, header=used.header))}
+
+
 def locate_frame(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
                  columns: list[str] | None = None, header: bool | None = None, label_values: list[str] | None = None,
                  hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
                  seed: int = 42, wanted: list[str] | None = None,
                  label_col: str | None = None) -> tuple[pd.DataFrame, DataSource]:
-    """The raw table behind `source`: a local file, a Hub dataset (reachable or cached), or the
-    generated `sample` (announced) when allowed. Raises a one-line `DataError` otherwise."""
-    source_str = None if source is None else str(source)
-    frame = None
-    if source_str not in (None, "", "auto"):
-        local = find_local_file(source_str)
-        if local is not None:
-            whole = local.is_dir() or is_archive(local)
-            read = read_folder if local.is_dir() else read_archive if whole else read_table
-            options = {"split": hub_split} if whole else {}
-            frame, used = read(local, columns=columns, header=header, label_values=label_values, wanted=wanted,
-                               label_col=label_col, **options)
-            used.requested = source_str
-        elif looks_like_file(source_str):
-            raise DataError(f"Data file not found: {source_str} (looked in {Path.cwd()} and {PROJECT_ROOT}); "
-                            "fix DATA_SOURCE, or set it to 'auto' for the generated sample.")
-        elif hub.hub_available() or _hub_dataset_cached(source_str):
-            frame = _load_hub_frame(source_str, hub_split, hub_config, hub_max_rows, seed)
-            used = DataSource(requested=source_str, used=source_str, kind="hub")
-        elif not allow_standin or sample is None:
-            raise DataError(f"Dataset {source_str!r} is not reachable (no Hub access and not in the HF cache); "
-                            "download it where the Hub is reachable and set DATA_SOURCE to the file, "
-                            "or set ALLOW_STANDIN=True to use the generated sample.")
-    if frame is None:
-        if sample is None:
-            raise DataError("No data source given; set DATA_SOURCE to a file or Hub dataset id.")
-        path = sample_path(sample)
-        hub.announce("OFFLINE STAND-IN DATA", [
-            f"requested: {source_str or 'auto'}",
-            f"using the generated sample {path.relative_to(PROJECT_ROOT)} (template sentences, same layout)",
-            "metrics on it say the code works, not how good a model is; see data/README.md for real data",
-        ])
-        frame, used = read_table(path, columns=columns, header=header, label_values=label_values, wanted=wanted,
-                                 label_col=label_col)
-        used = DataSource(requested=source_str, used=str(path.relative_to(PROJECT_ROOT)), kind="sample",
-                          standin=True, encoding=used.encoding, header=used.header)
+    """The raw table behind `source` (its `hub_split`; see `locate_frames`)."""
+    return locate_frames(source, sample=sample, allow_standin=allow_standin, columns=columns, header=header,
+                         label_values=label_values, hub_split=hub_split, hub_config=hub_config,
+                         hub_max_rows=hub_max_rows, seed=seed, wanted=wanted, label_col=label_col)[hub_split]
 
-    return frame, used
+
+def _class_folder_columns(used: DataSource, text_col: str, label_col: str, pair_col: str | None
+                          ) -> tuple[str, str, None]:
+    """Class folders have their own columns (`text`: a file's text, `label`: its folder): the recipe's
+    TEXT_COL / LABEL_COL (`title+content`) do not apply; said in one line when they differ."""
+    if (text_col, label_col, pair_col) != ("text", "label", None):
+        print(f"note: {Path(used.used).name} is text in class folders: each file's text is the text and its folder "
+              f"the label (TEXT_COL={text_col!r}, LABEL_COL={label_col!r}"
+              f"{f', TEXT_PAIR_COL={pair_col!r}' if pair_col else ''} do not apply)")
+    return "text", "label", None
 
 
 def load_labeled_data(source: str | Path | None, *, text_col: str = "text", label_col: str = "label",
@@ -796,38 +954,47 @@ def load_labeled_data(source: str | Path | None, *, text_col: str = "text", labe
                       label_map: dict[Any, str] | None = None, columns: list[str] | None = None,
                       header: bool | None = None, sample: str | None = None, allow_standin: bool = True,
                       hub_split: str = "train", hub_config: str | None = None, hub_max_rows: int | None = None,
-                      text_join: str = ". ", unescape: bool = False, seed: int = 42) -> LoadedData:
+                      text_join: str = ". ", unescape: bool = False, seed: int = 42,
+                      label_names_default: bool = False) -> LoadedData:
     """Load a labeled text classification dataset from a file, the Hub, or the generated sample.
 
-    `source`: a local file (CSV/TSV/JSONL/parquet/.xlsx/fastText .txt, also .gz/.zip) or data folder (see
-    `read_folder`), a Hub dataset id,
-    or "auto"/None for the generated sample named by `sample`. `text_col` may join columns
-    ("title+content", with `text_join`); `text_pair_col` adds the second text of sentence pairs
-    (column `text_pair`, for the tokenizer's pair encoding). `label_names`: None takes the label
-    set from the data; names or `value=name` pairs (see `parse_label_names`) fix it. `columns`
-    names a headerless file's columns (the recipe's layout); the user's `text_col` / `label_col`
-    always win over it. `hub_max_rows` streams a random subset of a large Hub split.
-    Returns columns `text` (and `text_pair`) and `label` (label *names*; map them to a model's ids
-    with `to_label_ids`). Lines that could not be read and rows dropped in cleaning are all in `report`.
+    `source`: a local file (CSV/TSV/JSONL/parquet/.xlsx/fastText .txt, also .gz/.zip), data folder or archive
+    (see `folder_splits`: split files, class folders, save_to_disk), a Hub dataset id, or "auto"/None for the
+    generated sample named by `sample`. `text_col` may join columns ("title+content", with `text_join`);
+    `text_pair_col` adds the second text of sentence pairs (column `text_pair`, for the tokenizer's pair
+    encoding). `label_names`: None takes the label set from the data; names or `value=name` pairs (see
+    `parse_label_names`) fix it. `label_names_default=True`: they are the recipe's default, not the user's
+    choice: they name integer labels, and labels that are names in the data are taken as they are (the
+    notebooks pass `"LABEL_NAMES" not in run.set_by_user`). `columns` names a headerless file's columns (the
+    recipe's layout); the user's `text_col` / `label_col` always win over it. `hub_max_rows` streams a random
+    subset of a large Hub split. Returns columns `text` (and `text_pair`) and `label` (label *names*; map them
+    to a model's ids with `to_label_ids`) of the `hub_split`; read as "train", a folder's own validation and
+    test splits come along in `given` (used by `stratified_split`). Every line that could not be read and
+    every row dropped in cleaning is in `report`.
     """
     wanted = [*text_columns(text_col), *([text_pair_col] if text_pair_col else []), label_col]
     parsed_names, _ = parse_label_names(label_names)
-    frame, used = locate_frame(source, sample=sample, allow_standin=allow_standin, columns=columns, header=header,
-                               label_values=parsed_names or _COMMON_LABELS, hub_split=hub_split,
-                               hub_config=hub_config, hub_max_rows=hub_max_rows, seed=seed, wanted=wanted,
-                               label_col=label_col)
-    return labeled_from_frame(frame, used, text_col=text_col, label_col=label_col, text_pair_col=text_pair_col,
-                              label_names=label_names, label_map=label_map, text_join=text_join, unescape=unescape)
+    parts = locate_frames(source, sample=sample, allow_standin=allow_standin, columns=columns, header=header,
+                          label_values=parsed_names or _COMMON_LABELS, hub_split=hub_split, hub_config=hub_config,
+                          hub_max_rows=hub_max_rows, seed=seed, wanted=wanted, label_col=label_col,
+                          every_split=hub_split == "train")
+    frame, used = parts.pop(hub_split)
+    if used.layout == "class folders":
+        text_col, label_col, text_pair_col = _class_folder_columns(used, text_col, label_col, text_pair_col)
+    options = {"text_col": text_col, "label_col": label_col, "text_pair_col": text_pair_col,
+               "text_join": text_join, "unescape": unescape}
+    loaded = labeled_from_frame(frame, used, label_names=label_names, label_map=label_map,
+                                names_are_default=label_names_default, **options)
+    if used.kind in ("folder", "archive", "hub"):
+        _attach_given(loaded, parts, hub_split, options)
+    return loaded
 
 
-def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str = "text", label_col: str = "label",
-                       text_pair_col: str | None = None, label_names: str | list[str] | None = None,
-                       label_map: dict[Any, str] | None = None, text_join: str = ". ",
-                       unescape: bool = False) -> LoadedData:
-    """The cleaning half of `load_labeled_data`, for a table already read: texts built, rows cleaned and
-    reported, labels read, one Arrow-backed `datasets.Dataset` made."""
+def _prepared(frame: pd.DataFrame, used: DataSource, where: str, *, text_col: str, label_col: str,
+              text_pair_col: str | None, text_join: str, unescape: bool) -> tuple[pd.DataFrame, DropReport, bool]:
+    """A table's texts built and its rows cleaned: (columns `__text__`, `__pair__` when pairs, `label_col`;
+    the drop report, the reader's unreadable lines included; whether it has pairs)."""
     wanted = [*text_columns(text_col), *([text_pair_col] if text_pair_col else []), label_col]
-    where = Path(used.used).name
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
     check_columns(frame, wanted, where)
@@ -837,27 +1004,105 @@ def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str =
     for column in [c for c in frame.columns if c != label_col]:
         del frame[column]
     frame["__text__"] = text
-    pair = None
     if pair_text is not None:
-        frame["__pair__"], pair = pair_text, "__pair__"
+        frame["__pair__"] = pair_text
     del text, pair_text
-    frame, report = clean_labeled(frame, "__text__", label_col, pair)
+    frame, report = clean_labeled(frame, "__text__", label_col, "__pair__" if text_pair_col else None)
     for reason, lines in used.skipped.items():  # lines the reader could not take count as read and dropped
         report.rows_read += len(lines)
         report.add(reason, lines)
     if frame.empty:
         raise DataError(f"No rows left in {where} after cleaning ({report.to_dict()['dropped']}); check TEXT_COL.")
-    names, label_names, rule = encode_label_names(frame, label_col, label_names, label_map, where)
+    return frame, report, text_pair_col is not None
+
+
+def _as_dataset(frame: pd.DataFrame, names: pd.Series, pair: bool):
+    columns = {"text": frame.pop("__text__")}
+    if pair:
+        columns["text_pair"] = frame.pop("__pair__")
+    columns["label"] = names
+    return arrow_dataset(columns)
+
+
+def labeled_from_frame(frame: pd.DataFrame, used: DataSource, *, text_col: str = "text", label_col: str = "label",
+                       text_pair_col: str | None = None, label_names: str | list[str] | None = None,
+                       label_map: dict[Any, str] | None = None, text_join: str = ". ",
+                       unescape: bool = False, names_are_default: bool = False) -> LoadedData:
+    """The cleaning half of `load_labeled_data`, for a table already read: texts built, rows cleaned and
+    reported, labels read, one Arrow-backed `datasets.Dataset` made."""
+    where = Path(used.used).name
+    frame, report, pair = _prepared(frame, used, where, text_col=text_col, label_col=label_col,
+                                    text_pair_col=text_pair_col, text_join=text_join, unescape=unescape)
+    names, label_names, rule = encode_label_names(frame, label_col, label_names, label_map, where,
+                                                  names_are_default=names_are_default)
     present = names.value_counts()
     if len(present) < 2:
         raise DataError(f"Only one label in {where} ({', '.join(f'{k!r}: {v} rows' for k, v in present.items())}): "
                         "a classifier needs at least two labels with examples; check LABEL_COL "
                         f"({label_col!r}) and that the file holds every class.")
-    columns = {"text": frame.pop("__text__")}
-    if pair:
-        columns["text_pair"] = frame.pop(pair)
-    columns["label"] = names
-    return LoadedData(arrow_dataset(columns), used, report, label_names, rule)
+    values = pd.DataFrame({"value": normalized_labels(frame[label_col]).to_numpy(), "name": names.to_numpy()})
+    value_names = dict(values.drop_duplicates("value").itertuples(index=False, name=None))
+    return LoadedData(_as_dataset(frame, names, pair), used, report, label_names, rule, value_names)
+
+
+def _unlabelled(frame: pd.DataFrame, label_col: str) -> str | None:
+    """Why a given split cannot score a model (no label column, or only empty / -1 labels, as the Hub's GLUE
+    test splits have), or None."""
+    if label_col not in frame.columns:
+        return f"has no {label_col!r} column"
+    values = set(normalized_labels(frame[label_col].dropna()))
+    return f"has no labels (every {label_col!r} is empty or -1)" if values <= {"", "-1", "nan"} else None
+
+
+def _given_split(frame: pd.DataFrame, used: DataSource, split: str, train: LoadedData, options: dict[str, Any]):
+    """A split given beside the train split, cleaned and labelled as the train split was: (Dataset, report)."""
+    where = f"{Path(used.used).name} ({split})"
+    label_col = options["label_col"]
+    frame, report, pair = _prepared(frame, used, where, **options)
+    norm = normalized_labels(frame[label_col])
+    unseen = sorted(set(norm) - set(train.value_names))
+    if unseen:
+        raise DataError(f"The {split} split of {Path(used.used).name} has labels the train split has not "
+                        f"({', '.join(unseen[:5])}); a model cannot learn them: add them to the training data, or "
+                        "drop those rows.")
+    return _as_dataset(frame, norm.map(train.value_names), pair), report
+
+
+def _split_origin(used: DataSource, split: str) -> str:
+    """What a split was read from, for one-line notes: `train.tsv`, `aclImdb/test`, `the train split of X`."""
+    name = used.used if used.kind == "hub" else Path(used.used).name
+    if used.parts:
+        return " + ".join(used.parts) if len(used.parts) <= 2 else f"{used.parts[0]} and {len(used.parts) - 1} more"
+    return f"the {split} split of {name}"
+
+
+def _attach_given(loaded: LoadedData, parts: dict[str, tuple[pd.DataFrame, DataSource]], hub_split: str,
+                  options: dict[str, Any]) -> None:
+    """Clean the splits a folder came with and hang them on `loaded.given` (and on its dataset, which the
+    notebooks pass to `stratified_split`); a split without labels is named, with what is used instead."""
+    given = GivenSplits(origin=_split_origin(loaded.source, hub_split))
+    if loaded.source.kind == "hub":
+        given.unused["hub"] = "the Hub dataset's other splits are not read here"
+    report = DropReport()
+    report.merge(loaded.report, hub_split if parts else None)
+    for split, (frame, used) in parts.items():
+        why = _unlabelled(frame, options["label_col"])
+        if why is not None:
+            given.unused[split] = f"{_split_origin(used, split)} {why}"
+            print(f"note: {given.unused[split]}: it is not used for metrics (unlabelled); the {split} split is held "
+                  f"out of {given.origin} instead")
+            continue
+        given.splits[split], part = _given_split(frame, used, split, loaded, options)
+        given.sources[split] = _split_origin(used, split)
+        report.merge(part, split)
+    loaded.report, loaded.given = report, given
+    _GIVEN[loaded.dataset] = given  # `stratified_split(loaded.dataset)` finds it; a subset is another object
+
+
+# The given splits of each loaded train Dataset, by identity: the notebooks pass `loaded.dataset` alone to
+# `stratified_split`. Weak keys: nothing outlives its dataset, and nothing rides along when a dataset is
+# pickled to tokenizing processes (an attribute on the Dataset would).
+_GIVEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def arrow_dataset(columns: dict[str, pd.Series]):
@@ -901,30 +1146,79 @@ def stratified_split(dataset, *, label_col: str = "label", validation_size: floa
                      seed: int = 42):
     """Seeded, stratified train/validation/test split (80/10/10 by default) -> `DatasetDict`.
 
+    Data that came with its own labelled splits (a folder's `dev.tsv`, `test/`: `LoadedData.given`; pass the
+    `LoadedData` or its `dataset`) keeps them: only a split it lacks is held out of its train split (seeded,
+    stratified, `validation_size` or `test_size` of it), said in one line; data re-split anyway says which.
     scikit-learn's `train_test_split(stratify=...)` rather than `Dataset.train_test_split(
     stratify_by_column=...)`: the labels here are still names (the split comes before a model's label
     ids exist), and datasets stratifies only on a `ClassLabel` column."""
     import datasets
-    from sklearn.model_selection import train_test_split
 
+    given = dataset.given if isinstance(dataset, LoadedData) else _GIVEN.get(dataset)
+    dataset = dataset.dataset if isinstance(dataset, LoadedData) else dataset
+    if given is not None and given.splits:
+        return _split_as_given(dataset, given, label_col, validation_size, test_size, seed)
     labels = list(dataset[label_col])
     counts = Counter(labels)
-    rare = [k for k, n in counts.items() if n < 3]
-    if rare:
-        raise DataError(f"Labels {rare} have fewer than 3 rows, too few to split three ways; "
-                        "add data or drop those labels.")
-    held_out = math.ceil(len(labels) * (validation_size + test_size))
-    if held_out < 2 * len(counts) or len(labels) - held_out < len(counts):
-        raise DataError(f"{len(labels)} rows for {len(counts)} labels are too few for a stratified train/validation/"
-                        f"test split with every label in each part; add data (at least {10 * len(counts)} rows).")
+    _check_splittable(counts, len(labels), validation_size + test_size, "three ways")
+    if given is not None:
+        why = "; ".join(given.unused.values())
+        print(f"note: re-splitting {given.origin} {_percent(1 - validation_size - test_size)}/"
+              f"{_percent(validation_size)}/{_percent(test_size)} (seeded, stratified)"
+              + (f": {why}" if why else ": it has no validation or test split"))
     index = list(range(len(dataset)))
-    train_idx, rest_idx = train_test_split(index, test_size=validation_size + test_size, random_state=seed,
-                                           stratify=labels)
+    train_idx, rest_idx = _stratified_indices(index, labels, validation_size + test_size, seed)
     rest_labels = [labels[i] for i in rest_idx]
-    val_idx, test_idx = train_test_split(rest_idx, test_size=test_size / (validation_size + test_size),
-                                         random_state=seed, stratify=rest_labels)
+    val_idx, test_idx = _stratified_indices(rest_idx, rest_labels, test_size / (validation_size + test_size), seed)
     return datasets.DatasetDict(train=dataset.select(train_idx), validation=dataset.select(val_idx),
                                 test=dataset.select(test_idx))
+
+
+def _percent(share: float) -> str:
+    return f"{round(share * 100):g}"
+
+
+def _stratified_indices(index: list[int], labels: list[str], held_out: float, seed: int) -> tuple[list, list]:
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(index, test_size=held_out, random_state=seed, stratify=labels)
+
+
+def _check_splittable(counts: Counter, rows: int, held_out_share: float, how: str) -> None:
+    """Refuse, in one line, data too small to split with every label in every part."""
+    parts = 3 if how == "three ways" else 2
+    rare = [k for k, n in counts.items() if n < parts]
+    if rare:
+        raise DataError(f"Labels {rare} have fewer than {parts} rows, too few to split {how}; "
+                        "add data or drop those labels.")
+    held_out = math.ceil(rows * held_out_share)
+    if held_out < (parts - 1) * len(counts) or rows - held_out < len(counts):
+        raise DataError(f"{rows} rows for {len(counts)} labels are too few for a stratified "
+                        f"{'train/validation/test' if parts == 3 else 'train/held-out'} split with every label in each "
+                        f"part; add data (at least {10 * len(counts)} rows).")
+
+
+def _split_as_given(dataset, given: GivenSplits, label_col: str, validation_size: float, test_size: float,
+                    seed: int):
+    """The data's own splits; a missing (or unlabelled) validation or test split held out of the train split."""
+    import datasets
+
+    parts, said = dict(given.splits), []
+    missing = [s for s in ("validation", "test") if s not in parts]
+    train = dataset
+    if missing:
+        share = validation_size if missing[0] == "validation" else test_size
+        labels = list(dataset[label_col])
+        _check_splittable(Counter(labels), len(labels), share, "in two")
+        keep, held = _stratified_indices(list(range(len(dataset))), labels, share, seed)
+        train, parts[missing[0]] = dataset.select(keep), dataset.select(held)
+        why = given.unused.get(missing[0], f"no {missing[0]} split given")
+        said.append(f"{missing[0]}: {_percent(share)}% of the train split held out ({len(held):,} rows, seeded, "
+                    f"stratified; {why})")
+    print(f"note: using the data's own splits: train {len(train):,} rows ({given.origin}), "
+          + ", ".join(f"{k} {len(v):,} rows ({given.sources.get(k, 'given')})" for k, v in given.splits.items())
+          + (f"; {said[0]}" if said else ""))
+    return datasets.DatasetDict(train=train, validation=parts["validation"], test=parts["test"])
 
 
 def cap_samples(dataset, max_samples: int | None, *, label_col: str | None = "label", seed: int = 42):
@@ -1204,22 +1498,32 @@ def extracted(path: Path):
         yield target
 
 
-def read_archive(path: Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
+def archive_splits(path: Path, split: str = "train", *, every: bool = False, **read_options
+                   ) -> dict[str, tuple[pd.DataFrame, DataSource]]:
     """The `split` table of a dataset archive (the original `amazon_review_polarity_csv.tgz`: train.csv and
-    test.csv in a folder; any layout `read_folder` reads), or its one data file."""
+    test.csv in a folder; `aclImdb_v1.tar.gz`; any layout `folder_splits` reads), with `every` its other splits
+    too, or its one data file: {split: (table, source)}, unpacked once."""
+    from . import readers
+
     with extracted(path) as folder:
-        data = data_files(folder)
-        if saved_dataset_splits(folder) is not None or split_files(folder) or all(
-                p.name.lower().startswith("part-") for p in data):
-            frame, used = read_folder(folder, split=split, **read_options)
+        layout = saved_dataset_splits(folder) is not None or readers.class_folder_splits(folder) is not None
+        data = [] if layout else data_files(folder)  # (aclImdb: 100,000 files not listed twice)
+        if layout or split_files(folder) or all(p.name.lower().startswith("part-") for p in data):
+            out = folder_splits(folder, split, every=every, **read_options)
         elif len(data) == 1:
-            frame, used = read_table(data[0], **read_options)
+            out = {split: read_table(data[0], **read_options)}
         else:
             names = ", ".join(str(p.relative_to(folder)) for p in data[:5]) + (", ..." if len(data) > 5 else "")
             raise DataError(f"{path.name} holds {len(data)} data files ({names}) and none is named after a split; "
                             "extract it and set DATA_SOURCE to the one you want.")
-    used.requested, used.used, used.kind = str(path), str(path), "archive"
-    return frame, used
+    for _, used in out.values():
+        used.requested, used.used, used.kind = str(path), str(path), "archive"
+    return out
+
+
+def read_archive(path: Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
+    """The `split` table of a dataset archive (see `archive_splits`)."""
+    return archive_splits(path, split, **read_options)[split]
 
 
 def _one_configuration(folder: Path, files: list[Path]) -> None:
@@ -1232,48 +1536,76 @@ def _one_configuration(folder: Path, files: list[Path]) -> None:
                         f"dataset, not one table; point DATA_SOURCE at one of them, e.g. {parents[0]}.")
 
 
-def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
-    """One split of a dataset folder as a table: a `save_to_disk` folder, a downloaded Hub dataset
-    (`plain_text/train-00000-of-00004.parquet`, ...: every shard of the split, in order), a folder of split
-    files (`train.csv`, `test.csv`), or a folder of parts of one table (`part-0.parquet`, `part-1.parquet`,
-    the way Spark and pandas write them). `read_options` go to `read_table` for each file. Says what it read."""
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+def _splits_to_read(split: str, have: list[str], every: bool) -> list[str]:
+    return [split] + ([s for s in _SPLIT_ORDER if s in have and s != split] if every else [])
+
+
+def folder_splits(folder: str | Path, split: str = "train", *, every: bool = False, **read_options
+                  ) -> dict[str, tuple[pd.DataFrame, DataSource]]:
+    """{split: (table, source)} of a dataset folder: its `split` (refused, naming those it has, when missing) and,
+    with `every`, its other train / validation / test splits. Layouts: a `save_to_disk` folder; text as class
+    folders (`aclImdb/train/pos/*.txt`, see `helpers.readers`); split files (`train.csv`, `dev.tsv`, a Hub
+    download's `plain_text/train-00000-of-00004.parquet`); else one table (parts `part-0.parquet`, ... as Spark
+    and pandas write them), which is whatever split is asked. `read_options` go to `read_table`. Says what it read."""
+    from . import readers
+
     folder = Path(folder)
-    source = DataSource(requested=str(folder), used=str(folder), kind="folder")
     saved = saved_dataset_splits(folder)
     if saved is not None:
         if split not in saved:
             raise DataError(f"{folder} (saved with save_to_disk) has the splits {', '.join(saved)}, not {split!r}; "
                             "pick one of them (hub_split=...) or save that split.")
-        print(f"note: {folder.name} is a saved dataset (save_to_disk); reading its {split} split "
-              f"({saved[split].num_rows:,} rows; splits: {', '.join(saved)})")
-        return saved[split].to_pandas(), source
+        out = {}
+        for name in _splits_to_read(split, list(saved), every):
+            print(f"note: {folder.name} is a saved dataset (save_to_disk); reading its {name} split "
+                  f"({saved[name].num_rows:,} rows; splits: {', '.join(saved)})")
+            out[name] = saved[name].to_pandas(), DataSource(requested=str(folder), used=str(folder), kind="folder")
+        return out
+    if readers.class_folder_splits(folder) is not None:
+        return readers.read_class_splits(folder, split, every=every)
     by_split = split_files(folder)
-    if by_split:
-        if split not in by_split:
-            raise DataError(f"{folder} has files for the splits {', '.join(by_split)}, not {split!r} (found "
-                            f"{', '.join(p.name for ps in by_split.values() for p in ps[:2])}); point DATA_SOURCE at "
-                            f"one file, or name the files {split}.csv / {split}-00000-of-00001.parquet.")
-        files = by_split[split]
-    else:
-        data = data_files(folder)
-        kinds = sorted({p.suffix.lower() for p in data})
-        if not data:
-            archives = [p for p in sorted(folder.rglob("*")) if ".cache" not in p.parts and is_archive(p)]
-            if len(archives) == 1:  # a Hub repo of a script dataset keeps its data zipped beside the script
-                print(f"note: {folder.name} holds no data file but the archive {archives[0].relative_to(folder)}; "
-                      "reading that")
-                return read_archive(archives[0], split=split, **read_options)
-            scripts = sorted(p.name for p in folder.glob("*.py"))
-            hint = (f" Its loading script {scripts[0]} is not run (datasets 4 runs no scripts); export the data as "
-                    "files where it was made, or point DATA_SOURCE at them." if scripts else "")
-            raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .xlsx, .txt"
-                            f"{f'; archives: {len(archives)}' if archives else ''}); point DATA_SOURCE at a data "
-                            f"file, or at a folder that holds them.{hint}")
-        if len(kinds) > 1:
-            raise DataError(f"{folder} holds data files of several kinds ({', '.join(kinds)}) and none is named after "
-                            "a split (train, validation, test); point DATA_SOURCE at one file.")
-        files = data
+    if not by_split:
+        return _one_table(folder, split, every, read_options)
+    if split not in by_split:
+        raise DataError(f"{folder} has files for the splits {', '.join(by_split)}, not {split!r} (found "
+                        f"{', '.join(p.name for ps in by_split.values() for p in ps[:2])}); point DATA_SOURCE at "
+                        f"one file, or name the files {split}.csv / {split}-00000-of-00001.parquet.")
+    return {name: _read_files(folder, by_split[name], name, read_options)
+            for name in _splits_to_read(split, list(by_split), every)}
+
+
+def _one_table(folder: Path, split: str, every: bool, read_options: dict[str, Any]
+               ) -> dict[str, tuple[pd.DataFrame, DataSource]]:
+    """A folder whose data files name no split: parts of one table, or one archive of a script dataset's repo."""
+    data = data_files(folder)
+    kinds = sorted({p.suffix.lower() for p in data})
+    if not data:
+        archives = [p for p in sorted(folder.rglob("*")) if ".cache" not in p.parts and is_archive(p)]
+        if len(archives) == 1:  # a Hub repo of a script dataset keeps its data zipped beside the script
+            print(f"note: {folder.name} holds no data file but the archive {archives[0].relative_to(folder)}; "
+                  "reading that")
+            return archive_splits(archives[0], split, every=every, **read_options)
+        scripts = sorted(p.name for p in folder.glob("*.py"))
+        hint = (f" Its loading script {scripts[0]} is not run (datasets 4 runs no scripts); export the data as "
+                "files where it was made, or point DATA_SOURCE at them." if scripts else "")
+        raise DataError(f"{folder} is a folder without data files (CSV, TSV, JSON lines, parquet, .xlsx, .txt"
+                        f"{f'; archives: {len(archives)}' if archives else ''}); point DATA_SOURCE at a data "
+                        f"file, or at a folder that holds them.{hint}")
+    if len(kinds) > 1:
+        raise DataError(f"{folder} holds data files of several kinds ({', '.join(kinds)}) and none is named after "
+                        "a split (train, validation, test); point DATA_SOURCE at one file.")
+    return {split: _read_files(folder, data, None, read_options)}
+
+
+def _read_files(folder: Path, files: list[Path], split: str | None, read_options: dict[str, Any]
+                ) -> tuple[pd.DataFrame, DataSource]:
+    """The files of one split (or of one table, `split` None) as one table; their unreadable lines kept, named."""
     _one_configuration(folder, files)
+    source = DataSource(requested=str(folder), used=str(folder), kind="folder",
+                        parts=[str(p.relative_to(folder)) for p in files])
     frames = []
     for path in files:
         frame, used = read_table(path, **read_options)
@@ -1288,8 +1620,14 @@ def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> 
                         f"{odd.name} has {list(frames[files.index(odd)].columns)}; make them alike or read one file.")
     shown = ", ".join(str(p.relative_to(folder)) for p in files[:3]) + (", ..." if len(files) > 3 else "")
     print(f"note: {folder.name} is a folder; reading {len(files)} file{'s' if len(files) > 1 else ''} as its "
-          f"{split if by_split else 'one'} table: {shown}")
+          f"{split or 'one'} table: {shown}")
     return (frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)), source
+
+
+def read_folder(folder: str | Path, *, split: str = "train", **read_options) -> tuple[pd.DataFrame, DataSource]:
+    """One split of a dataset folder as a table (see `folder_splits` for the layouts): `workbook predict --input`
+    and the notebooks read folders through it."""
+    return folder_splits(folder, split, **read_options)[split]
 
 
 @dataclass
