@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 SMOKE_ENV = "WORKBOOK_SMOKE"
+SMOKE_FOLDER = "smoke"  # smoke runs' own part of the runs folder: runs/smoke/<notebook>/
 
 
 def smoke_from_env(smoke: bool | None) -> bool:
@@ -16,6 +17,25 @@ def smoke_from_env(smoke: bool | None) -> bool:
     if smoke is not None:
         return bool(smoke)
     return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def runs_home(smoke: bool, runs_dir: str | Path | None = None) -> Path:
+    """The folder a run's results go to when OUTPUT_DIR is not given: the runs folder (`runs_dir`, else
+    `WORKBOOK_RUNS_DIR`, else `runs/` at the project root), and its `smoke/` subfolder for smoke runs."""
+    from . import artifacts
+
+    base = Path(runs_dir) if runs_dir is not None else Path(os.environ.get("WORKBOOK_RUNS_DIR") or artifacts.RUNS_DIR)
+    return base / SMOKE_FOLDER if smoke else base
+
+
+def default_output_dir(notebook: str, smoke: bool = False, runs_dir: str | Path | None = None) -> Path:
+    """OUTPUT_DIR when the notebook leaves it None: `runs/<notebook>/`, a smoke run `runs/smoke/<notebook>/`.
+
+    A smoke run (CI, nbmake, `--smoke`) and a full run therefore never share a folder, so the smoke run is
+    neither refused by the full run's other parameters nor mixed into it, unless the user points both at
+    one OUTPUT_DIR.
+    """
+    return runs_home(smoke, runs_dir) / notebook
 
 
 class UnknownParameterError(NameError):
@@ -212,7 +232,8 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
     2. Validates every value first (`ParameterError`: one line naming the value and what it needs).
     3. SMOKE (from WORKBOOK_SMOKE when None) applies the `smoke` sizes, only to parameters the user
        did not set (injected, or changed from the cell's default); the run records what it used.
-    4. Claims OUTPUT_DIR (default `runs/<notebook>/`) for this run (see `artifacts.prepare_output_dir`).
+    4. Claims OUTPUT_DIR (default `runs/<notebook>/`; a smoke run's is `runs/smoke/<notebook>/`) for this
+       run (see `artifacts.prepare_output_dir`).
     5. Starts tracking the run in MLflow unless TRACKING=False (`helpers.tracking`).
 
     The smoke values, SMOKE and OUTPUT_DIR are written back into `namespace` (the notebook's globals),
@@ -239,7 +260,7 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
     namespace["SMOKE"] = is_smoke
     params = {name: namespace.get(name) for name in names}
     folder = namespace.get("OUTPUT_DIR")
-    output_dir = Path(folder).expanduser() if folder else artifacts.default_output_dir(notebook)
+    output_dir = Path(folder).expanduser() if folder else default_output_dir(notebook, is_smoke)
     artifacts.prepare_output_dir(output_dir, notebook=notebook, params=params, resume=bool(namespace.get("RESUME")),
                                  overwrite=bool(namespace.get("OVERWRITE")))
     namespace["OUTPUT_DIR"] = output_dir

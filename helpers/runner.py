@@ -4,7 +4,8 @@
 
 Each notebook runs into `runs/<notebook>.ipynb` (the executed copy keeps any error) with its
 artifacts in `runs/<notebook>/`. A failing notebook does not stop the others; `runs/summary.md`
-gets one row per notebook, and the exit status says whether all passed.
+gets one row per notebook, and the exit status says whether all passed. Smoke runs (`--smoke`,
+WORKBOOK_SMOKE=1) do the same under `runs/smoke/`, so they never meet a full run's folder.
 """
 
 from __future__ import annotations
@@ -120,15 +121,20 @@ def resolve_paths(params: dict[str, Any], cwd: Path | None = None) -> dict[str, 
 def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DIR, executed: Path | None = None,
                  log_output: bool = False, kernel_name: str | None = None) -> RunResult:
     """Execute one notebook with papermill: the executed copy to `executed` (default `runs_dir/<name>`),
-    results to OUTPUT_DIR (default `runs_dir/<stem>/`)."""
+    results to OUTPUT_DIR (default `runs_dir/<stem>/`). A smoke run (SMOKE, or WORKBOOK_SMOKE=1 when SMOKE
+    is not given) uses `runs_dir/smoke/` for both, as the notebook itself does (`notebook.default_output_dir`)."""
     import papermill
+
+    from .notebook import runs_home, smoke_from_env
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     params = resolve_paths(params)
-    params.setdefault("OUTPUT_DIR", str((runs_dir / path.stem).resolve()))
+    home = runs_home(smoke_from_env(params.get("SMOKE")), runs_dir)
+    params.setdefault("OUTPUT_DIR", str((home / path.stem).resolve()))
     check_parameters(path, params)
-    executed = Path(executed) if executed else runs_dir / path.name
+    executed = Path(executed) if executed else home / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
     output_dir = Path(params["OUTPUT_DIR"])
     metrics_file = output_dir / METRICS_FILE
 
@@ -141,6 +147,8 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=params, cwd=str(path.parent),
                                    log_output=log_output, progress_bar=False, kernel_name=kernel_name,
+                                   # papermill gives a kernel 60 s to start; a cold, busy machine can take longer
+                                   start_timeout=600,
                                    # ipykernel 7 warns on every start that its local TCP sockets (127.0.0.1,
                                    # HMAC-signed) are not encrypted: the kernel app's own log, errors only
                                    extra_arguments=["--IPKernelApp.log_level=ERROR"])
@@ -197,7 +205,8 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
 
 def run_many(names: list[str] | None, params: dict[str, Any], *, runs_dir: Path = RUNS_DIR,
              log_output: bool = False, echo=print) -> list[RunResult]:
-    """Run the named notebooks (all when none), keep going past failures, write the summary."""
+    """Run the named notebooks (all when none), keep going past failures, write the summary
+    (`runs_dir/summary.md`; smoke runs: `runs_dir/smoke/summary.md`)."""
     paths = [find_notebook(n) for n in names] if names else list_notebooks()
     if not paths:
         raise RunnerError(f"No notebooks found in {NOTEBOOKS_DIR}.")
@@ -210,7 +219,9 @@ def run_many(names: list[str] | None, params: dict[str, Any], *, runs_dir: Path 
         results.append(result)
         tail = f"ok ({result.wall_s:.0f} s)" if result.status == "ok" else f"FAILED ({result.error})"
         echo(f"  {tail}; executed copy: {result.executed}", flush=True)
-    summary = write_summary(results, runs_dir)
+    from .notebook import runs_home, smoke_from_env
+
+    summary = write_summary(results, runs_home(smoke_from_env(params.get("SMOKE")), runs_dir))
     echo(f"summary: {summary}")
     return results
 

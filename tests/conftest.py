@@ -81,11 +81,18 @@ def chrome_available() -> bool:
     return bool(_chromium() and shutil.which("chromedriver"))
 
 
-def open_chrome(javascript: bool = True, window: str = "1000,900"):
-    """Headless chromium through selenium; `make test` installs chromium + chromium-driver when root."""
+def open_chrome(javascript: bool = True, window: str = "1000,900", attempts: int = 3):
+    """Headless chromium through selenium; `make test` installs chromium + chromium-driver when root.
+
+    The browser console is kept (`driver.get_log("browser")`) for failure reports. Selenium gives chromedriver
+    a fixed ~30 s to start listening; on a cold, busy machine that can pass, so a start that fails is tried
+    again (a fresh chromedriver) rather than failing the test.
+    """
+    import contextlib
     import shutil
 
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
@@ -93,6 +100,15 @@ def open_chrome(javascript: bool = True, window: str = "1000,900"):
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  f"--window-size={window}", "--disable-background-networking", "--disable-component-update"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     if not javascript:
         options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    for attempt in range(1, attempts + 1):
+        service = Service(shutil.which("chromedriver"))
+        try:
+            return webdriver.Chrome(options=options, service=service)
+        except WebDriverException:
+            with contextlib.suppress(Exception):  # usually stopped already by selenium itself
+                service.stop()
+            if attempt == attempts:
+                raise

@@ -4,6 +4,7 @@ override, unusable values, unwritable folders, advice that must work when follow
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,6 +51,56 @@ def test_smoke_changes_only_what_the_user_did_not_set(tmp_path):
     assert run.smoke_changed == {"MAX_TRAIN_SAMPLES": 192, "TRAIN_BATCH_SIZE": 16}
     assert run.params["TRAIN_BATCH_SIZE"] == 16 and "NUM_EPOCHS" in run.set_by_user
     assert json.loads((tmp_path / "out" / "run.json").read_text())["params"]["TRAIN_BATCH_SIZE"] == 16
+
+
+def test_a_smoke_run_after_a_full_run_has_its_own_folder_and_is_not_refused(tmp_path, monkeypatch):
+    """`make run`, then CI's way (`WORKBOOK_SMOKE=1 pytest --nbmake notebooks/`): the smoke run's default
+    OUTPUT_DIR is runs/smoke/<notebook>/, so the full run (other parameters) neither refuses it nor is touched;
+    pointed at the full run's folder on purpose, it is still refused."""
+    monkeypatch.setenv("WORKBOOK_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv(hp.notebook.SMOKE_ENV, raising=False)
+    full_dir, smoke_dir = hp.notebook.default_output_dir(NB01), hp.notebook.default_output_dir(NB01, smoke=True)
+    assert full_dir == tmp_path / "runs" / NB01 and smoke_dir == tmp_path / "runs" / "smoke" / NB01
+    full = hp.notebook.start(NB01, _namespace(TRACKING=False))
+    assert full.output_dir == full_dir and not full.smoke
+    hp.artifacts.write_metrics(full_dir, notebook=NB01, test={"accuracy": 0.9}, params=full.params)
+    before = (full_dir / "metrics.json").read_text()
+
+    monkeypatch.setenv(hp.notebook.SMOKE_ENV, "1")  # nbmake cannot set parameters: SMOKE=None asks the environment
+    smoke = hp.notebook.start(NB01, _namespace(TRACKING=False), smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1})
+    assert smoke.smoke and smoke.output_dir == smoke_dir != full_dir
+    assert smoke.params != full.params  # other parameters: in one folder this run would have been refused
+    assert json.loads((smoke_dir / "run.json").read_text())["params"]["MAX_TRAIN_SAMPLES"] == 192
+    assert (full_dir / "metrics.json").read_text() == before  # the full run is untouched
+
+    with pytest.raises(hp.artifacts.OutputDirInUseError, match="other parameters"):  # the guard still holds
+        hp.notebook.start(NB01, _namespace(TRACKING=False, OUTPUT_DIR=str(full_dir)), smoke={"MAX_TRAIN_SAMPLES": 192})
+
+
+def test_the_runner_puts_smoke_runs_beside_full_runs_not_into_them(tmp_path, monkeypatch):
+    """`workbook run --smoke` and WORKBOOK_SMOKE=1: executed copy, OUTPUT_DIR and summary under runs/smoke/."""
+    monkeypatch.delenv(hp.notebook.SMOKE_ENV, raising=False)
+    path = runner.find_notebook("01")
+    seen = []
+
+    def fake_papermill(source, executed, *, parameters, **kw):
+        seen.append((executed, parameters["OUTPUT_DIR"]))
+        raise RuntimeError("not run in this test")
+
+    import papermill
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_papermill)
+    runs = tmp_path / "runs"
+    full = runner.run_notebook(path, {}, runs_dir=runs)
+    smoke = runner.run_notebook(path, {"SMOKE": True}, runs_dir=runs)
+    monkeypatch.setenv(hp.notebook.SMOKE_ENV, "1")
+    from_env = runner.run_notebook(path, {}, runs_dir=runs)
+    assert full.output_dir == (runs / path.stem).resolve() and full.executed == runs / path.name
+    assert smoke.output_dir == from_env.output_dir == (runs / "smoke" / path.stem).resolve()
+    assert smoke.executed == from_env.executed == runs / "smoke" / path.name
+    assert [Path(o) for _, o in seen] == [full.output_dir, smoke.output_dir, smoke.output_dir]
+    runner.run_many(["01"], {"SMOKE": True}, runs_dir=runs, echo=lambda *a, **k: None)
+    assert (runs / "smoke" / "summary.md").exists() and not (runs / "summary.md").exists()
 
 
 @pytest.mark.parametrize("name,value,needle", [

@@ -25,9 +25,11 @@ def _default_run(name, tmp_path):
     import os
     from pathlib import Path
 
+    from helpers.notebook import default_output_dir
+
     path = runner.find_notebook(name)
     runs = os.environ.get("WORKBOOK_RUNS_DIR")
-    metrics = Path(runs or "/nonexistent") / path.stem / "metrics.json"
+    metrics = default_output_dir(path.stem, smoke=True, runs_dir=Path(runs or "/nonexistent")) / "metrics.json"
     if runs and hp_smoke() and metrics.exists():
         return runner.RunResult(path.stem, "ok", 0.0, None, metrics.parent, json.loads(metrics.read_text()))
     return _run(name, tmp_path)
@@ -84,14 +86,14 @@ def test_notebook_02_with_the_seed_job_options(tmp_path, standin_dir, monkeypatc
             "--text-col", "content", "--label-col", "label", "--model", str(standin_dir), "--smoke",
             "--runs-dir", str(tmp_path)]
     assert cli.main(argv) == 0
-    m = json.loads((tmp_path / "02_distilbert_amazon_polarity" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "smoke" / "02_distilbert_amazon_polarity" / "metrics.json").read_text())
     assert {k: m["params"][k] for k in ("LR", "NUM_EPOCHS", "TRAIN_BATCH_SIZE", "EVAL_BATCH_SIZE", "TEXT_COL",
                                         "LABEL_COL", "MODEL_NAME")} == {
         "LR": 3e-5, "NUM_EPOCHS": 1, "TRAIN_BATCH_SIZE": 16, "EVAL_BATCH_SIZE": 64, "TEXT_COL": "content",
         "LABEL_COL": "label", "MODEL_NAME": str(standin_dir)}
     assert m["model"]["standin"] is False and m["data"]["standin"] is True
     assert set(m["test"]) >= {"accuracy", "f1", "roc_auc"} and 0 <= m["test"]["roc_auc"] <= 1
-    assert "| 02_distilbert_amazon_polarity | ok |" in (tmp_path / "summary.md").read_text()
+    assert "| 02_distilbert_amazon_polarity | ok |" in (tmp_path / "smoke" / "summary.md").read_text()
 
 
 def test_notebook_03_trainer_and_loop_side_by_side(tmp_path):
@@ -171,7 +173,7 @@ def test_notebook_05_refuses_fp16(tmp_path):
     path = runner.find_notebook("05")
     result = runner.run_notebook(path, {"SMOKE": True, "PRECISION": "fp16"}, runs_dir=tmp_path)
     assert result.status == "failed" and "overflows in fp16" in result.error
-    assert not (tmp_path / "05_t5_lora_xsum" / "checkpoints").exists()
+    assert not (result.output_dir / "checkpoints").exists()
 
 
 def test_notebook_01_is_reproducible_and_records_its_data(nb01, tmp_path):
@@ -218,9 +220,10 @@ def test_bad_input_as_a_user_gives_its_message_in_the_run_summary(tmp_path, para
     for name, value in params.items():
         argv += ["-p", name, str(value)]
     assert cli.main(argv) == 1
-    run = json.loads((tmp_path / "summary.json").read_text())["runs"][0]
+    run = json.loads((tmp_path / "smoke" / "summary.json").read_text())["runs"][0]
     assert run["status"] == "failed" and message in run["error"]
-    assert not (tmp_path / "01_finbert_financial_sentiment" / "checkpoints").exists()  # it stopped before training
+    assert run["output_dir"] == str((tmp_path / "smoke" / "01_finbert_financial_sentiment").resolve())
+    assert not (tmp_path / "smoke" / "01_finbert_financial_sentiment" / "checkpoints").exists()  # stopped early
 
 
 # --------------------------------------------------------------------------- the user's own data, real layouts
@@ -264,7 +267,7 @@ def test_notebook_01_with_sentence_pairs_and_the_users_labels(tmp_path):
     served = client.post("/predict", json={"text": pair[0], "text_pair": pair[1]}).get_json()
     assert served["label"] == expected["label"]
     code = f"import json, score; print(json.dumps(score.predict_sentiment({pair[0]!r}, text_pair={pair[1]!r})))"
-    out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=600)
     assert json.loads(out.stdout.strip().splitlines()[-1])["label"] == expected["label"]
     # the user's own pairs file scored row by row, the same answer as one pair alone
     import pandas as pd

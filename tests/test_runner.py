@@ -82,6 +82,7 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path, monkeypatch):
     good = _notebook(tmp_path / "01_good.ipynb", WRITE_METRICS)
     bad = _notebook(tmp_path / "02_bad.ipynb", "raise ValueError('broken on purpose')")
     monkeypatch.setattr(runner, "list_notebooks", lambda: [good, bad])
+    monkeypatch.delenv("WORKBOOK_SMOKE", raising=False)  # `make test` sets it: a smoke run would go to runs/smoke/
     runs = tmp_path / "runs"
     results = runner.run_many(None, {"LR": 0.5}, runs_dir=runs, echo=lambda *a, **k: None)
     assert [r.status for r in results] == ["ok", "failed"]

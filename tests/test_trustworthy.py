@@ -27,7 +27,7 @@ def _env():
 
 def _train(out: Path, *args: str, launcher: list[str] | None = None) -> dict:
     cmd = [*(launcher or [sys.executable]), str(SCRIPT), str(out), *args]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -37,7 +37,7 @@ def _start(out: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120):
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 600):
     deadline = time.time() + timeout
     while not condition():
         assert proc.poll() is None, f"training ended early: {proc.stderr.read()[-2000:]}"
