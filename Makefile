@@ -47,7 +47,7 @@ run: setup
 NBMAKE_RUNS := $(CURDIR)/.pytest_cache/nbmake-runs
 test: setup browser
 	rm -rf $(NBMAKE_RUNS)
-	WORKBOOK_SMOKE=1 WORKBOOK_RUNS_DIR=$(NBMAKE_RUNS) $(PY) -m pytest --nbmake --durations=12 notebooks tests $(PYTEST_ARGS)
+	WORKBOOK_SMOKE=1 WORKBOOK_RUNS_DIR=$(NBMAKE_RUNS) $(PY) -m pytest --nbmake --nbmake-timeout=1800 --durations=12 notebooks tests $(PYTEST_ARGS)
 
 # The unit tier: no notebook runs, SIGKILL / two-process tests or browser (under a minute on 2 cores).
 test-fast: setup
