@@ -38,7 +38,7 @@ class Check:
     """The steps' shared state: where results go, the time budget, the rows of the summary."""
 
     def __init__(self, out: Path, budget_s: float, gpu: dict | None):
-        self.out, self.gpu, self.rows = out, gpu, []
+        self.out, self.gpu, self.rows, self.last_output = out, gpu, [], ""
         self.deadline = time.monotonic() + budget_s
         self.work = out / "gpu-check-work"
         shutil.rmtree(self.work, ignore_errors=True)
@@ -69,6 +69,7 @@ class Check:
         except subprocess.TimeoutExpired:
             self.record(step, "timed out", limit_s=round(limit))
             return None
+        self.last_output = (proc.stdout or "") + (proc.stderr or "")
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             self.record(step, "failed", exit=proc.returncode, error=" | ".join(tail)[-400:])
@@ -108,8 +109,10 @@ def notebook_step(check: Check, notebook: str, precision: str, extra: tuple[str,
         cmd += ["--max-train-samples", "32", "--max-eval-samples", "16"]
     proc = check.run(step, cmd, limit_s=150)
     if proc is None:
-        if precision == "bf16" and check.gpu and not check.gpu["bf16_native"]:
-            check.rows[-1]["status"] = "refused as expected"  # a T4 / V100 only emulates bf16
+        last = check.rows[-1]
+        if (precision == "bf16" and check.gpu and not check.gpu["bf16_native"] and last["status"] == "failed"
+                and "only emulates bf16" in check.last_output):
+            last["status"] = "refused as expected"  # a T4 / V100 only emulates bf16: the refusal is the check
         return
     metrics = json.loads(next(runs.rglob("metrics.json")).read_text())  # smoke runs: runs/smoke/<notebook>/
     train, test = metrics.get("train", {}), metrics.get("test", {})

@@ -215,7 +215,7 @@ def run_floor(args) -> dict:
     precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
     model.to(device)
     collate = hp.batching.PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    optimizer = hp.training.make_optimizer(model, args.lr, 0.01, device)  # the fused AdamW (c) and (b) use
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as (c) on a T4
     steps = math.ceil(len(sampler) * args.epochs)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * steps),
@@ -229,13 +229,16 @@ def run_floor(args) -> dict:
             with hp.device.autocast(device, precision):
                 loss = model(**batch).loss
             if scaler is not None:
+                scale = scaler.get_scale()
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
+                if scaler.get_scale() >= scale:  # a skipped (overflowing) step does not advance the schedule
+                    scheduler.step()
             else:
                 loss.backward()
                 optimizer.step()
-            scheduler.step()
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             done, samples = done + 1, samples + len(ids)
             if done == steps:

@@ -296,12 +296,12 @@ def quantization_kwargs(precision: str) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
-    from .device import local_rank
+    from .device import best_device
 
     compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                 bnb_4bit_compute_dtype=compute)
-    return {"quantization_config": config, "device_map": {"": local_rank()}}
+    return {"quantization_config": config, "device_map": {"": best_device().index or 0}}
 
 
 def count_parameters(model) -> ParameterCount:

@@ -235,6 +235,8 @@ def _rng_state() -> dict[str, Any]:
                        "cached_gaussian": float(cached_gaussian)}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()  # this process's own GPU (accelerate sets it current)
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        state["mps"] = torch.mps.get_rng_state()  # Apple GPUs draw dropout masks from their own generator
     return state
 
 
@@ -247,6 +249,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
                        numpy_state["has_gauss"], numpy_state["cached_gaussian"])
     np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
+    if state.get("mps") is not None and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
         # one generator (this process's); a legacy file held every GPU's: take this process's own
@@ -376,6 +380,9 @@ def train_device(name: str | None) -> torch.device:
     if name is None:
         return dev.best_device()
     device = torch.device(name)
+    if device.index is not None:
+        raise ValueError(f"device={name!r}: give the kind only ('cuda'); pick the GPU with CUDA_VISIBLE_DEVICES=1, "
+                         "and several GPUs with torchrun / accelerate launch.")
     present = {"cpu": True, "cuda": torch.cuda.is_available(),
                "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
     if device.type not in present:
@@ -392,7 +399,9 @@ def _fresh_accelerator(**kwargs):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    AcceleratorState._reset_state(reset_partial_state=False)
+    # In one process the device is chosen again too (PartialState keeps the first run's otherwise: a run
+    # asking for the CPU after a GPU run would train on the GPU); a multi-process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=dev.num_processes() == 1)
     GradientState._reset_state()
     return Accelerator(**kwargs)
 
@@ -525,6 +534,7 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
             if not is_out_of_memory(err):
                 raise
             advice = _oom_advice(cfg, err)
+            model.zero_grad(set_to_none=True)  # the failed step's gradients live on the model itself
             _release_failed_step(err)
             raise BatchTooLargeError(advice) from err
     return _train_with_backoff(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
@@ -569,6 +579,7 @@ def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_o
             raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({err})") from err
         except Exception as err:  # noqa: BLE001 - free the failed try's memory before the next one
             if is_out_of_memory(err):
+                model.zero_grad(set_to_none=True)
                 traceback.clear_frames(err.__traceback__)
             raise
 
@@ -638,7 +649,7 @@ def model_kept_as_given(model):
     nothing removes the wrapper when the run raises (NaN guard, out of memory, Ctrl-C), so a later
     fp32 run in the same kernel would still autocast. Here the instance's own attributes are put back
     exactly, whatever happens."""
-    names = ("forward", "_original_forward")
+    names = ("forward", "_original_forward", "_is_accelerate_prepared")  # the flag: a second run must wrap it again
     saved = {name: model.__dict__[name] for name in names if name in model.__dict__}
     try:
         yield model
@@ -673,6 +684,9 @@ class _Loop:
             dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
             cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
         self.device = acc.device
+        if self.device.type != device_guess.type:  # precision was decided for device_guess
+            raise RuntimeError(f"Accelerate chose {self.device} where {device_guess} was expected (ACCELERATE_USE_CPU "
+                               "or a launcher setting?); pass device= to match it.")
         self.skips_in_a_row, self.last_scale = 0, None
         if cfg.train_batch_size % acc.num_processes:
             raise ValueError(f"train_batch_size {cfg.train_batch_size} is split across {acc.num_processes} "

@@ -353,9 +353,12 @@ def test_half_precision_checkpoints_load_in_fp32(tmp_path, tiny_encoder_dir):
 
 def test_qlora_places_each_process_on_its_own_gpu_and_computes_in_a_native_dtype(monkeypatch):
     pytest.importorskip("transformers.utils.quantization_config")
+    simulate_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0), count=2)
     monkeypatch.setenv("LOCAL_RANK", "1")
     kwargs = hp.models.quantization_kwargs("bf16")
     assert kwargs["device_map"] == {"": 1}
+    simulate_gpu(monkeypatch, "NVIDIA A100-SXM4-80GB", (8, 0), count=1)  # one visible GPU per process
+    assert hp.models.quantization_kwargs("bf16")["device_map"] == {"": 0}
     assert kwargs["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16
     t4 = hp.models.quantization_kwargs("fp32")  # T5 on a T4: no native bf16, and fp16 overflows
     assert t4["quantization_config"].bnb_4bit_compute_dtype == torch.float32
@@ -416,3 +419,46 @@ def test_gpu_check_plans_every_precision_the_gpu_has():
     assert gpu_check.precisions_for("01", {"bf16_native": True}) == ["auto", "fp16", "bf16"]
     assert gpu_check.precisions_for("05", {"bf16_native": True}) == ["auto"]  # T5: never fp16
     assert gpu_check.precisions_for("01", None) == ["auto"]
+
+
+def test_a_second_run_on_the_same_model_is_prepared_again(tiny_model, tiny_data):
+    """Accelerate marks a prepared model and would not wrap it (autocast, device) a second time: a rerun
+    of the training cell, or AUTO_BATCH_BACKOFF's retry, would train without mixed precision."""
+    hp.train(tiny_model, tiny_data["train"], max_steps=1, **{**FAST, "precision": "bf16"})
+    assert "_is_accelerate_prepared" not in tiny_model.__dict__
+    wrapped = []
+    real = training._fresh_accelerator
+
+    def spy(**kwargs):
+        acc = real(**kwargs)
+        prepare = acc.prepare
+
+        def checking_prepare(*objects):
+            out = prepare(*objects)
+            wrapped.append("forward" in tiny_model.__dict__)  # the autocast wrapper went on again
+            return out
+
+        acc.prepare = checking_prepare
+        return acc
+
+    training._fresh_accelerator = spy
+    try:
+        hp.train(tiny_model, tiny_data["train"], max_steps=1, **{**FAST, "precision": "bf16"})
+    finally:
+        training._fresh_accelerator = real
+    assert wrapped == [True]
+
+
+def test_each_run_in_one_process_chooses_its_device_again(monkeypatch):
+    from accelerate.state import PartialState
+
+    resets = []
+    real = PartialState._reset_state
+    monkeypatch.setattr(PartialState, "_reset_state", staticmethod(lambda: (resets.append(1), real())[1]))
+    training._fresh_accelerator(cpu=True)
+    assert resets  # else the first run's device sticks: device="cpu" after a GPU run trained on the GPU
+
+
+def test_a_gpu_index_is_refused_with_the_way_to_pick_one():
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        training.train_device("cuda:1")
