@@ -268,3 +268,20 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
 
     tracking.begin(notebook, params, output_dir, enabled=bool(namespace.get("TRACKING", True)))
     return Run(notebook, params, is_smoke, output_dir, [n for n in user_set if n not in ("SMOKE",)], changed)
+
+
+# --------------------------------------------------------------------------- Ctrl-C / the Stop button
+
+def interrupted_step(lines) -> tuple[int, int] | None:
+    """(step, total) from an interrupted cell's traceback lines (`hp.train` raises `TrainingInterrupted`
+    with "Interrupted at step N of M." in its message), or None."""
+    import re
+
+    from .training import INTERRUPTED_AT
+
+    pattern = re.escape(INTERRUPTED_AT).replace(r"\{step\}", r"(\d+)").replace(r"\{total\}", r"(\d+)")
+    for line in reversed(list(lines or [])):
+        match = re.search(pattern, str(line))
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    return None

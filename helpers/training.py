@@ -46,6 +46,14 @@ def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, RuntimeError) and ("out of memory" in text.lower() or "can't allocate memory" in text)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or Jupyter's Stop button) during `hp.train`: the message says the step reached, the last
+    checkpoint and how to continue (`workbook run` reads it back for its one-line report)."""
+
+
+INTERRUPTED_AT = "Interrupted at step {step} of {total}."
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the step, likely causes and the last good checkpoint."""
 
@@ -106,6 +114,7 @@ class History:
     device: str = "cpu"
     num_processes: int = 1
     fast_paths: str = ""  # the CPU fast paths used (helpers.speedups), "" when none
+    plan: dict[str, Any] | None = None  # hp.plan's prediction for this run, with how the run compared (hp.train(plan=))
 
     @property
     def wall_s(self) -> float:
@@ -126,7 +135,8 @@ class History:
                 "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
                 "batch_backoffs": self.batch_backoffs, "fast_paths": self.fast_paths,
                 "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale,
-                "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False)}
+                "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False),
+                **({"plan": self.plan} if self.plan else {})}
 
     def _window_mean(self, *, first: bool) -> float | None:
         """Mean loss over the first (or last) fifth of the steps: one step's loss is too noisy to compare."""
@@ -367,6 +377,68 @@ def trim_host_memory() -> None:
         _LIBC_TRIM(0)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring peak memory from now, so a run's peak is its own: CUDA's allocator statistics, and
+    on a Linux CPU the process's resident high-water mark (VmHWM, reset by writing 5 to
+    /proc/self/clear_refs, Linux 4.0+). Elsewhere the CPU peak stays the process's lifetime peak."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    if device.type == "cpu":
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since `reset_peak_memory`: GPU memory allocated, or the process's resident high-water
+    mark on a CPU (VmHWM; `ru_maxrss` where /proc is missing, which cannot be reset)."""
+    if device.type == "cpu":
+        hwm = resident_memory_mb("VmHWM")
+        if hwm is not None:
+            return hwm
+    return dev.peak_memory_mb(device)
+
+
+def resident_memory_mb(field_name: str = "VmRSS") -> float | None:
+    """This process's resident memory now ("VmRSS") or its high-water mark ("VmHWM"), from /proc (Linux)."""
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def evaluation_steps(total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> list[int]:
+    """The optimizer steps after which the loop evaluates, as `evaluate_and_checkpoint_if_due`, `end_epoch`
+    and `finish` decide (every `eval_every_steps`, each epoch's end, and the last step), early stopping aside."""
+    steps: set[int] = set()
+    if cfg.eval_every_steps:
+        steps.update(range(cfg.eval_every_steps, total_steps + 1, cfg.eval_every_steps))
+    if cfg.eval_each_epoch:
+        steps.update(range(steps_per_epoch, total_steps + 1, steps_per_epoch))
+        steps.add(total_steps)
+    return sorted(steps)
+
+
+def _run_bar(run_left: Callable[[], float | None], **kwargs):
+    """The training bar (tqdm.auto): optimizer steps, and the time left of the whole run, evaluations
+    included, from `run_left()` (tqdm's own estimate counts only the steps)."""
+    from tqdm.auto import tqdm
+
+    class RunBar(tqdm):
+        @property
+        def format_dict(self):
+            values = super().format_dict
+            left = run_left()
+            values["run_left"] = "?" if left is None else tqdm.format_interval(left)
+            return values
+
+    bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {run_left} left with evaluations, {rate_fmt}{postfix}]"
+    return RunBar(bar_format=bar_format, unit="step", **kwargs)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -508,7 +580,7 @@ class TrainConfig:
 
 def train(model, train_data, eval_data=None, config: TrainConfig | None = None, *,
           compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-          pad_token_id: int | None = None, collate_fn: Callable | None = None, **options) -> History:
+          pad_token_id: int | None = None, collate_fn: Callable | None = None, plan=None, **options) -> History:
     """Fine-tune `model` on tokenized `train_data` (evaluating on `eval_data`); returns a `History`.
 
     The loop (notebook 01 shows it plainly first): for each batch, `model(**batch).loss`, backward,
@@ -520,16 +592,28 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
     `train_data` / `eval_data`: tokenized `datasets.Dataset`s (or `TokenStore`s) with `input_ids` and
     `label(s)`. `compute_metrics(logits, labels) -> dict` for classification; `pad_token_id` the
     tokenizer's; `collate_fn` replaces the padding collator. Options: a `TrainConfig`, keywords, or both.
+    `plan`: what `hp.plan` predicted for this run; the History keeps it beside what the run really used
+    (metrics.json "train" -> "plan"), and the progress bar's time left uses its evaluation time.
     """
     cfg = (config or TrainConfig()).replace(**options)
+    record = plan.to_dict() if hasattr(plan, "to_dict") else (dict(plan) if plan else None)
+    history = _train_checked(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
+                             pad_token_id=pad_token_id, collate_fn=collate_fn,
+                             eval_pass_s=(record or {}).get("eval_pass_s"))
+    if record is not None:
+        history.plan = plan_versus_run(record, history)
+    return history
+
+
+def _train_checked(model, train_data, eval_data, cfg: TrainConfig, **data_options) -> History:
+    """One run, or runs with out-of-memory back-off; an out-of-memory error becomes `BatchTooLargeError`."""
     if cfg.auto_batch_backoff and dev.num_processes() > 1:
         raise ValueError(f"AUTO_BATCH_BACKOFF works in one process only: with {dev.num_processes()} processes one "
                          "rank would retry alone while the others wait for it forever. Set TRAIN_BATCH_SIZE and "
                          "GRAD_ACCUM_STEPS yourself (find them in one process first), or AUTO_BATCH_BACKOFF=False.")
     if not cfg.auto_batch_backoff:
         try:
-            return train_once(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
-                              pad_token_id=pad_token_id, collate_fn=collate_fn)
+            return train_once(model, train_data, eval_data, cfg, **data_options)
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
             if not is_out_of_memory(err):
                 raise
@@ -537,8 +621,24 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
             model.zero_grad(set_to_none=True)  # the failed step's gradients live on the model itself
             _release_failed_step(err)
             raise BatchTooLargeError(advice) from err
-    return _train_with_backoff(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
-                               pad_token_id=pad_token_id, collate_fn=collate_fn)
+    return _train_with_backoff(model, train_data, eval_data, cfg, **data_options)
+
+
+def plan_versus_run(plan: dict[str, Any], history: History) -> dict[str, Any]:
+    """The plan's figures (plan.json has them all) with how the run compared: real / predicted peak memory
+    and wall time, judged only when the run did what was planned (the same batch, all the planned steps,
+    not resumed)."""
+    made_for = plan.get("config", {})
+    same = (made_for.get("train_batch_size") == history.train_batch_size
+            and made_for.get("grad_accum_steps") == history.grad_accum_steps
+            and made_for.get("total_steps") == history.global_step and not history.resumed_from)
+    out = {key: plan.get(key) for key in ("device", "precision", "peak_mem_mb", "limit_mb", "step_s", "eval_pass_s",
+                                          "evaluations", "wall_s", "fits", "in_time")}
+    out.update(estimate_peak_mb=plan.get("estimate_mb", {}).get("peak"), same_run_as_planned=bool(same))
+    if same and plan.get("peak_mem_mb") and plan.get("wall_s"):
+        out["run_vs_plan"] = {"peak_mem_mb": round(history.peak_mem_mb / plan["peak_mem_mb"], 3),
+                              "wall_s": round(history.wall_s / plan["wall_s"], 3)}
+    return out
 
 
 def _oom_advice(cfg: TrainConfig, err: BaseException) -> str:
@@ -620,13 +720,16 @@ def _release_failed_step(err: BaseException) -> None:
 
 def train_once(model, train_data, eval_data, cfg: TrainConfig, *,
                compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-               pad_token_id: int | None = None, collate_fn: Callable | None = None) -> History:
-    """The loop, step by step (each step a method of `_Loop` below)."""
+               pad_token_id: int | None = None, collate_fn: Callable | None = None,
+               eval_pass_s: float | None = None) -> History:
+    """The loop, step by step (each step a method of `_Loop` below). `eval_pass_s`: a planned evaluation's
+    time, for the progress bar's time left until the first evaluation has been timed."""
     with model_kept_as_given(model):                                   # forward restored, even on errors
         loop = _Loop(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
                      pad_token_id=pad_token_id, collate_fn=collate_fn)  # prepare: device, data, optimizer
+        loop.eval_pass_hint = eval_pass_s
         loop.resume()                                                  # from the newest checkpoint, if asked
-        with loop.fast_paths:                                          # CPU fast paths, undone on exit
+        with loop.fast_paths, loop.interruptible():                    # CPU fast paths; Ctrl-C said plainly
             while not loop.stop:
                 for batch in loop.epoch_batches():                     # length-grouped, padded batches
                     loop.trim_heap(batch)
@@ -696,7 +799,7 @@ class _Loop:
         model.train()
         optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, self.device)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, self.loader)
-        steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum_steps))
+        self.steps_per_epoch = steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum_steps))
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(steps_per_epoch * cfg.num_epochs)
         self.scheduler = get_scheduler("linear", self.optimizer.optimizer, num_training_steps=self.total_steps,
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps))
@@ -715,6 +818,7 @@ class _Loop:
         self.stop = self.interrupted = False
         self.largest_batch, self.last_trim = 0, 0
         self.fast_paths = _NoFastPaths(acc)  # the CPU fast paths are set up after resume (they read the optimizer)
+        self.eval_pass_hint: float | None = None  # a planned evaluation's seconds (hp.plan), for the time left
 
     def _prepare_data(self, model, train_data, eval_data, pad_token_id, collate_fn) -> None:
         """Rows as a `TokenStore`, a length-grouped sampler, a padding collator, a DataLoader."""
@@ -836,13 +940,14 @@ class _Loop:
     def _start_clock(self) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=self.total_steps, initial=self.history.global_step, desc="train",
-                        disable=not (self.cfg.progress and self.accelerator.is_main_process), mininterval=1.0,
-                        dynamic_ncols=True)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        self.stop = self.history.global_step >= self.total_steps
+        self.first_step, self.evals_before = self.history.global_step, len(self.history.evals)
         self.run_start, self.eval_s_before, self.ckpt_s = time.perf_counter(), self.history.eval_wall_s, 0.0
+        self.eval_at = evaluation_steps(self.total_steps, self.steps_per_epoch, self.cfg) if self.eval_rows else []
+        self.bar = _run_bar(self.run_left_s, total=self.total_steps, initial=self.history.global_step, desc="train",
+                            disable=not (self.cfg.progress and self.accelerator.is_main_process), mininterval=1.0,
+                            dynamic_ncols=True)
+        reset_peak_memory(self.device)
+        self.stop = self.history.global_step >= self.total_steps
         self.last_trim = self.history.global_step
         self.fast_paths = self._fast_paths()
         self.history.fast_paths = self.fast_paths.describe()
@@ -851,6 +956,29 @@ class _Loop:
         self.optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
         if self.accelerator.scaler is not None:  # fp16: the scale a skipped step would back off from
             self.last_scale = self.accelerator.scaler.get_scale()
+
+    def run_left_s(self) -> float | None:
+        """Seconds left in the whole run, evaluations included: the steps left at this session's pace, and
+        each evaluation still due at the pace of those done (before the first: the plan's figure, else a
+        forward pass costing a third of a training step per row). None before the first step."""
+        history = self.history
+        steps = history.global_step - self.first_step
+        if steps <= 0:
+            return None
+        evals, eval_s = len(history.evals) - self.evals_before, history.eval_wall_s - self.eval_s_before
+        step_s = (time.perf_counter() - self.run_start - eval_s - self.ckpt_s) / steps
+        if evals:
+            pass_s = eval_s / evals
+        elif self.eval_pass_hint:
+            pass_s = self.eval_pass_hint
+        else:
+            rows = len(self.eval_rows) if self.eval_rows is not None else 0
+            if self.cfg.max_eval_batches is not None:
+                rows = min(rows, self.cfg.max_eval_batches * self.cfg.eval_batch_size)
+            pass_s = rows * step_s / (3 * self.cfg.train_batch_size * self.cfg.grad_accum_steps)
+        done_now = self._evaluated_now()
+        due = sum(1 for s in self.eval_at if s > history.global_step or (s == history.global_step and not done_now))
+        return (self.total_steps - history.global_step) * step_s + due * pass_s
 
     # ---- the epoch and the step
     def epoch_batches(self):
@@ -1064,6 +1192,26 @@ class _Loop:
                                  keep=self.cfg.keep_checkpoints, rng_states=rng_states)
         self.ckpt_s += time.perf_counter() - start
 
+    @contextlib.contextmanager
+    def interruptible(self):
+        """Ctrl-C becomes `TrainingInterrupted`, whose one line says the step, the last checkpoint and
+        how to continue (in place of a bare KeyboardInterrupt deep in a forward pass)."""
+        try:
+            yield
+        except TrainingInterrupted:
+            raise
+        except KeyboardInterrupt:
+            self.bar.close()
+            line = INTERRUPTED_AT.format(step=self.history.global_step, total=self.total_steps)
+            last = latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+            if self.ckpt_root is None:
+                line += " No checkpoints are kept (checkpoint_dir=None): running again starts over."
+            elif last is None:
+                line += " No checkpoint was written yet: running again starts over."
+            else:
+                line += f" The last checkpoint is {last}: run again with RESUME=True to continue from it."
+            raise TrainingInterrupted(line) from None
+
     def gather_rng_states(self) -> list[dict[str, Any]]:
         """Every process's random generators, in process order (each GPU has its own), for rank 0 to save."""
         mine = _rng_state()
@@ -1086,7 +1234,7 @@ class _Loop:
         history.stopped_early = bool(cfg.early_stopping_patience is not None
                                      and self.evals_without_improvement >= cfg.early_stopping_patience)
         history.samples_per_s = history.total_examples / history.train_wall_s if history.train_wall_s > 0 else 0.0
-        history.peak_mem_mb = dev.peak_memory_mb(self.device)
+        history.peak_mem_mb = peak_memory_mb(self.device)
         if acc.scaler is not None:
             history.loss_scale = float(acc.scaler.get_scale())
         if history.skipped_steps:

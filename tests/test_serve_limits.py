@@ -15,24 +15,32 @@ import helpers as hp
 
 
 class SlowClassifier:
-    """A stand-in predictor that takes `delay` seconds per call (to fill the queue)."""
+    """A stand-in predictor that takes `delay` seconds per call (`then` seconds after the first call, when
+    given) to fill the queue; `started` is set once a call has begun, so a test can wait for the model to be
+    busy instead of guessing how long that takes."""
 
     task = "text-classification"
     info = {"max_length": 16}
     max_input_tokens = 16
     labels = ["negative", "positive"]
 
-    def __init__(self, delay):
-        self.delay = delay
+    def __init__(self, delay, then=None):
+        self.delay, self.then = delay, then
+        self.started = threading.Event()
 
     def predict(self, items):
-        time.sleep(self.delay)
+        first = not self.started.is_set()
+        self.started.set()
+        time.sleep(self.delay if first or self.then is None else self.then)
         return [{"label": "positive", "score": 0.9, "probabilities": {"negative": 0.1, "positive": 0.9},
                  "truncated": False} for _ in items]
 
 
 def test_a_full_queue_answers_503_with_retry_after():
-    app = hp.serve.create_app(SlowClassifier(0.5), max_queue=2, queue_timeout_s=10, max_batch=1, max_wait_ms=0)
+    # the first call takes 2 s, so all six requests arrive while it is still being scored, however slowly the
+    # threads start on a busy machine; the queued ones are then answered at once
+    app = hp.serve.create_app(SlowClassifier(2.0, then=0.0), max_queue=2, queue_timeout_s=10, max_batch=1,
+                              max_wait_ms=0)
 
     def call(_):
         with app.test_client() as client:
@@ -47,11 +55,12 @@ def test_a_full_queue_answers_503_with_retry_after():
 
 
 def test_a_request_that_waits_too_long_gets_503():
-    app = hp.serve.create_app(SlowClassifier(1.0), queue_timeout_s=0.2)
+    model = SlowClassifier(3.0)
+    app = hp.serve.create_app(model, queue_timeout_s=0.2)
     first = threading.Thread(target=lambda: app.test_client().post("/predict", json={"text": "a"}))
     first.start()
-    time.sleep(0.1)
-    r = app.test_client().post("/predict", json={"text": "b"})
+    assert model.started.wait(timeout=60), "the first request never reached the model"
+    r = app.test_client().post("/predict", json={"text": "b"})  # the model stays busy for ~3 s more
     first.join()
     assert r.status_code == 503 and "busy" in r.get_json()["error"]
 
@@ -113,7 +122,9 @@ class CountingClassifier(SlowClassifier):
 
 def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer():
     model = CountingClassifier()
-    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=50)
+    # a batch waits up to 1 s for requests still arriving (it stops waiting once nobody else is asking),
+    # so 16 threads started on a busy machine still meet in a batch
+    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=1000)
     texts = [f"text number {i}" + "x" * (i % 3) for i in range(16)]
 
     def call(text):
@@ -128,7 +139,7 @@ def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer():
 
 def test_one_bad_request_does_not_fail_the_others():
     model = CountingClassifier()
-    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=50)
+    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=1000)
 
     def call(text):
         with app.test_client() as client:

@@ -1,13 +1,15 @@
 """Train a tiny BERT on the generated PhraseBank sample; used by the tests as a separate process.
 
     python tests/scripts/train_tiny.py OUT.json [--checkpoint-dir D] [--resume] [--pause-at-step N]
-                                                [--steps N] [--stop-after-steps N]
+                                                [--pause-after-checkpoint N] [--steps N] [--stop-after-steps N]
     torchrun --standalone --nproc_per_node 2 tests/scripts/train_tiny.py OUT.json     # 2 CPU processes (gloo)
     accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT.json
 
 Deterministic on CPU in fp32 with dropout off (so 1 and 2 processes can be compared). With
 `--pause-at-step N` the process stops for good in the middle of writing checkpoint N (after the
-model file, before the rest), so a test can SIGKILL it there.
+model file, before the rest), so a test can SIGKILL it there. With `--pause-after-checkpoint N` it
+stops for good right after checkpoint N is complete, before step N+1, so a test's SIGKILL lands between
+two checkpoints however fast or slow the machine is (no race with the steps that follow).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def main() -> None:
     p.add_argument("--checkpoint-dir")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--pause-at-step", type=int)
+    p.add_argument("--pause-after-checkpoint", type=int, help="hang once checkpoint N is complete (for SIGKILL)")
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--precision", default="fp32", help="fp16 / bf16 on a GPU (make gpu-check)")
@@ -52,6 +55,18 @@ def main() -> None:
 
         torch.save = slow_save
         hp.training.torch.save = slow_save
+
+    if args.pause_after_checkpoint:
+        real_checkpoint = hp.training._save_checkpoint
+
+        def checkpoint_then_hang(root, step, **kwargs):  # hang once the chosen checkpoint is complete
+            final = real_checkpoint(root, step, **kwargs)
+            if step == args.pause_after_checkpoint:
+                Path(args.out + ".paused").write_text(f"checkpoint-{step} complete")
+                time.sleep(600)
+            return final
+
+        hp.training._save_checkpoint = checkpoint_then_hang
 
     tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
