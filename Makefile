@@ -10,7 +10,8 @@ LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 KERNEL := finetune-workbook
 PYTEST_ARGS ?=
 
-.PHONY: ui strip setup browser serve bench bench-scale bench-serve gpu-check run test test-fast lab lock samples lint clean help kernel
+.PHONY: ui strip setup browser serve bench bench-scale bench-serve gpu-check run test test-fast lab lock samples lint clean help kernel \
+        docker docker-run docker-deps docker-base
 
 help:
 	@echo "make run    - set up if needed, then execute every notebook headless into runs/"
@@ -26,6 +27,9 @@ help:
 	@echo "make gpu-check - on a GPU: every notebook in each precision, fp16 kill+resume, QLoRA, 2 GPUs, bench, serve (8 min)"
 	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
+	@echo "make docker DIR=runs/<notebook> [TAG=... GPU=1 BASE_IMAGE=...] - a serving image of one model (docker or podman)"
+	@echo "make docker-run DIR=runs/<notebook> [PORT=8000] - run it; MODEL=folder mounts a folder into an image built without DIR"
+	@echo "make lint   - ruff (pinned) over the tree, with pyproject.toml's settings"
 
 # The virtual environment is rebuilt when the pins or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml jupyter/overrides.json
@@ -45,7 +49,7 @@ run: setup
 # One pytest run: every notebook through nbmake at smoke sizes (into a fresh runs folder, whose results
 # tests/test_notebooks.py then checks instead of running those notebooks again), then tests/.
 NBMAKE_RUNS := $(CURDIR)/.pytest_cache/nbmake-runs
-test: setup browser
+test: setup browser lint
 	rm -rf $(NBMAKE_RUNS)
 	WORKBOOK_SMOKE=1 WORKBOOK_RUNS_DIR=$(NBMAKE_RUNS) $(PY) -m pytest --nbmake --nbmake-timeout=1800 --durations=12 notebooks tests $(PYTEST_ARGS)
 
@@ -127,3 +131,116 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# ------------------------------------------------------------------------------------------------------ lint
+# ruff, pinned, kept beside .venv (not in it: `make lock` must not pin a linter into the lab's requirements).
+RUFF_VERSION := 0.17.6
+RUFF := $(VENV)/tools/ruff-$(RUFF_VERSION)/bin/ruff
+$(RUFF): | $(STAMP)
+	$(PY) -m pip install --quiet --target $(VENV)/tools/ruff-$(RUFF_VERSION) ruff==$(RUFF_VERSION)
+
+lint: $(RUFF)
+	$(RUFF) check .
+
+# ------------------------------------------------------------------------------- the serving image (Dockerfile)
+# make docker DIR=runs/01_finbert_financial_sentiment [TAG=...]: one saved model folder + `workbook serve` on
+# 0.0.0.0:8000 (docs/container.md), built with docker (when its daemon answers) or podman; ENGINE=... chooses.
+# The packages come from a wheel folder made first (docker-deps: pip download of requirements-serve.txt), so the
+# build itself needs no package index; with no registry either, make docker-base makes a Debian base image.
+# Without DIR the image holds no model: make docker-run MODEL=some/folder mounts one at /model.
+ENGINE_FOUND = $(shell if docker info >/dev/null 2>&1; then echo docker; \
+  elif command -v podman >/dev/null 2>&1; then echo podman; elif command -v docker >/dev/null 2>&1; then echo docker; fi)
+ENGINE ?= $(eval ENGINE := $(ENGINE_FOUND))$(ENGINE)
+GPU ?=
+BASE_IMAGE ?= python:3.11-slim-bookworm
+PYTHON_VERSION ?= 3.11
+WHEEL_ARCH ?= $(if $(filter arm64 aarch64,$(shell uname -m)),aarch64,x86_64)
+# pip takes one platform tag literally: list every manylinux up to glibc 2.35 (bookworm has 2.36, Ubuntu 22.04 2.35)
+WHEEL_PLATFORMS = $(foreach v,$(shell seq 35 -1 17),--platform manylinux_2_$(v)_$(WHEEL_ARCH)) \
+  --platform manylinux2014_$(WHEEL_ARCH) --platform manylinux_2_12_$(WHEEL_ARCH) --platform manylinux2010_$(WHEEL_ARCH) \
+  --platform manylinux_2_5_$(WHEEL_ARCH) --platform manylinux1_$(WHEEL_ARCH)
+WHEELS ?= .whl/serve-$(if $(GPU),cuda,cpu)
+TORCH_INDEX ?= $(if $(GPU),,https://download.pytorch.org/whl/cpu)
+DOCKER_DIR = $(patsubst %/,%,$(DIR))
+DOCKER_NAME = $(if $(DOCKER_DIR),$(shell printf '%s' "$(notdir $(DOCKER_DIR))" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9_.-' '-'),latest)
+TAG ?= finetune-workbook-serve:$(DOCKER_NAME)$(if $(GPU),-gpu)
+DOCKER_PIP = $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
+DOCKER_BUILD_ARGS ?=
+DOCKER_RUN_ARGS ?=
+LOCAL_BASE := localhost/finetune-workbook-base:bookworm
+BASE_CACHE ?= $(HOME)/.cache/finetune-workbook/docker
+
+docker: docker-deps
+	@test -n "$(ENGINE)" || { echo "make docker needs docker or podman (make docker-deps installs podman as root)"; exit 2; }
+	@model=""; staged=""; if [ -n "$(DOCKER_DIR)" ]; then \
+	  test -d "$(DOCKER_DIR)" || { echo "DIR=$(DOCKER_DIR) is not a folder"; exit 2; }; \
+	  rel=$$(realpath --relative-to="$(CURDIR)" "$(DOCKER_DIR)"); \
+	  case "$$rel" in runs/*) model="$$rel";; \
+	  *) model=.cache/docker-model/$(DOCKER_NAME)-$$$$; staged="$$model"; \
+	     echo "copying $(DOCKER_DIR) into the build context ($$model, removed after the build)"; \
+	     mkdir -p "$$model" && tar -C "$(DOCKER_DIR)" --exclude=./checkpoints -cf - . | tar -C "$$model" -xf - ;; esac; fi; \
+	echo "$(ENGINE) build -t $(TAG) (model: $${model:-none, mount one at /model}; base: $(BASE_IMAGE))"; \
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(TAG) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  --build-arg WHEELS=$(WHEELS) --build-arg MODEL_DIR="$$model" $(DOCKER_BUILD_ARGS) -f Dockerfile .; \
+	status=$$?; if [ -n "$$staged" ]; then rm -rf "$$staged"; rmdir .cache/docker-model 2>/dev/null; fi; \
+	[ $$status = 0 ] && $(ENGINE) image inspect --format 'built $(TAG): {{.Size}} bytes' $(TAG)
+
+# MODEL=folder: mounted at /model and read as you (--user): save_pretrained writes weights readable by their owner only.
+docker-run:
+	$(ENGINE) run --rm -p $(or $(PORT),8000):8000 $(if $(GPU),--gpus all) \
+	  $(if $(MODEL),--user "$$(id -u):$$(id -g)" -v "$(abspath $(MODEL))":/model:ro) $(DOCKER_RUN_ARGS) $(TAG)
+
+# What a build needs on this machine: a container engine (as root on Debian, with neither docker nor podman
+# working, podman and runc are installed, as `browser` installs chromium) and the wheel folder.
+docker-deps: $(WHEELS)/.complete
+	@if docker info >/dev/null 2>&1 || command -v podman >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing podman + runc for the container build"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null; } \
+	  || echo "WARNING: could not install podman; the container test will be skipped"; \
+	else echo "note: neither docker nor podman found and not root: install one to build the image"; fi
+	@# podman inside a container (CI runners, this lab): crun fails on cgroups and rlimits; runc, no default ulimits
+	@if [ "$$(id -u)" = 0 ] && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
+	  && [ ! -e /etc/containers/containers.conf ]; then \
+	  mkdir -p /etc/containers && printf '%s\n' \
+	    '# written by make docker-deps (finetune-workbook): runc, and no default ulimits (crun fails on cgroups and' \
+	    '# rlimits where podman itself runs in a container)' '[containers]' 'default_ulimits = []' '' \
+	    '[engine]' 'runtime = "runc"' > /etc/containers/containers.conf; fi
+
+# The wheels of requirements-serve.txt for the image's Python and platform: torch from TORCH_INDEX (the CPU build
+# unless GPU=1), the rest with --no-deps (the file pins the whole set; pip check in the build confirms it).
+$(WHEELS)/.complete: requirements-serve.txt
+	@echo "downloading the wheels of requirements-serve.txt into $(WHEELS) (Python $(PYTHON_VERSION), $(WHEEL_ARCH))"
+	@rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
+	@grep -E '^[A-Za-z0-9]' requirements-serve.txt | grep -v '^torch==' > $(WHEELS).tmp/requirements.txt
+	@$(DOCKER_PIP) download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
+	  --python-version $(PYTHON_VERSION) --implementation cp -d $(WHEELS).tmp $(if $(GPU),-c requirements-serve.txt,--no-deps) \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $$(grep -E '^torch==' requirements-serve.txt)
+	@if [ -z "$(GPU)" ] && ! ls $(WHEELS).tmp/torch-*+cpu-*.whl >/dev/null 2>&1; then \
+	  echo "the torch wheel downloaded is not the CPU build ($$(ls $(WHEELS).tmp | grep '^torch-')); set TORCH_INDEX" \
+	       "to an index with it (default https://download.pytorch.org/whl/cpu), or GPU=1 for a CUDA image"; exit 1; fi
+	@$(DOCKER_PIP) download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
+	  --python-version $(PYTHON_VERSION) --implementation cp --no-deps -d $(WHEELS).tmp -r $(WHEELS).tmp/requirements.txt
+	@rm $(WHEELS).tmp/requirements.txt && rm -rf $(WHEELS) && mv $(WHEELS).tmp $(WHEELS) && touch $(WHEELS)/.complete
+	@du -sh $(WHEELS)
+
+# A base image without a registry: Debian bookworm (python3 3.11, venv) from Debian's packages with mmdebstrap,
+# imported as $(LOCAL_BASE); then make docker BASE_IMAGE=$(LOCAL_BASE). The root file system is kept in BASE_CACHE.
+docker-base:
+	@test -n "$(ENGINE)" || { echo "docker-base needs docker or podman (make docker-deps)"; exit 2; }
+	@if $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1; then echo "$(LOCAL_BASE) is there"; exit 0; fi; \
+	tar=$(BASE_CACHE)/bookworm-python3-v1.tar; mkdir -p $(BASE_CACHE); \
+	if [ ! -s $$tar ]; then \
+	  command -v mmdebstrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	    { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null \
+	      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }; }; } \
+	  || { echo "docker-base needs mmdebstrap (apt-get install mmdebstrap, as root)"; exit 2; }; \
+	  echo "building a Debian bookworm root file system with python3 (mmdebstrap, about 30 s)"; \
+	  mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
+	    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+	    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+	    --customize-hook='rm -rf "$$1"/var/lib/apt/lists/* "$$1"/var/cache/apt/*.bin' \
+	    bookworm $$tar.tmp && mv $$tar.tmp $$tar; fi; \
+	$(ENGINE) import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+	  --change 'CMD ["python3"]' $$tar $(LOCAL_BASE)

@@ -81,7 +81,8 @@ def parse_args(argv=None):
                    help="runs of (b) and (c), interleaved, one seed each (seed, seed+1, ...): speed is the median "
                         "run, accuracy the mean and spread over the seeds (a is run once: it is slow)")
     p.add_argument("--skip-generation", action="store_true")
-    p.add_argument("--peak-tflops", type=float, default=None, help="GPU peak TFLOPS for MFU (default: by name and precision)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="GPU peak TFLOPS for MFU (default: by name and precision)")
     p.add_argument("--out", default=str(HERE / "results.json"))
     return p.parse_args(argv)
 
@@ -304,7 +305,8 @@ def main(argv=None) -> int:
                       "precision); (c)/(d) above 1 is what the loop's CPU fast paths compute less.")
         md.append("")
     if any(r.get("mfu") for r in results.values()):
-        md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x non-embedding params x tokens/s vs the GPU's peak in the run's precision): "
+        md += [f"GPU: {info.get('gpu')}; model FLOPs utilization (6 x non-embedding params x tokens/s vs the "
+               "GPU's peak in the run's precision): "
                + ", ".join(f"{NAMES[k]} {r['mfu']:.1%}" for k, r in results.items() if r.get("mfu")), ""]
     if generation:
         md += ["| generation | naive summaries/s | batched summaries/s | speedup | identical outputs |",

@@ -105,7 +105,7 @@ def load(url: str, items: list[str], clients: int) -> dict:
             "p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 1)}
 
 
-def classifier_cost(folder: Path, items: list[str], n: int = 96) -> dict:
+def classifier_cost(folder: Path, items: list[str], n: int = 96, device: str = "cpu") -> dict:
     """What the classifier itself costs per text in this process, no HTTP: one text per call (as with
     batching off) and length-grouped batches of up to 32 (what batching can at best reach)."""
     import torch
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             finally:
                 proc.terminate()
                 proc.wait(timeout=30)
-    results["classifier_cost"] = classifier_cost(folders["classifier"], texts(args.requests))
+    results["classifier_cost"] = classifier_cost(folders["classifier"], texts(args.requests), device=args.device)
     print("classifier alone, no HTTP: " + ", ".join(f"{k} {v}" for k, v in results["classifier_cost"].items()))
     lines = ["| model | clients | off: req/s | off: p50 / p99 ms | on: req/s | on: p50 / p99 ms | on/off req/s |",
              "|---|---|---|---|---|---|---|"]

@@ -122,7 +122,6 @@ def _metrics(logits, labels):
 
 
 def run_trainer(args, *, tuned: bool) -> dict:
-    import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
     import helpers as hp
@@ -184,7 +183,8 @@ def run_loop(args) -> dict:
                        lr=args.lr, warmup_ratio=args.warmup_ratio, weight_decay=0.01, eval_every_steps=args.eval_every,
                        eval_each_epoch=False, compute_metrics=_metrics, metric_for_best="accuracy",
                        load_best_at_end=False, log_every_steps=args.eval_every, seed=args.seed, progress=False,
-                       device=args.device, cpu_fast_paths=[] if args.fast_paths == "none" else args.fast_paths.split(","))
+                       device=args.device,
+                       cpu_fast_paths=[] if args.fast_paths == "none" else args.fast_paths.split(","))
     wall = time.perf_counter() - start
     result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
                          pad_token_id=tokenizer.pad_token_id, progress=False)
@@ -248,7 +248,8 @@ def run_floor(args) -> dict:
     train_s = time.perf_counter() - start
     result = hp.evaluate(model, data["test"], compute_metrics=_metrics, batch_size=args.eval_batch_size,
                          pad_token_id=tokenizer.pad_token_id, progress=False, device=device)
-    return {"precision": precision, "device": str(device), "train_s": train_s, "eval_s": 0.0, "wall_s": train_s, "samples": samples,
+    return {"precision": precision, "device": str(device), "train_s": train_s, "eval_s": 0.0, "wall_s": train_s,
+            "samples": samples,
             "train_samples_per_s": samples / train_s, "evals": [], "test": result.metrics,
             "rss_before_train_mb": rss_before}
 

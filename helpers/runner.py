@@ -307,7 +307,7 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
                                        **ctrl_c_options)
     except papermill.PapermillExecutionError as err:
         error = f"{err.ename}: {err.evalue}".splitlines()[0]
-        if err.ename in ("KeyboardInterrupt", "TrainingInterrupted"):  # the kernel was interrupted: by our Ctrl-C, or anyone
+        if err.ename in ("KeyboardInterrupt", "TrainingInterrupted"):  # the kernel was interrupted (Ctrl-C, or anyone)
             stopped = _interruption(output_dir, err.traceback)
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the kernel was up
         stopped = _interruption(output_dir, [])

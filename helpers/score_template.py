@@ -8,7 +8,10 @@ Hosted model APIs (Domino style), called with {"data": {"sentence": ...}} or {"d
     predict_sentiment([s1, s2]) -> a list of those, one per text
     predict_sentiment(sentence, text_pair=...)  sentence-pair models
     summarize(text)             -> {"summary", "truncated"} (a list of texts: a list of those)
-Texts must be non-empty strings; anything else raises ValueError with the reason.
+    summarize(text, num_beams=4, max_new_tokens=96)  per-call generation settings
+Texts must be non-empty strings; anything else raises ValueError with the reason. The same rules as `workbook
+serve`: generation settings are held to GENERATION_LIMITS (a one-line ValueError names the setting and its
+range), and a `text_pair` is refused by a model that reads one text.
 OCI Data Science model deployment:
     load_model() -> the loaded model;  predict(data, model=load_model()) -> {"prediction": [...]}
     `data`: a text, a list of texts, {"text": ...}, {"texts": [...]}, or {"data": {...}} with those keys.
@@ -19,6 +22,7 @@ Set MODEL_DIR to score a folder other than this file's own.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -29,6 +33,19 @@ import torch
 
 MODEL_DIR = Path(os.environ.get("MODEL_DIR") or Path(__file__).resolve().parent)
 _LOADED: dict | None = None
+
+# The per-call generation settings and their ranges, as `workbook serve` holds them. Copied from
+# helpers/inference.py (MAX_NEW_TOKENS, GENERATION_LIMITS) and helpers/textgen.py (GenerationSettings' defaults)
+# because this file must run without the workbook; tests/test_hardening_score.py checks that the copies are equal.
+MAX_NEW_TOKENS = 512
+GENERATION_LIMITS: dict = {  # name: (lowest, highest, note); int bounds: whole numbers
+    "num_beams": (1, 8, " (1: greedy)"),
+    "no_repeat_ngram_size": (0, 20, " (0: off)"),
+    "repetition_penalty": (1.0, 10.0, " (1.0: off)"),
+    "length_penalty": (-10.0, 10.0, " (used with num_beams > 1)"),
+}
+GENERATION_DEFAULTS = {"max_new_tokens": 64, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                       "length_penalty": 1.0, "min_new_tokens": 0}
 
 
 def load_model(model_dir: str | os.PathLike | None = None) -> dict:
@@ -159,15 +176,75 @@ def _inputs(texts: list[str], loaded: dict) -> tuple[list[list[int]], list[bool]
     return [x if len(x) <= limit else x[: limit - 1] + [eos] for x in ids], [len(x) > limit for x in ids]
 
 
+def _shown(value) -> str:
+    """A value as a client wrote it in JSON (null, true, "10"), cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _whole(name: str, value, low: int, high: int, why: str = "") -> int:
+    """An integer setting in [low, high] (10.0 is 10; 1.5, True, "10" and None are not)."""
+    whole = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and value.is_integer()
+    if not whole or not low <= value <= high:
+        raise ValueError(f"{name} must be a whole number from {low} to {high}{why}; got {_shown(value)}")
+    return int(value)
+
+
+def _number(name: str, value, low: float, high: float, why: str = "") -> float:
+    """A finite number setting in [low, high]."""
+    number = isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float) and math.isfinite(value)
+    if not number or not low <= value <= high:
+        raise ValueError(f"{name} must be a number from {low:g} to {high:g}{why}; got {_shown(value)}")
+    return float(value)
+
+
+def _saved_settings(loaded: dict) -> dict:
+    return {k: v for k, v in (loaded["info"].get("generation") or {}).items()
+            if k in GENERATION_DEFAULTS and v is not None}
+
+
+def max_new_tokens_limit(loaded: dict) -> int:
+    """The most tokens one summary may ask for: MAX_NEW_TOKENS, or fewer where the model's positions end first
+    (a causal LM's prompt and summary share them); never fewer than the folder was saved with."""
+    saved = int(_saved_settings(loaded).get("max_new_tokens", GENERATION_DEFAULTS["max_new_tokens"]))
+    config = loaded["model"].config
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [int(x) for x in limits if isinstance(x, int) and x > 0]
+    positions = min(limits) if limits else 512
+    if loaded["task"] == "summarization-causal":
+        positions -= int(loaded["info"]["max_length"]) - saved  # the prompt's share
+    return max(saved, min(MAX_NEW_TOKENS, positions))
+
+
+def check_generation(loaded: dict, overrides: dict) -> dict:
+    """Per-call settings, each checked against its range (GENERATION_LIMITS), as `workbook serve` checks them:
+    one caller must not hold the model with 10^9 tokens or 0 beams. ValueError names the setting and its range."""
+    unknown = sorted(set(overrides) - set(GENERATION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown generation settings {unknown}; known: {sorted(GENERATION_DEFAULTS)}.")
+    out = dict(overrides)
+    saved = {**GENERATION_DEFAULTS, **_saved_settings(loaded)}
+    if "max_new_tokens" in out:
+        out["max_new_tokens"] = _whole("max_new_tokens", out["max_new_tokens"], 1, max_new_tokens_limit(loaded))
+    most = int(out.get("max_new_tokens", saved["max_new_tokens"]))
+    rules = {**GENERATION_LIMITS, "min_new_tokens": (0, most, " (at most max_new_tokens)")}
+    for name in sorted(set(out) & set(rules) - {"max_new_tokens"}):
+        low, high, why = rules[name]
+        check = _whole if isinstance(low, int) else _number
+        out[name] = check(name, out[name], low, high, why)
+    if "min_new_tokens" not in out and int(saved["min_new_tokens"]) > most:
+        out["min_new_tokens"] = most  # the caller's own max_new_tokens wins over the folder's minimum
+    return out
+
+
 def _generation_kwargs(loaded: dict, overrides: dict) -> dict:
-    settings = {"max_new_tokens": 64, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-                **{k: v for k, v in loaded["info"].get("generation", {}).items() if v is not None}, **overrides}
+    settings = {**GENERATION_DEFAULTS, **_saved_settings(loaded), **check_generation(loaded, overrides)}
     kwargs = {"max_new_tokens": settings["max_new_tokens"], "num_beams": settings["num_beams"], "do_sample": False,
               "repetition_penalty": settings["repetition_penalty"],
               "no_repeat_ngram_size": settings["no_repeat_ngram_size"]}
     if settings["num_beams"] > 1:
-        kwargs.update(length_penalty=settings.get("length_penalty", 1.0), early_stopping=True)
-    if settings.get("min_new_tokens"):
+        kwargs.update(length_penalty=settings["length_penalty"], early_stopping=True)
+    if settings["min_new_tokens"]:
         kwargs["min_new_tokens"] = settings["min_new_tokens"]
     tokenizer = loaded["tokenizer"]
     kwargs.update(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -179,8 +256,8 @@ def _generation_kwargs(loaded: dict, overrides: dict) -> dict:
 @torch.inference_mode()
 def _summarize(texts: list[str], loaded: dict, batch_size: int = 8, **overrides) -> list[dict]:
     model, tokenizer = loaded["model"], loaded["tokenizer"]
+    kwargs = _generation_kwargs(loaded, overrides)  # refused settings: before any work
     ids, truncated = _inputs(texts, loaded)
-    kwargs = _generation_kwargs(loaded, overrides)
     left = loaded["task"] == "summarization-causal"  # decoder-only models continue from the right end
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     summaries = [""] * len(ids)
@@ -225,11 +302,22 @@ def _texts(data) -> tuple[list, bool]:
     raise ValueError(f"expected a text or a non-empty list of texts, got {type(data).__name__}")
 
 
+def _check_pairs(items: list, loaded: dict) -> list:
+    """A (text, text_pair) item only for a sentence-pair classifier: a model that reads one text would answer a
+    pair as something else (`workbook serve` refuses it the same way)."""
+    if any(isinstance(item, tuple) for item in items) and not (
+            loaded["task"] == "text-classification" and loaded["info"].get("text_pair")):
+        raise ValueError('"text_pair" was given, but this model reads one text, not a pair of texts; send the text '
+                         "alone (sentence pairs need a model fine-tuned on pairs, with TEXT_PAIR_COL)")
+    return items
+
+
 def predict_sentiment(sentence, text_pair: str | None = None):
     """Domino-style scoring function of a classifier: label, its probability, all probabilities.
     A list of sentences gives a list of results; `text_pair` is the second text of a sentence pair."""
     items, single = _texts({"text": sentence, "text_pair": text_pair} if text_pair is not None else sentence)
-    results = _classify(items, load_model())
+    loaded = load_model()
+    results = _classify(_check_pairs(items, loaded), loaded)
     return results[0] if single else results
 
 
@@ -237,14 +325,15 @@ def summarize(text, **overrides):
     """Domino-style scoring function of a summarizer: the summary and whether the text was cut
     (a list of texts gives a list of results)."""
     items, single = _texts(text)
-    results = _summarize(items, load_model(), **overrides)
+    loaded = load_model()
+    results = _summarize(_check_pairs(items, loaded), loaded, **overrides)
     return results[0] if single else results
 
 
 def predict(data, model: dict | None = None) -> dict:
     """OCI Data Science entry point: {"prediction": [...]} for a text, a list, or a dict payload."""
     loaded = model or load_model()
-    items, _ = _texts(data)
+    items = _check_pairs(_texts(data)[0], loaded)
     run = _classify if loaded["task"] == "text-classification" else _summarize
     return {"prediction": run(items, loaded)}
 
