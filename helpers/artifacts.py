@@ -222,6 +222,17 @@ def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, basel
     return "\n".join(lines) + "\n"
 
 
+def calibration_note(info: dict[str, Any]) -> str:
+    """The model card's line on calibration: the temperature `workbook.json` holds, and who applies it."""
+    temperature = info.get("temperature")
+    if not isinstance(temperature, (int, float)):
+        return ""
+    return (f"Probabilities are calibrated by temperature scaling: softmax(logits / {temperature:.4g}), the "
+            "temperature fitted on the validation split and kept in `workbook.json`. `helpers.inference`, "
+            "`workbook predict`, `workbook serve` and `score.py` apply it; plain `transformers` gives the raw "
+            "softmax (divide the logits by the temperature yourself).")
+
+
 def folder_size_mb(folder: str | Path) -> float:
     """Size of the files in a folder (recursively), in MB."""
     return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 3)
@@ -258,7 +269,7 @@ def save_run(output_dir: str | Path, *, notebook: str, model, tokenizer, task: s
     model recorded), a model card, and `metrics.json` (`write_metrics`; `extra` adds sections)."""
     model_info, data_info = run_record(source, loaded, splits, model_extra=model_extra, data_extra=data_extra)
     card = model_card(title=title, base_model=model_info, data=data_info, metrics=test, baseline=baseline,
-                      params=params)
+                      params=params, notes=calibration_note(info))
     folder = save_model(output_dir, model, tokenizer, task=task, info={**info, "base_model": model_info}, card=card)
     path = write_metrics(output_dir, notebook=notebook, test=test, baseline=baseline,
                          validation=history.evals[-1] if history.evals else {}, model=model_info, data=data_info,

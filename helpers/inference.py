@@ -2,6 +2,7 @@
 
     clf = hp.inference.load("runs/01_finbert_financial_sentiment/model")
     clf.predict(["Operating profit rose to EUR 13.1 mn"])  # [{"label": "positive", "score": .97, ...}]
+    clf.predict("...", raw=True)  # also "raw_probabilities": before the saved temperature (calibration)
 
     summ = hp.inference.load("runs/04_pythia_meta_review_summarization/model")
     summ.summarize("Review 1 ... <sep> Review 2 ...")  # {"summary": "...", "truncated": False}
@@ -23,7 +24,7 @@ import torch
 from . import device as dev
 from .artifacts import WORKBOOK_FILE
 from .batching import PadCollator, padding_bounded_batches
-from .models import quiet_peft
+from .models import LOAD_DTYPE, quiet_peft
 
 
 def _model_folder(path: str | Path) -> Path:
@@ -152,13 +153,21 @@ class TextClassifier:
         """True for a sentence-pair model (trained on `(text, text_pair)`)."""
         return bool(self.info.get("text_pair"))
 
+    @property
+    def temperature(self) -> float:
+        """The temperature fitted on the validation split and saved in `workbook.json` (1.0: none saved).
+        Probabilities are softmax(logits / temperature), so "93%" means right about 93% of the time."""
+        value = self.info.get("temperature")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
+
     @torch.inference_mode()
-    def predict(self, texts, *, batch_size: int = 32) -> Any:
-        """Label, score and all probabilities for each input.
+    def predict(self, texts, *, batch_size: int = 32, raw: bool = False) -> Any:
+        """Label, score and all probabilities for each input: calibrated, with the saved temperature.
 
         An input is a text, a `(text, text_pair)` tuple or a `{"text": ..., "text_pair": ...}` dict
         (sentence-pair models read both through the tokenizer's pair encoding). One input gives one
-        result; a list of inputs gives a list of results.
+        result; a list of inputs gives a list of results. `raw=True` adds `raw_probabilities`, the model's
+        own softmax before temperature scaling (the label is the same either way).
         """
         single = isinstance(texts, (str, dict)) or (isinstance(texts, tuple) and len(texts) == 2
                                                     and all(isinstance(t, str) for t in texts))
@@ -171,7 +180,7 @@ class TextClassifier:
             firsts = [items[i][0] for i in index]
             pairs = [items[i][1] for i in index] if with_pair else None
             for i, result in zip(index, self._predict_all(firsts, pairs, batch_size)):
-                results[i] = result
+                results[i] = result if raw else {k: v for k, v in result.items() if k != "raw_probabilities"}
         return results[0] if single else results
 
     def _encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list[dict[str, list[int]]], list[bool]]:
@@ -194,12 +203,12 @@ class TextClassifier:
         for batch in padding_bounded_batches([len(r["input_ids"]) for r in rows], batch_size):
             enc = {k: v.to(self.device) for k, v in collate([rows[i] for i in batch]).items()}
             with dev.autocast(self.device, self.precision):
-                probs = self.model(**enc).logits.float().softmax(-1).cpu()
-            for i, row in zip(batch, probs):
+                logits = self.model(**enc).logits.float().cpu()
+            for i, row, raw in zip(batch, (logits / self.temperature).softmax(-1), logits.softmax(-1)):
                 best = int(row.argmax())
                 out[i] = {"label": self.labels[best], "score": float(row[best]),
                           "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
-                          "truncated": cut[i]}
+                          "truncated": cut[i], "raw_probabilities": {n: float(p) for n, p in zip(self.labels, raw)}}
         return out
 
 
@@ -482,7 +491,8 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
         from peft import PeftModel
 
         with quiet_peft():
-            model = PeftModel.from_pretrained(auto.from_pretrained(info["base_model_path"]), folder)
+            base = auto.from_pretrained(info["base_model_path"], dtype=LOAD_DTYPE)  # not its saved half dtype
+            model = PeftModel.from_pretrained(base, folder)
     else:
         model = _from_pretrained(auto, folder)
     if tokenizer.pad_token_id is None:
@@ -497,7 +507,7 @@ def _load_classifier(folder: Path, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"])
+        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"], dtype=LOAD_DTYPE)
         with quiet_peft():
             model = PeftModel.from_pretrained(base, folder)
     else:
@@ -539,15 +549,15 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
 
 
 def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",
-                chunk_rows: int = 1024, batch_size: int | None = None, progress: bool = True):
+                chunk_rows: int = 1024, batch_size: int | None = None, progress: bool = True, raw: bool = False):
     """Score every row of a table with a loaded model; returns the table with new columns.
 
-    A classifier adds `predicted_label`, `predicted_score`, `prob_<label>` for each label and
-    `truncated`; a summarizer adds `predicted_summary` and `truncated`. The input's own columns are kept as
-    they are (a new name already taken gets `_new`: `new_column_names`), rows in their order. Rows whose
-    text is empty stay unscored (empty cells), never given a guess. `text_col` may join columns
-    ("title+description", with `text_join`), as the notebooks do. Rows are scored in chunks of
-    `chunk_rows`, with a progress bar on stderr.
+    A classifier adds `predicted_label`, `predicted_score`, `prob_<label>` for each label (calibrated with the
+    folder's temperature; `raw=True` adds `raw_prob_<label>`, the model's own softmax) and `truncated`; a
+    summarizer adds `predicted_summary` and `truncated`. The input's own columns are kept as they are (a new
+    name already taken gets `_new`: `new_column_names`), rows in their order. Rows whose text is empty stay
+    unscored (empty cells), never given a guess. `text_col` may join columns ("title+description", with
+    `text_join`), as the notebooks do. Rows are scored in chunks of `chunk_rows`, with a progress bar on stderr.
     """
     from tqdm.auto import tqdm
 
@@ -571,25 +581,19 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
     n = len(frame)
     names = model.labels if classifier else []
     columns: dict[str, list[Any]] = {name: [None] * n for name in (
-        ["predicted_label", "predicted_score", *(f"prob_{label}" for label in names)] if classifier
-        else ["predicted_summary"])}
+        ["predicted_label", "predicted_score", *(f"prob_{label}" for label in names),
+         *(f"raw_prob_{label}" for label in (names if raw else []))] if classifier else ["predicted_summary"])}
     columns["truncated"] = [None] * n
     bar = tqdm(total=len(todo), desc="scoring", unit="row", disable=not progress or not todo)
     for start in range(0, len(todo), chunk_rows):  # columns filled chunk by chunk: no dict kept per row
         index = todo[start:start + chunk_rows]
         if classifier:
             inputs = [(texts[i], pairs[i]) if pairs else texts[i] for i in index]
-            scored = model.predict(inputs, batch_size=batch_size or 32)
+            scored = model.predict(inputs, batch_size=batch_size or 32, **({"raw": True} if raw else {}))
         else:
             scored = model.summarize([texts[i] for i in index], batch_size=batch_size or 8)
         for i, r in zip(index, scored):
-            columns["truncated"][i] = r["truncated"]
-            if classifier:
-                columns["predicted_label"][i], columns["predicted_score"][i] = r["label"], r["score"]
-                for label in names:
-                    columns[f"prob_{label}"][i] = r["probabilities"][label]
-            else:
-                columns["predicted_summary"][i] = r["summary"]
+            _fill_row(columns, i, r, names)
         bar.update(len(index))
     bar.close()
     out, given = frame.copy(), new_column_names(frame.columns, list(columns))
@@ -597,6 +601,19 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
         out[given[name]] = values
     out.attrs["predicted_columns"] = given  # what `workbook predict` reads its counts and metrics from
     return out
+
+
+def _fill_row(columns: dict[str, list[Any]], i: int, result: dict[str, Any], labels: list[str]) -> None:
+    """One scored row into the table's columns (raw probabilities only where the table has their columns)."""
+    columns["truncated"][i] = result["truncated"]
+    if "summary" in result:
+        columns["predicted_summary"][i] = result["summary"]
+        return
+    columns["predicted_label"][i], columns["predicted_score"][i] = result["label"], result["score"]
+    for label in labels:
+        columns[f"prob_{label}"][i] = result["probabilities"][label]
+        if f"raw_prob_{label}" in columns:
+            columns[f"raw_prob_{label}"][i] = result["raw_probabilities"][label]
 
 
 def new_column_names(existing, wanted: list[str]) -> dict[str, str]:

@@ -1,8 +1,10 @@
-"""Metrics computed with scikit-learn and rouge-score (never `evaluate.load`, which fetches code from the Hub)."""
+"""Metrics computed with scikit-learn and rouge-score (never `evaluate.load`, which fetches code from the Hub);
+calibration (ECE, temperature scaling) and error slices: can the confidence be trusted, where does it fail."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -133,3 +135,199 @@ def summary_metrics(predictions: Sequence[str], references: Sequence[str]) -> di
     return {**rouge(predictions, references),
             "repeated_3grams": round(repetition_rate(predictions, 3), 4),
             "mean_words": round(float(np.mean([len(p.split()) for p in predictions])), 2)}
+
+
+# --------------------------------------------------------------------------- calibration
+
+def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logits divided by `temperature` (1: the model's own; above 1 softer, below 1 sharper).
+
+    Dividing every logit of a row by the same positive number never changes which one is largest, so the
+    predicted labels, and accuracy, stay exactly the same; only the confidence moves."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def reliability_bins(probabilities, labels, n_bins: int = 15) -> list[dict[str, float]]:
+    """Rows grouped by their top probability into `n_bins` equal-width bins (0-1/15, ..., 14/15-1): each bin's
+    range, mean confidence, accuracy and row count. Empty bins are left out. What a reliability diagram draws."""
+    probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
+    confidence, correct = probs.max(-1), probs.argmax(-1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)  # bins are (lower, upper]
+    bins = []
+    for b in range(n_bins):
+        inside = which == b
+        if inside.any():
+            bins.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(inside.sum()),
+                         "confidence": float(confidence[inside].mean()), "accuracy": float(correct[inside].mean())})
+    return bins
+
+
+def expected_calibration_error(probabilities, labels, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): the gap between confidence and accuracy in each confidence bin, weighted by the
+    bin's share of rows. 0 means "90% sure" is right 90% of the time; 0.1 means off by 10 points on average."""
+    bins = reliability_bins(probabilities, labels, n_bins)
+    total = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins)) if total else 0.0
+
+
+def negative_log_likelihood(probabilities, labels) -> float:
+    """Mean -log p(true label): the loss temperature scaling minimizes; it punishes confident mistakes hardest."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    picked = probs[np.arange(len(probs)), np.asarray(labels)]
+    return float(-np.log(np.clip(picked, 1e-12, None)).mean())
+
+
+def fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
+    """The one temperature T that makes softmax(logits / T) fit `labels` best (lowest NLL), by LBFGS.
+
+    Fit it on the validation split, never on test. T > 1 softens an over-confident model (fine-tuned
+    transformers usually are: Desai and Durrett 2020); T is searched as log T, so it stays positive.
+    """
+    import torch
+
+    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"fit_temperature needs logits of shape (rows, classes) and one label per row; got logits "
+                         f"{tuple(x.shape)} and {len(y)} labels.")
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(1e-2, 1e2))
+
+
+@dataclass
+class Calibration:
+    """Temperature scaling, fitted on validation and judged on test: ECE, NLL and accuracy before and after."""
+
+    temperature: float
+    n_bins: int
+    validation_rows: int
+    test_rows: int
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    accuracy_before: float
+    accuracy_after: float
+
+    def probabilities(self, logits) -> np.ndarray:
+        """Calibrated probabilities: softmax(logits / temperature)."""
+        return softmax(logits, self.temperature)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    def __str__(self) -> str:
+        same = "unchanged" if self.accuracy_after == self.accuracy_before else "CHANGED"
+        return (f"temperature {self.temperature:.3f} (fitted on {self.validation_rows} validation rows); on "
+                f"{self.test_rows} test rows: ECE ({self.n_bins} bins) {self.ece_before:.4f} -> {self.ece_after:.4f}, "
+                f"NLL {self.nll_before:.4f} -> {self.nll_after:.4f}, accuracy {self.accuracy_before:.4f} -> "
+                f"{self.accuracy_after:.4f} ({same})")
+
+
+def calibrate(validation_logits, validation_labels, test_logits, test_labels, *, n_bins: int = 15) -> Calibration:
+    """Fit a temperature on the validation logits and report what it does on the test split."""
+    temperature = fit_temperature(validation_logits, validation_labels)
+    labels = np.asarray(test_labels)
+    raw, scaled = softmax(test_logits), softmax(test_logits, temperature)
+    return Calibration(
+        temperature=temperature, n_bins=n_bins, validation_rows=len(validation_labels), test_rows=len(labels),
+        ece_before=expected_calibration_error(raw, labels, n_bins),
+        ece_after=expected_calibration_error(scaled, labels, n_bins),
+        nll_before=negative_log_likelihood(raw, labels), nll_after=negative_log_likelihood(scaled, labels),
+        accuracy_before=float((raw.argmax(-1) == labels).mean()),
+        accuracy_after=float((scaled.argmax(-1) == labels).mean()))
+
+
+# --------------------------------------------------------------------------- where the errors are
+
+@dataclass
+class ErrorSlices:
+    """Where a classifier fails: metrics by text length and by label, the most common confusions, and for
+    each of those the examples it got wrong most confidently (`error_slices` builds it)."""
+
+    accuracy: float  # over all rows, for comparison with each slice
+    by_length: Any  # DataFrame: one row per length bucket (words): rows, accuracy, macro_f1, mean confidence
+    by_label: Any  # DataFrame: one row per true label: rows, recall, precision, f1, mean confidence
+    pairs: Any  # DataFrame: (true, predicted) confusions with the most mistakes, and their share of the label
+    mistakes: Any  # DataFrame: the most confident wrong examples of each of those pairs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The slices as plain records, for metrics.json (the example texts stay in the notebook)."""
+        return {"accuracy": self.accuracy, **{name: getattr(self, name).round(4).to_dict(orient="records")
+                                              for name in ("by_length", "by_label", "pairs")}}
+
+
+def _length_buckets(words: np.ndarray, buckets: int):
+    """Quantile buckets of word counts (about the same number of rows in each), labelled '5-12 words'."""
+    import pandas as pd
+
+    codes = np.asarray(pd.qcut(words, min(buckets, len(set(words.tolist()))), labels=False, duplicates="drop"),
+                       dtype=int)
+    names = {c: f"{words[codes == c].min()}-{words[codes == c].max()} words" for c in set(codes.tolist())}
+    return codes, names
+
+
+def _slice_row(labels, predictions, confidence, ids) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    return {"rows": int(len(labels)), "accuracy": float((labels == predictions).mean()),
+            "macro_f1": float(f1_score(labels, predictions, labels=ids, average="macro", zero_division=0)),
+            "confidence": float(confidence.mean())}
+
+
+def _confusion_pairs(labels, predictions, label_names, top: int):
+    import pandas as pd
+
+    matrix = np.zeros((len(label_names), len(label_names)), dtype=int)
+    np.add.at(matrix, (labels, predictions), 1)
+    pairs = [{"true": label_names[t], "predicted": label_names[p], "mistakes": int(matrix[t, p]),
+              "share_of_true": float(matrix[t, p] / max(matrix[t].sum(), 1))}
+             for t in range(len(label_names)) for p in range(len(label_names)) if t != p and matrix[t, p]]
+    pairs.sort(key=lambda r: -r["mistakes"])
+    return pd.DataFrame(pairs[:top], columns=["true", "predicted", "mistakes", "share_of_true"])
+
+
+def error_slices(texts: Sequence[str], labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str],
+                 *, probabilities: np.ndarray | None = None, length_buckets: int = 4, top_pairs: int = 3,
+                 examples_per_pair: int = 3) -> ErrorSlices:
+    """Slice the test results to see where the model fails (one accuracy hides it all): by text length in
+    words (quantile buckets), by true label, the `top_pairs` confusions with the most mistakes, and for each
+    the `examples_per_pair` wrong answers given with the highest confidence (from `probabilities`: pass the
+    calibrated ones, which users see). Confident mistakes are often label noise worth reading."""
+    import pandas as pd
+
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    names, ids = list(label_names), list(range(len(label_names)))
+    confidence = (np.asarray(probabilities).max(-1) if probabilities is not None
+                  else np.full(len(labels), np.nan))
+    words = np.array([len(str(t).split()) for t in texts])
+    codes, bucket_names = _length_buckets(words, length_buckets)
+    by_length = pd.DataFrame([{"length": bucket_names[c], **_slice_row(labels[codes == c], predictions[codes == c],
+                                                                        confidence[codes == c], ids)}
+                              for c in sorted(bucket_names)])
+    report = classification_report(labels, predictions, names)
+    by_label = pd.DataFrame([{"label": n, "rows": report["per_class"][n]["support"],
+                              "recall": report["per_class"][n]["recall"],
+                              "precision": report["per_class"][n]["precision"], "f1": report["per_class"][n]["f1"],
+                              "confidence": float(confidence[labels == i].mean()) if (labels == i).any() else np.nan}
+                             for i, n in enumerate(names)])
+    pairs = _confusion_pairs(labels, predictions, names, top_pairs)
+    frame = pd.DataFrame({"label": [names[i] for i in labels], "predicted": [names[i] for i in predictions],
+                          "confidence": confidence, "words": words, "text": [str(t) for t in texts]})
+    wrong = [frame[(frame["label"] == r.true) & (frame["predicted"] == r.predicted)]
+             .sort_values("confidence", ascending=False).head(examples_per_pair) for r in pairs.itertuples()]
+    mistakes = (pd.concat(wrong, ignore_index=True) if wrong else frame.head(0))
+    return ErrorSlices(float((labels == predictions).mean()), by_length, by_label, pairs, mistakes)

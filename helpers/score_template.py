@@ -7,8 +7,11 @@ Hosted model APIs (Domino style), called with {"data": {"sentence": ...}} or {"d
     predict_sentiment(sentence) -> {"label", "score", "probabilities", "truncated"}
     predict_sentiment([s1, s2]) -> a list of those, one per text
     predict_sentiment(sentence, text_pair=...)  sentence-pair models
+    predict_sentiment(sentence, raw=True)  also "raw_probabilities": before the saved temperature
     summarize(text)             -> {"summary", "truncated"} (a list of texts: a list of those)
     summarize(text, num_beams=4, max_new_tokens=96)  per-call generation settings
+A classifier's probabilities are calibrated: softmax(logits / temperature), the temperature fitted on the validation
+split and saved in workbook.json (what `workbook serve` and `workbook predict` answer).
 Texts must be non-empty strings; anything else raises ValueError with the reason. The same rules as `workbook
 serve`: generation settings are held to GENERATION_LIMITS (a one-line ValueError names the setting and its
 range), and a `text_pair` is refused by a model that reads one text.
@@ -122,9 +125,16 @@ def _check_text(text, where: str = "text") -> str:
 
 # --------------------------------------------------------------------------- classification
 
+def _temperature(info: dict) -> float:
+    """The calibration temperature saved in workbook.json (1.0 when there is none)."""
+    value = info.get("temperature")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 1.0
+
+
 @torch.inference_mode()
-def _classify(items: list, loaded: dict, batch_size: int = 32) -> list[dict]:
-    """Items are texts or (text, text_pair) tuples (sentence-pair models)."""
+def _classify(items: list, loaded: dict, batch_size: int = 32, raw: bool = False) -> list[dict]:
+    """Items are texts or (text, text_pair) tuples (sentence-pair models). Probabilities are calibrated with the
+    saved temperature; `raw` adds the model's own softmax as "raw_probabilities"."""
     model, tokenizer, info = loaded["model"], loaded["tokenizer"], loaded["info"]
     max_length = int(info.get("max_length") or min(512, tokenizer.model_max_length))
     labels = [str(model.config.id2label[i]) for i in range(len(model.config.id2label))]
@@ -137,13 +147,16 @@ def _classify(items: list, loaded: dict, batch_size: int = 32) -> list[dict]:
             pairs = [items[i][1] for i in chunk] if with_pair else None
             enc = tokenizer(texts, pairs, truncation="longest_first", max_length=max_length, padding=True,
                             return_tensors="pt").to(loaded["device"])
-            probs = model(**enc).logits.float().softmax(-1).cpu()
+            logits = model(**enc).logits.float().cpu()
+            probs, raws = (logits / _temperature(info)).softmax(-1), logits.softmax(-1)
             full = tokenizer(texts, pairs, truncation=False)["input_ids"]
-            for i, row, ids in zip(chunk, probs, full):
+            for i, row, raw_row, ids in zip(chunk, probs, raws, full):
                 best = int(row.argmax())
                 out[i] = {"label": labels[best], "score": float(row[best]),
                           "probabilities": {name: float(p) for name, p in zip(labels, row)},
                           "truncated": len(ids) > max_length}
+                if raw:
+                    out[i]["raw_probabilities"] = {name: float(p) for name, p in zip(labels, raw_row)}
     return out
 
 
@@ -312,12 +325,13 @@ def _check_pairs(items: list, loaded: dict) -> list:
     return items
 
 
-def predict_sentiment(sentence, text_pair: str | None = None):
-    """Domino-style scoring function of a classifier: label, its probability, all probabilities.
-    A list of sentences gives a list of results; `text_pair` is the second text of a sentence pair."""
+def predict_sentiment(sentence, text_pair: str | None = None, raw: bool = False):
+    """Domino-style scoring function of a classifier: label, its probability, all probabilities (calibrated).
+    A list of sentences gives a list of results; `text_pair` is the second text of a sentence pair; `raw=True`
+    adds "raw_probabilities", the model's own softmax before the saved temperature."""
     items, single = _texts({"text": sentence, "text_pair": text_pair} if text_pair is not None else sentence)
     loaded = load_model()
-    results = _classify(_check_pairs(items, loaded), loaded)
+    results = _classify(_check_pairs(items, loaded), loaded, raw=raw is True)
     return results[0] if single else results
 
 
@@ -331,11 +345,13 @@ def summarize(text, **overrides):
 
 
 def predict(data, model: dict | None = None) -> dict:
-    """OCI Data Science entry point: {"prediction": [...]} for a text, a list, or a dict payload."""
+    """OCI Data Science entry point: {"prediction": [...]} for a text, a list, or a dict payload (a classifier's
+    probabilities calibrated; `"raw": true` in a dict payload adds the raw ones)."""
     loaded = model or load_model()
     items = _check_pairs(_texts(data)[0], loaded)
-    run = _classify if loaded["task"] == "text-classification" else _summarize
-    return {"prediction": run(items, loaded)}
+    if loaded["task"] == "text-classification":
+        return {"prediction": _classify(items, loaded, raw=isinstance(data, dict) and data.get("raw") is True)}
+    return {"prediction": _summarize(items, loaded)}
 
 
 if __name__ == "__main__":  # python score.py "some text" ...

@@ -15,6 +15,10 @@ accepted, each documented with curl in the README:
 - a bare JSON list of strings (OCI Data Science clients): `{"prediction": [...]}`;
 - an HTML form post (`text=...`): the page, with the answer in it.
 
+A classifier's probabilities are calibrated: softmax(logits / temperature), the temperature fitted on the
+validation split and saved in `workbook.json` (`/health` shows it); `"raw": true` beside the texts adds
+`raw_probabilities`, the model's own softmax.
+
 A text longer than the model reads is cut, and the answer says so (`"truncated": true` and a
 `"note"`); only absurd sizes (megabytes) get a 413. Bad input gets a 4xx with a message; model
 calls are serialized with a lock, so concurrent requests are answered correctly. A summarizer's
@@ -125,14 +129,14 @@ def _unwrap(payload: Any) -> tuple[dict, tuple[str, ...], str]:
     if not isinstance(payload, dict):
         raise BadRequest(f"the body must be a JSON object or a list of texts; {EXAMPLE}")
     if "data" not in payload:
-        return payload, (*TEXT_KEYS, "text_pair", "parameters"), "the body"
-    _check_keys(payload, ("data", "parameters"), "the body")  # {"data": ..., "text_pair": ...} is not a pair
+        return payload, (*TEXT_KEYS, "text_pair", "parameters", "raw"), "the body"
+    _check_keys(payload, ("data", "parameters", "raw"), "the body")  # {"data": ..., "text_pair": ...} is not a pair
     body = payload["data"]
     if isinstance(body, (str, list)):
         body = {"texts" if isinstance(body, list) else "text": body}
     if not isinstance(body, dict):
         raise BadRequest(f'"data" must be an object, got {type(body).__name__}; {EXAMPLE}')
-    return body, (*TEXT_KEYS, "text_pair"), '"data" ("parameters" go beside "data")'
+    return body, (*TEXT_KEYS, "text_pair"), '"data" ("parameters" and "raw" go beside "data")'
 
 
 def parse_texts(payload: Any, *, max_texts: int = MAX_TEXTS, max_chars: int = MAX_CHARS,
@@ -210,6 +214,7 @@ PAGE = """<!doctype html>
 <h1>{{ title }}</h1>
 <p class="muted">Model: <code id="model">{{ model }}</code> &middot; task: {{ task }} &middot; API:
  <code>POST {{ endpoint }}</code>, <code>GET /health</code></p>
+{% if calibration %}<p class="muted" id="calibration">{{ calibration }}</p>{% endif %}
 {% if standin %}<div class="banner" id="standin"><strong>Offline stand-in.</strong> {{ standin }}</div>{% endif %}
 <form id="form" method="post" action="/">
 <label for="text">{{ prompt }}</label>
@@ -444,11 +449,16 @@ class ModelService:
         self.batcher = MicroBatcher(self._call_model, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                     max_queue=max_queue, budget_s=generation_timeout_s)
 
-    def run(self, items: list, overrides: dict, gone=None) -> list[dict]:
+    def run(self, items: list, overrides: dict, gone=None, *, raw: bool = False) -> list[dict]:
         """The model on `items`; `Busy` when the queue is full or the wait too long. Generation settings are
-        checked against their limits first (`inference.GENERATION_LIMITS`): a 400 naming the setting."""
+        checked against their limits first (`inference.GENERATION_LIMITS`): a 400 naming the setting.
+        A classifier's probabilities are calibrated (the folder's temperature); `raw` adds the model's own."""
         if overrides and self.classifier:
             raise BadRequest('"parameters" are for summarizers only')
+        if raw and not self.classifier:
+            raise BadRequest('"raw" (probabilities before temperature scaling) is for classifiers only')
+        if raw:
+            overrides = {"raw": True}  # raw requests are batched apart from the others
         if not self.classifier:
             try:
                 self.predictor.settings(**overrides)  # unknown settings: this request's 400, before it is queued
@@ -459,7 +469,7 @@ class ModelService:
 
     def _call_model(self, items: list, overrides: dict, stop=None) -> list[dict]:
         if self.classifier:
-            return self.predictor.predict(items)
+            return self.predictor.predict(items, **overrides)
         from .inference import GenerationStopped
 
         try:
@@ -476,7 +486,10 @@ class ModelService:
         overrides = payload.get("parameters", {}) if isinstance(payload, dict) else {}
         if not isinstance(overrides, dict):
             raise BadRequest('"parameters" must be an object, e.g. {"num_beams": 4}')
-        results = self.run(items, overrides, gone)
+        raw = payload.get("raw", False) if isinstance(payload, dict) else False
+        if not isinstance(raw, bool):
+            raise BadRequest(f'"raw" must be true or false, got {json.dumps(raw, default=str)[:40]}')
+        results = self.run(items, overrides, gone, raw=raw)
         if isinstance(payload, list):  # OCI Data Science's answer shape
             return {"prediction": results}, 200
         if single:
@@ -514,7 +527,17 @@ class ModelService:
                     prompt="Text to classify" if self.classifier else "Text to summarize",
                     placeholder="Type a headline or a sentence..." if self.classifier else "Paste a text...",
                     button="Predict" if self.classifier else "Summarize", text="", text_pair="", result=None,
-                    error=None)
+                    error=None, calibration=self.calibration_note())
+
+    def calibration_note(self) -> str:
+        """What the page says about its probabilities: calibrated with the saved temperature, or not."""
+        temperature = getattr(self.predictor, "temperature", None) if self.classifier else None
+        if temperature is None:
+            return ""
+        if temperature == 1.0:
+            return "Probabilities: the model's own softmax (no temperature was saved with this model)."
+        return (f"Probabilities are calibrated: temperature {temperature:.3g}, fitted on the validation split, so "
+                '"80%" is right about 80% of the time there. The JSON API gives the raw ones with "raw": true.')
 
     def health(self) -> dict:
         body = {"status": "ok", "task": self.predictor.task, "model": self.model_name, "requested": self.requested,
@@ -522,6 +545,7 @@ class ModelService:
                 "max_texts": self.max_texts, "text_pair": self.pairs}
         if self.classifier:
             body["labels"] = self.predictor.labels
+            body["temperature"] = float(getattr(self.predictor, "temperature", 1.0))
         elif hasattr(self.predictor, "generation_limits"):
             body["parameters"] = self.predictor.generation_limits()
         return body

@@ -1,6 +1,7 @@
 """Parameter sweeps over a notebook: a grid through papermill, or an Optuna search.
 
     workbook sweep 01 --lr 2e-5,5e-5,1e-4 --epochs 2,3           a grid: every combination, in order
+    workbook sweep 01 --lr 3e-5,1e-4 --seeds 3                    each combination on 3 seeds (SEED, SEED+1, ...)
     workbook sweep 01 --trials 8 --lr 1e-5:1e-4:log --epochs 1:3  Optuna: TPE sampler, median pruner
 
 Each run is a normal notebook run (papermill, its own `OUTPUT_DIR` under `runs/sweep-<name>/`),
@@ -10,6 +11,12 @@ marked, the metric against each swept parameter, the validation curves on one ax
 
 Runs are judged on a validation metric (macro-F1 for classifiers, loss for the summarizers;
 `--metric`), the best value over the run's evaluations, never on the test split.
+
+Seeds: one run of a configuration is one draw. After one epoch on PhraseBank the accuracy of the same
+recipe moved by 0.03-0.10 between seeds, more than many a learning-rate change. With `--seeds N` a grid
+runs every configuration on N seeds; the report ranks configurations by the mean over seeds, shows
+each one's spread (standard deviation; error bars on the plots) and says whether the best beats the
+next by more than the spread. In MLflow each seed's run sits under its configuration's parent run.
 
 Resuming: run the same command again. A grid skips the combinations that finished. An Optuna
 sweep keeps its study in `runs/optuna.db` (SQLite; not `mlflow.db`: MLflow and Optuna both keep
@@ -23,6 +30,7 @@ stops when the study has its `--trials`.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -110,7 +118,7 @@ def run_label(combo: dict[str, Any]) -> str:
 
 
 def default_name(notebook: Path, axes: list[Axis], trials: int | None) -> str:
-    names = "-".join(a.name.lower() for a in axes)
+    names = "-".join(a.name.lower() for a in axes) or "seeds"
     return f"{notebook.stem[:2]}-{names}" + ("-optuna" if trials else "")
 
 
@@ -126,8 +134,9 @@ class Sweep:
     metric: str | None = None
     direction: str | None = None
     storage: str | None = None
-    seed: int = 42
+    seed: int = 42  # Optuna's sampler seed
     runs_dir: Path | None = None
+    seeds: int | None = None  # run every configuration on this many seeds (SEED, SEED+1, ...)
 
     @property
     def folder(self) -> Path:
@@ -149,7 +158,8 @@ class Sweep:
         for name in [a.name for a in self.axes] + list(self.fixed):
             if name not in known:
                 raise SweepError(f"{self.notebook.stem} has no parameter {name}; see `workbook list`.")
-        if not self.axes:
+        self._check_seeds()
+        if not self.axes and not self.seeds:
             raise SweepError("nothing to sweep: give values, e.g. --lr 2e-5,5e-5 or -p MAX_LENGTH 64,128")
         ranges = [a.name for a in self.axes if a.is_range]
         if ranges and not self.trials:
@@ -161,20 +171,48 @@ class Sweep:
         if "OUTPUT_DIR" in self.fixed:
             raise SweepError("OUTPUT_DIR is chosen per run by the sweep (under runs/sweep-<name>/); leave it out")
 
+    def _check_seeds(self) -> None:
+        if self.seeds is None:
+            return
+        if self.seeds < 1:
+            raise SweepError("--seeds must be 1 or more")
+        if self.trials:
+            raise SweepError("--seeds goes with a grid (values with commas), not with --trials: an Optuna trial is "
+                             "one run; compare its best points on seeds afterwards with a grid")
+        if any(a.name == "SEED" for a in self.axes):
+            raise SweepError("SEED is both swept and given --seeds; give --seeds N (SEED, SEED+1, ...), or list "
+                             "the seeds yourself with --seed 1,2,3")
+        if "SEED" not in runner.notebook_parameters(self.notebook):
+            raise SweepError(f"{self.notebook.stem} has no SEED parameter, so --seeds cannot vary it")
+
+    def seed_values(self) -> list[int]:
+        """The seeds every configuration runs on: the fixed SEED (or the notebook's default) and the next ones."""
+        first = self.fixed.get("SEED", runner.parse_value(runner.notebook_parameters(self.notebook)["SEED"]["default"]))
+        return [int(first) + i for i in range(self.seeds or 1)]
+
+    def configurations(self) -> list[dict[str, Any]]:
+        """Every combination of the axes' values, in order (one empty configuration when only seeds vary)."""
+        return [dict(zip([a.name for a in self.axes], values))
+                for values in itertools.product(*[a.values for a in self.axes])]
+
+    @property
+    def tracked(self) -> bool:
+        return self.fixed.get("TRACKING", True) is not False
+
 
 Runner = Callable[..., runner.RunResult]
 
 
-def _run_one(sweep: Sweep, label: str, params: dict[str, Any], env: dict[str, str], run_fn: Runner,
-             log_output: bool) -> runner.RunResult:
-    out = sweep.folder / label
-    if sweep.runs_dir:  # the notebook's MLflow store goes with the runs
+@contextlib.contextmanager
+def _environment(sweep: Sweep, env: dict[str, str]):
+    """`env` set while inside (the notebook's kernel inherits it: its MLflow experiment, its Optuna trial, its
+    seed group), with the sweep's runs folder, where the MLflow store goes with the runs."""
+    if sweep.runs_dir:
         env = {**env, "WORKBOOK_RUNS_DIR": str(Path(sweep.runs_dir).resolve())}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the notebook's kernel inherits them: its MLflow experiment, its Optuna trial
+    os.environ.update(env)
     try:
-        return run_fn(sweep.notebook, {**sweep.fixed, **params, "OUTPUT_DIR": str(out)}, runs_dir=sweep.folder,
-                      executed=sweep.folder / f"{label}.ipynb", log_output=log_output)
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
@@ -183,11 +221,22 @@ def _run_one(sweep: Sweep, label: str, params: dict[str, Any], env: dict[str, st
                 os.environ[k] = v
 
 
+def _run_one(sweep: Sweep, label: str, params: dict[str, Any], env: dict[str, str], run_fn: Runner,
+             log_output: bool) -> runner.RunResult:
+    out = sweep.folder / label
+    with _environment(sweep, env):
+        return run_fn(sweep.notebook, {**sweep.fixed, **params, "OUTPUT_DIR": str(out)}, runs_dir=sweep.folder,
+                      executed=sweep.folder / f"{label}.ipynb", log_output=log_output)
+
+
 def write_report(sweep: Sweep, labels: list[str]) -> Path:
     metric, direction = sweep.objective()
     rows = [compare.load_run(sweep.folder / label) for label in labels if (sweep.folder / label).exists()]
     how = f"Optuna, {sweep.trials} trials" if sweep.trials else "grid"
-    notes = [f"Notebook {sweep.notebook.stem}; {how} over " + "; ".join(f"{a.name} {a.describe()}" for a in sweep.axes)
+    axes = [f"{a.name} {a.describe()}" for a in sweep.axes]
+    if sweep.seeds:
+        axes.append(f"{sweep.seeds} seeds each (SEED {', '.join(map(str, sweep.seed_values()))})")
+    notes = [f"Notebook {sweep.notebook.stem}; {how} over " + "; ".join(axes)
              + (f"; fixed: {', '.join(f'{k}={v}' for k, v in sweep.fixed.items())}" if sweep.fixed else "")
              + f". MLflow experiment `{sweep.experiment}` (`workbook ui`)."]
     return compare.report(rows, sweep.folder, metric=metric, direction=direction, title=f"Sweep {sweep.name}",
@@ -202,26 +251,57 @@ def _finished(folder: Path, params: dict[str, Any]) -> bool:
     return bool(record.get("finished")) and all(record.get("params", {}).get(k) == v for k, v in params.items())
 
 
-def run_grid(sweep: Sweep, *, run_fn: Runner = runner.run_notebook, log_output: bool = False) -> list[runner.RunResult]:
-    """Every combination in order; finished ones (same parameters) are kept, not run again."""
-    combos = [dict(zip([a.name for a in sweep.axes], values))
-              for values in itertools.product(*[a.values for a in sweep.axes])]
-    labels = [run_label(c) for c in combos]
+def run_grid(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool = False) -> list[runner.RunResult]:
+    """Every combination in order, each on every seed when `seeds` is set; finished ones (same parameters) are
+    kept, not run again."""
+    configs = sweep.configurations()
+    seeds = sweep.seed_values() if sweep.seeds else [None]
+    points = [(c, {**c, "SEED": s} if s is not None else c) for c in configs for s in seeds]
+    labels = [run_label(params) for _, params in points]
     results = []
-    print(f"sweep {sweep.name}: {len(combos)} runs of {sweep.notebook.stem} -> {sweep.folder}")
-    for i, (combo, label) in enumerate(zip(combos, labels), 1):
-        if _finished(sweep.folder / label, {**sweep.fixed, **combo}):
-            print(f"[{i}/{len(combos)}] {label}: finished earlier, kept")
-            continue
-        print(f"[{i}/{len(combos)}] {label} ...", flush=True)
-        result = _run_one(sweep, label, combo, {"MLFLOW_EXPERIMENT_NAME": sweep.experiment}, run_fn, log_output)
-        print(f"  {result.status} ({result.wall_s:.0f} s)" + (f": {result.error}" if result.error else ""))
-        results.append(result)
-        write_report(sweep, labels)
+    print(f"sweep {sweep.name}: {len(points)} runs of {sweep.notebook.stem} -> {sweep.folder}"
+          + (f" ({len(configs)} configurations x {len(seeds)} seeds)" if sweep.seeds else ""))
+    for index, config in enumerate(configs):
+        group = _SeedGroup(sweep, config) if sweep.seeds else None
+        for i in range(index * len(seeds), (index + 1) * len(seeds)):
+            params, label = points[i][1], labels[i]
+            if _finished(sweep.folder / label, {**sweep.fixed, **params}):
+                print(f"[{i + 1}/{len(points)}] {label}: finished earlier, kept")
+                continue
+            print(f"[{i + 1}/{len(points)}] {label} ...", flush=True)
+            env = {"MLFLOW_EXPERIMENT_NAME": sweep.experiment, **(group.env() if group else {})}
+            result = _run_one(sweep, label, params, env, run_fn or runner.run_notebook, log_output)
+            print(f"  {result.status} ({result.wall_s:.0f} s)" + (f": {result.error}" if result.error else ""))
+            results.append(result)
+            write_report(sweep, labels)
+        if group:
+            group.finish([labels[i] for i in range(index * len(seeds), (index + 1) * len(seeds))])
     report = write_report(sweep, labels)
-    print(report.read_text(encoding="utf-8").split("\n\n")[1].replace("**", ""))  # "Best run: ..."
+    print(report.read_text(encoding="utf-8").split("\n\n")[1].replace("**", ""))  # the verdict
     print(f"report: {report}")
     return results
+
+
+class _SeedGroup:
+    """One configuration's seeds in MLflow: a parent run, started before its first seed and given the mean and
+    spread of the validation metric after its last (`tracking.start_group`, `tracking.finish_group`)."""
+
+    def __init__(self, sweep: Sweep, config: dict[str, Any]):
+        self.sweep, self.name = sweep, run_label(config) or "all"
+        self.parent = None
+        if sweep.tracked:
+            with _environment(sweep, {}):
+                self.parent = tracking.start_group(sweep.experiment, self.name, {**sweep.fixed, **config})
+
+    def env(self) -> dict[str, str]:
+        return {tracking.GROUP_ENV: json.dumps({"group": self.name, "parent": self.parent})}
+
+    def finish(self, labels: list[str]) -> None:
+        metric, direction = self.sweep.objective()
+        rows = [compare.load_run(self.sweep.folder / label) for label in labels]
+        scores = [s for r in rows if r.status == "ok" and (s := r.objective(metric, direction)) is not None]
+        with _environment(self.sweep, {}):
+            tracking.finish_group(self.parent, metric, scores)
 
 
 def _storage(sweep: Sweep) -> str:
@@ -276,11 +356,11 @@ def _mark_stale_trials(study) -> list[int]:
     return stale
 
 
-def run_optuna(sweep: Sweep, *, run_fn: Runner = runner.run_notebook,
-               log_output: bool = False) -> list[runner.RunResult]:
+def run_optuna(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool = False) -> list[runner.RunResult]:
     """Trials until the study holds `trials` finished (complete or pruned) ones."""
     import optuna
 
+    run_fn = run_fn or runner.run_notebook
     study = _study(sweep)
     states = optuna.trial.TrialState
     stale = _mark_stale_trials(study)
@@ -341,7 +421,8 @@ def _trial_labels(study) -> list[str]:
     return [f"trial-{t.number:03d}" for t in study.get_trials(deepcopy=False)]
 
 
-def run(sweep: Sweep, *, run_fn: Runner = runner.run_notebook, log_output: bool = False) -> list[runner.RunResult]:
+def run(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool = False) -> list[runner.RunResult]:
+    """Run the sweep (`run_fn` runs one notebook: papermill by default) and write its report."""
     sweep.check()
     sweep.folder.mkdir(parents=True, exist_ok=True)
     try:

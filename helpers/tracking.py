@@ -18,6 +18,10 @@ artifacts under `runs/mlartifacts/`. `TRACKING=False` in a notebook turns it off
 
 Tracking is a side effect: any failure to log prints one line and the run goes on untracked.
 
+With `workbook sweep --seeds N`, each configuration gets a parent run (`<config> (seeds)`, with the mean
+and spread of the validation metric over its seeds) and every seed's run is nested under it
+(`mlflow.parentRunId`, and the tag `workbook.group`), so the UI shows them grouped.
+
 Sweeps (`helpers.sweep`) run each trial as a notebook run; when a trial is part of an Optuna study
 (`WORKBOOK_TRIAL` in the environment), each evaluation is also reported to the study, and its
 median pruner may stop training early (the notebook then finishes normally, marked pruned).
@@ -39,6 +43,7 @@ from typing import Any
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 TRIAL_ENV = "WORKBOOK_TRIAL"  # JSON {"storage", "study", "trial", "metric", "pruner"} set by a sweep
+GROUP_ENV = "WORKBOOK_RUN_GROUP"  # JSON {"group", "parent"} set by `workbook sweep --seeds`: the runs of one config
 _PARAM_LIMIT = 6000  # MLflow's longest parameter value
 _TRAIN_METRICS = ("epochs", "steps", "wall_s", "samples_per_s", "peak_mem_mb", "first_train_loss", "final_train_loss")
 
@@ -113,6 +118,64 @@ def _fingerprint(value: Any) -> str:
     return str(value.get("sha256", "")) if isinstance(value, dict) else str(value or "")
 
 
+def _group_tags() -> dict[str, str]:
+    """Tags that put a seed's run under its configuration's parent run (`workbook sweep --seeds`): the MLflow UI
+    nests it there, and `workbook.group` names the configuration."""
+    try:
+        spec = json.loads(os.environ.get(GROUP_ENV) or "{}")
+    except ValueError:
+        return {}
+    tags = {"workbook.group": str(spec["group"])} if spec.get("group") else {}
+    if spec.get("parent"):
+        tags["mlflow.parentRunId"] = str(spec["parent"])
+    return tags
+
+
+def start_group(experiment: str, group: str, params: dict[str, Any]) -> str | None:
+    """The parent run of one configuration's seeds in `experiment` (the same one again when a sweep resumes);
+    None, with one line said, when it cannot be logged: the seeds' runs are then tracked ungrouped."""
+    try:
+        from mlflow.entities import Param
+
+        mlflow_client = client()
+        with quiet_mlflow():
+            exp = experiment_id(mlflow_client, experiment)
+            found = mlflow_client.search_runs([exp], filter_string=f"tags.`workbook.group` = '{group}' and "
+                                                                   "tags.`workbook.seeds_parent` = 'true'")
+            if found:
+                return found[0].info.run_id
+            run = mlflow_client.create_run(exp, run_name=f"{group} (seeds)", tags={
+                "workbook.group": group, "workbook.seeds_parent": "true"})
+            mlflow_client.log_batch(run.info.run_id, params=[
+                Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
+                for k, v in sorted(params.items())])
+            return run.info.run_id
+    except Exception as err:  # noqa: BLE001 - tracking must never fail the sweep
+        print(f"tracking: could not start the MLflow run grouping {group} ({_one_line(err)}); its seeds' runs "
+              "are tracked ungrouped")
+        return None
+
+
+def finish_group(run_id: str | None, metric: str, scores: list[float]) -> None:
+    """Log a configuration's mean and spread over its seeds on its parent run, and close it."""
+    if run_id is None or not scores:
+        return
+    mean = sum(scores) / len(scores)
+    spread = (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5 if len(scores) > 1 else 0.0
+    try:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        with quiet_mlflow():
+            mlflow_client = client()
+            mlflow_client.log_batch(run_id, metrics=[Metric(f"val_{metric}_mean", mean, now, 0),
+                                                     Metric(f"val_{metric}_sd", spread, now, 0),
+                                                     Metric("seeds", float(len(scores)), now, 0)])
+            mlflow_client.set_terminated(run_id, "FINISHED")
+    except Exception as err:  # noqa: BLE001
+        print(f"tracking: could not log the seeds' mean to MLflow ({_one_line(err)})")
+
+
 def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
 
@@ -148,7 +211,8 @@ class Tracker:
                 name = self.output_dir.name if self.output_dir.name != self.notebook else None
                 run = self.client.create_run(exp, run_name=name, tags={
                     "mlflow.source.name": f"{self.notebook}.ipynb", "workbook.notebook": self.notebook,
-                    "workbook.output_dir": str(self.output_dir), "workbook.host": socket.gethostname()})
+                    "workbook.output_dir": str(self.output_dir), "workbook.host": socket.gethostname(),
+                    **_group_tags()})
                 self.run_id = run.info.run_id
                 params = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
                           for k, v in sorted(self.params.items())]
