@@ -5,6 +5,7 @@ Modules (imported on first use, so `import helpers` is instant and has no side e
     hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers and generators
     hp.textgen    summarization: prompt + target rows with masked labels, seq2seq rows, batched generation
     hp.training   the one training loop (`hp.train`) and `hp.evaluate`
+    hp.planning   before training: will it fit, how long (`hp.plan`), which learning rate (`hp.find_lr`)
     hp.speedups   the loop's CPU fast paths (integer dropout masks, bf16 attention, row-sparse embedding)
     hp.metrics    scikit-learn metrics, ROUGE and repetition
     hp.plots      plots that take an `ax` and return it
@@ -27,9 +28,9 @@ __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
             "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups", "tracking", "sweep",
-            "compare", "progress"}
+            "compare", "progress", "planning"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training",
-              "TrainConfig": "training"}
+              "TrainConfig": "training", "plan": "planning", "find_lr": "planning"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))
 

@@ -3,10 +3,12 @@
     workbook list                                   the notebooks and their parameters
     workbook run [NOTEBOOK ...] [options]           papermill runs into runs/, with runs/summary.md
     workbook run 02 --lr 3e-5 --epochs 2 --model distilbert-base-uncased -p MAX_LENGTH 256
+    workbook plan 01 --train-batch-size 64          will it fit, how long: the notebook up to its plan cell
     workbook predict DIR "text" ...                 score or summarize texts with a saved model folder
     echo "text" | workbook predict DIR --json       texts from stdin (one per line), JSON out
     workbook serve DIR [--host H --port P]          a web page + JSON API for a saved model
     workbook sweep 01 --lr 3e-5,1e-4 --epochs 1,2   a grid of runs, tracked in MLflow, with a report
+    workbook sweep 01 --lr 3e-5,1e-4 --seeds 3      each configuration on 3 seeds: mean, spread, is it real?
     workbook sweep 01 --trials 8 --lr 1e-5:1e-4:log an Optuna search (TPE, median pruner), resumable
     workbook compare RUN_DIR ...                    the comparison report for any runs
     workbook ui                                     the MLflow UI over runs/mlflow.db on 127.0.0.1
@@ -81,6 +83,9 @@ def _sweep_parser(sub) -> argparse.ArgumentParser:
     sweep.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUES"),
                        help="any parameter: values (a,b,c), a range (LOW:HIGH[:log]) or one fixed value")
     sweep.add_argument("--trials", type=int, default=None, help="Optuna: this many trials (default: the grid)")
+    sweep.add_argument("--seeds", type=int, default=None, metavar="N",
+                       help="run every configuration on N seeds (SEED, SEED+1, ...); the report ranks configurations "
+                            "by the mean, shows the spread and marks differences within it")
     sweep.add_argument("--name", default=None, help="the sweep's name: runs/sweep-<name>/, MLflow experiment, study")
     sweep.add_argument("--metric", default=None,
                        help="validation metric to rank runs by (default macro_f1 for classifiers, loss otherwise)")
@@ -95,7 +100,9 @@ def _sweep_parser(sub) -> argparse.ArgumentParser:
 
 
 def _compare_ui_and_list_parsers(sub) -> None:
-    comp = sub.add_parser("compare", help="a comparison report (table + plots) for run folders")
+    comp = sub.add_parser("compare", help="a comparison report (table + plots) for run folders",
+                          description="Runs that differ only by SEED are grouped: configurations are ranked by the "
+                                      "mean over seeds, with their spread, and differences within it are marked.")
     comp.add_argument("runs", nargs="+", help="run folders (OUTPUT_DIRs, each with a metrics.json)")
     comp.add_argument("--out", default=None, help="where report.md/.html go (default runs/compare/)")
     comp.add_argument("--metric", default=None, help="validation metric to rank by (default as sweep)")
@@ -129,6 +136,9 @@ def _predict_parser(sub) -> None:
                               "macro-F1) or reference summaries (summarizers: ROUGE)")
     predict.add_argument("--batch-size", type=int, default=None, help="texts per model call (default 32; 8 for "
                                                                       "summarizers)")
+    predict.add_argument("--raw", action="store_true",
+                         help="classifiers: also the raw probabilities, before the temperature saved with the model "
+                              "(raw_probabilities in --json, raw_prob_<label> columns with --input)")
     predict.add_argument("--base-model", default=None,
                          help="base model (folder or Hub id) for a LoRA adapter folder, if not the one it names")
 
@@ -148,14 +158,97 @@ def _serve_parser(sub) -> None:
     serve.add_argument("--no-batching", action="store_true", help="one request per model call")
 
 
+def _plan_parser(sub) -> argparse.ArgumentParser:
+    plan = sub.add_parser("plan", help="will a run fit, how long will it take: the notebook up to its plan cell",
+                          description="Runs the notebook headless up to its plan cell (data, model, a few measured "
+                                      "steps; no training) with the parameters given as for `workbook run`, prints "
+                                      "the plan, and exits 0 when the run fits (and ends within PLAN_TIME_LIMIT), "
+                                      "1 when it does not, 2 when the plan could not be made.")
+    plan.add_argument("notebook", help="number or name (01, 02_distilbert...)")
+    for flags, param, kind in JOB_OPTIONS:
+        plan.add_argument(*flags, dest=param, type=_epochs if param == "NUM_EPOCHS" else kind, default=None,
+                          help=f"sets {param}")
+    plan.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                      help="any parameter (repeatable); also as --name VALUE, e.g. --plan-memory-limit 4000")
+    plan.add_argument("-f", "--parameters-file", default=None, metavar="FILE", help="parameters from YAML/JSON")
+    plan.add_argument("--smoke", action="store_true", help="tiny sizes (SMOKE=True)")
+    plan.add_argument("--runs-dir", default=None, help="where the plan goes: RUNS_DIR/plan/ (default runs/plan/)")
+    plan.add_argument("-v", "--log-output", action="store_true", help="stream the notebook's output")
+    return plan
+
+
+def _plan_job(args, path) -> dict:
+    """The job's parameters as `workbook run` reads them, plus the plan's own: its own folder (replaced each
+    time), no MLflow run, no range test; only names the notebook has."""
+    from pathlib import Path
+
+    from . import runner
+
+    params = parameters_file(args.parameters_file) if args.parameters_file else {}
+    params.update({p: getattr(args, p) for _, p, _ in JOB_OPTIONS if getattr(args, p) is not None})
+    params.update({name: runner.parse_value(value) for name, value in args.parameter})
+    params.update({"SMOKE": True} if args.smoke else {})
+    runner.check_parameters(path, params)
+    home = Path(args.runs_dir).expanduser().resolve() if args.runs_dir else runner.RUNS_DIR
+    known = runner.notebook_parameters(path)
+    own = {"OUTPUT_DIR": str(home / "plan" / path.stem), "OVERWRITE": True, "TRACKING": False, "FIND_LR": False}
+    return runner.resolve_paths({**params, **{k: v for k, v in own.items() if k in known}})
+
+
+def _cmd_plan(args) -> int:
+    """`workbook plan NN`: the notebook up to its cell tagged "plan", headless; the plan printed from plan.json."""
+    import tempfile
+    from pathlib import Path
+
+    import nbformat
+    import papermill
+
+    from . import runner
+    from .planning import Plan
+
+    try:
+        path = runner.find_notebook(args.notebook)
+        params = _plan_job(args, path)
+    except runner.RunnerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    nb = nbformat.read(path, as_version=4)
+    cut = next((i for i, c in enumerate(nb.cells) if "plan" in c.metadata.get("tags", [])), None)
+    if cut is None:
+        print(f"error: {path.stem} has no plan cell (a code cell tagged 'plan')", file=sys.stderr)
+        return 2
+    nb.cells = nb.cells[: cut + 1]
+    out = Path(params["OUTPUT_DIR"])
+    (out / "plan.json").unlink(missing_ok=True)
+    executed = out.parent / path.name
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    error = None
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / path.name
+        nbformat.write(nb, source)
+        try:
+            papermill.execute_notebook(str(source), str(executed), parameters=params, cwd=str(path.parent),
+                                       log_output=args.log_output, progress_bar=False, start_timeout=600,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        except papermill.PapermillExecutionError as err:
+            error = f"{err.ename}: {err.evalue}".splitlines()[0]
+    if not (out / "plan.json").exists():
+        print(f"error: the notebook stopped before its plan ({error}); see {executed}", file=sys.stderr)
+        return 2
+    plan = Plan(**json.loads((out / "plan.json").read_text()))
+    print(plan)
+    print(f"plan: {out / 'plan.json'}; notebook: {executed}")
+    return 0 if plan.fits and plan.in_time else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbook", description="Finetune Workbook: run, score and serve.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run, sweep = _run_parser(sub), _sweep_parser(sub)
+    run, sweep, plan = _run_parser(sub), _sweep_parser(sub), _plan_parser(sub)
     _compare_ui_and_list_parsers(sub)
     _predict_parser(sub)
     _serve_parser(sub)
-    parser.parameter_commands = {"run": run, "sweep": sweep}  # any --NAME VALUE is a parameter there
+    parser.parameter_commands = {"run": run, "sweep": sweep, "plan": plan}  # any --NAME VALUE is a parameter there
     return parser
 
 
@@ -211,20 +304,57 @@ def _cmd_run(args) -> int:
     if args.runs_dir:  # the MLflow store goes with the runs, for these runs only
         os.environ["WORKBOOK_RUNS_DIR"] = str(kwargs["runs_dir"])
     try:
-        results = runner.run_many(args.notebooks, params, **kwargs)
+        results = runner.run_many(args.notebooks, params, resume_command=lambda paths, resume: _resume_command(
+            args, paths, resume), **kwargs)
     except runner.RunnerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a notebook started
+        print("interrupted before any notebook ran; nothing was changed", file=sys.stderr)
+        return 130
     finally:
         if before is None:
             os.environ.pop("WORKBOOK_RUNS_DIR", None)
         else:
             os.environ["WORKBOOK_RUNS_DIR"] = before
+    stopped = [r for r in results if r.status == "interrupted"]
+    if stopped:  # one line: where it stopped, the last checkpoint, the command that continues
+        print(stopped[0].interruption.line(stopped[0].notebook), file=sys.stderr)
+        return 130
     failed = [r.notebook for r in results if r.status != "ok"]
     if failed:
         print(f"{len(failed)} of {len(results)} notebooks failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _resume_command(args, paths, resume: bool) -> str:
+    """The `workbook run` that continues an interrupted run (resume=True) or starts it over: the same options,
+    for the interrupted notebook and those after it, with --resume."""
+    import shlex
+    import shutil
+
+    from . import runner
+
+    typed = {}
+    for name in args.notebooks:
+        with contextlib.suppress(runner.RunnerError):
+            typed.setdefault(runner.find_notebook(name).resolve(), name)
+    program = [sys.argv[0] if sys.argv else ""]
+    if program[0].endswith(os.path.join("helpers", "cli.py")):
+        program = [sys.executable, "-m", "helpers.cli"]
+    elif os.path.basename(program[0]).removesuffix(".exe") != "workbook":
+        program = ["workbook"]  # called as a function (tests)
+    elif shutil.which("workbook") and os.path.realpath(shutil.which("workbook")) == os.path.realpath(program[0]):
+        program = ["workbook"]  # on PATH: the short name
+    words = [*program, "run", *(typed.get(p.resolve(), p.stem.split("_")[0]) for p in paths)]
+    words += [w for flags, param, _ in JOB_OPTIONS if getattr(args, param) is not None
+              for w in (flags[0], str(getattr(args, param)))]
+    words += [w for name, value in args.parameter for w in ("-p", name, value)]
+    words += ["-f", args.parameters_file] if args.parameters_file else []
+    words += (["--smoke"] if args.smoke else []) + (["--runs-dir", args.runs_dir] if args.runs_dir else [])
+    words += (["-v"] if args.log_output else []) + (["--resume"] if resume or args.resume else [])
+    return shlex.join(words)
 
 
 def _sweep_axes(args) -> tuple[list, dict]:
@@ -257,7 +387,8 @@ def _cmd_sweep(args) -> int:
         runs_dir = Path(args.runs_dir).expanduser().resolve() if args.runs_dir else None
         name = args.name or sweep.default_name(path, axes, args.trials)
         job = sweep.Sweep(path, axes, runner.resolve_paths(fixed), name, trials=args.trials, metric=args.metric,
-                          direction=args.direction, storage=args.storage, seed=args.sampler_seed, runs_dir=runs_dir)
+                          direction=args.direction, storage=args.storage, seed=args.sampler_seed, runs_dir=runs_dir,
+                          seeds=args.seeds)
         if args.trials is not None and args.trials < 1:
             raise sweep.SweepError("--trials must be 1 or more")
         if args.log_output:
@@ -352,7 +483,8 @@ def _predict_file(args, model, frame) -> int:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             scored = inference.score_table(model, frame, text_col=args.text_col, text_pair_col=args.text_pair_col,
-                                           text_join=args.text_join, batch_size=args.batch_size)
+                                           text_join=args.text_join, batch_size=args.batch_size,
+                                           raw=args.raw and model.task == "text-classification")
         inference.write_table(scored, args.output)
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -457,7 +589,7 @@ def _predict_texts(args, model, texts: list[str]) -> int:
                 print("error: this model reads sentence pairs; give each as 'first text ||| second text' "
                       "(or with a TAB between them on stdin)", file=sys.stderr)
                 return 2
-        results = model.predict(inputs)
+        results = model.predict(inputs, raw=args.raw)
     else:
         results = model.summarize(texts)
     if args.json:
@@ -467,7 +599,9 @@ def _predict_texts(args, model, texts: list[str]) -> int:
         cut = "  (text cut to fit)" if r["truncated"] else ""
         if "label" in r:
             probs = " ".join(f"{k}={v:.2f}" for k, v in r["probabilities"].items())
-            print(f"{r['label']:<10} {r['score']:.3f}  [{probs}]  {text[:70]}{cut}")
+            raw = " ".join(f"{k}={v:.2f}" for k, v in r.get("raw_probabilities", {}).items())
+            print(f"{r['label']:<10} {r['score']:.3f}  [{probs}]" + (f"  raw [{raw}]" if raw else "")
+                  + f"  {text[:70]}{cut}")
         else:
             print(f"{text[:70]}{cut}\n  -> {r['summary']}")
     return 0
@@ -527,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "plan":
+        return _cmd_plan(args)
     if args.command == "list":
         return _cmd_list()
     if args.command == "sweep":

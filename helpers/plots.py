@@ -144,3 +144,98 @@ def rouge_comparison(scores: dict[str, dict[str, float]], *, ax=None, title: str
                       ax=ax, title=title)
     ax.set(ylabel="F1 x 100")
     return _save(ax, path)
+
+
+def reliability_diagram(labels, probabilities, *, n_bins: int = 15, ax=None, title: str = "Reliability diagram",
+                        path=None):
+    """Accuracy against confidence in `n_bins` confidence bins, one line per set of probabilities
+    (`{"raw": p, "calibrated": q}`, or one array); points sized by rows, ECE in the legend. On the diagonal,
+    "80% sure" is right 80% of the time; below it the model is over-confident."""
+    from .metrics import expected_calibration_error, reliability_bins
+
+    ax = _axes(ax, figsize=(5, 5))
+    sets = probabilities if isinstance(probabilities, dict) else {"model": probabilities}
+    ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfectly calibrated")
+    total = len(labels)
+    for name, probs in sets.items():
+        bins = reliability_bins(probs, labels, n_bins)
+        ece = expected_calibration_error(probs, labels, n_bins)
+        xs, ys = [b["confidence"] for b in bins], [b["accuracy"] for b in bins]
+        line, = ax.plot(xs, ys, "-", alpha=0.7, label=f"{name} (ECE {ece:.3f})")
+        ax.scatter(xs, ys, s=[20 + 300 * b["count"] / max(total, 1) for b in bins], color=line.get_color(), zorder=3)
+    ax.set(title=title, xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    _legend_below(ax)
+    return _save(ax, path)
+
+
+def _slice_bars(ax, names, values, notes, overall: float | None, *, title: str, ylabel: str,
+                horizontal: bool = False):
+    """Bars of one metric per slice, each with a note (its row count), and the overall value dashed."""
+    bars = ax.barh(names, values, color="tab:red") if horizontal else ax.bar(names, values, color="tab:blue")
+    for bar, note in zip(bars, notes):
+        if horizontal:
+            ax.annotate(note, (bar.get_width(), bar.get_y() + bar.get_height() / 2), xytext=(3, 0),
+                        textcoords="offset points", va="center", fontsize=8)
+        else:  # inside the bar's top, clear of the dashed overall line; above a bar too short to hold it
+            inside = bar.get_height() > 0.2
+            ax.annotate(note, (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, -3 if inside else 2),
+                        textcoords="offset points", ha="center", va="top" if inside else "bottom", fontsize=8,
+                        color="white" if inside else "black")
+    if overall is not None:
+        ax.axhline(overall, color="black", linestyle="--", linewidth=1, label=f"all rows {overall:.2f}")
+        ax.legend(fontsize=8, loc="lower right")
+        ax.set_ylim(0, 1.18)
+        ax.tick_params(axis="x", labelrotation=20)
+    else:
+        ax.margins(x=0.25)
+    ax.set(title=title, **({"xlabel": ylabel} if horizontal else {"ylabel": ylabel}))
+    return ax
+
+
+def error_slices(slices, *, axes=None, path=None):
+    """Three panels from `hp.metrics.error_slices(...)`: accuracy by text length, recall by true label (both
+    against the overall accuracy) and the confusions with the most mistakes. `axes`: three axes, or None for a
+    new figure; returns them."""
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        _, axes = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
+    by_length, by_label, pairs = slices.by_length, slices.by_label, slices.pairs
+    def notes(frame, metric):
+        return [f"{v:.2f}\n(n={n})" for v, n in zip(frame[metric], frame["rows"])]
+
+    _slice_bars(axes[0], list(by_length["length"]), list(by_length["accuracy"]), notes(by_length, "accuracy"),
+                slices.accuracy, title="Accuracy by text length", ylabel="accuracy")
+    _slice_bars(axes[1], list(by_label["label"]), list(by_label["recall"]), notes(by_label, "recall"),
+                slices.accuracy, title="Recall by true label", ylabel="share of the label's rows right")
+    rows = list(pairs.itertuples())[::-1]  # the most mistakes on top
+    _slice_bars(axes[2], [f"{r.true} -> {r.predicted}" for r in rows], [r.mistakes for r in rows],
+                [f"{r.mistakes} ({r.share_of_true:.0%} of {r.true})" for r in rows], None,
+                title="Most common confusions (true -> predicted)", ylabel="mistakes", horizontal=True)
+    if not rows:
+        axes[2].set_title("No mistakes on this split")
+    _save(axes[0], path)
+    return axes
+
+
+def lr_find(result, *, ax=None, title: str = "Learning-rate range test", path=None):
+    """The range test's loss against the learning rate (log scale): each step's loss, the smoothed curve, the
+    suggested rate (and why) and, when known, the rate the run is set to. From `hp.find_lr(...)`."""
+    ax = _axes(ax, figsize=(7, 4.5))
+    ax.plot(result.lrs, result.losses, color="tab:blue", alpha=0.25, label="loss per step")
+    ax.plot(result.lrs, result.smoothed, color="tab:blue", label="smoothed")
+    rule = "steepest descent" if result.suggested_lr == result.steepest_lr else "a tenth of the minimum"
+    ax.axvline(result.suggested_lr, color="tab:red", linestyle="--",
+               label=f"suggested {result.suggested_lr:.1e} ({rule})")
+    lowest = min(range(len(result.smoothed)), key=result.smoothed.__getitem__)
+    ax.plot([result.lrs[lowest]], [result.smoothed[lowest]], "o", color="black", label="lowest smoothed loss")
+    if result.current_lr is not None:
+        ax.axvline(result.current_lr, color="tab:gray", linestyle=":", label=f"LR now {result.current_lr:g}")
+    top = max(result.smoothed[0], min(result.smoothed)) * 1.5  # the divergence at the end would flatten the rest
+    low = min(result.losses)
+    ax.set(xscale="log", title=title, xlabel="learning rate (log scale)", ylabel="training loss",
+           ylim=(low * 0.9 if low > 0 else None, top))
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, fontsize=8)
+    return _save(ax, path)

@@ -422,17 +422,17 @@ def evaluation_steps(total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -
     return sorted(steps)
 
 
-def _run_bar(run_left: Callable[[], float | None], **kwargs):
+def _run_bar(run_left: Callable[[], float | None], *, tqdm_class=None, **kwargs):
     """The training bar (tqdm.auto): optimizer steps, and the time left of the whole run, evaluations
     included, from `run_left()` (tqdm's own estimate counts only the steps)."""
     from tqdm.auto import tqdm
 
-    class RunBar(tqdm):
+    class RunBar(tqdm_class or tqdm):
         @property
         def format_dict(self):
             values = super().format_dict
             left = run_left()
-            values["run_left"] = "?" if left is None else tqdm.format_interval(left)
+            values["run_left"] = "?" if left is None else self.format_interval(left)
             return values
 
     bar_format = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {run_left} left with evaluations, {rate_fmt}{postfix}]"
@@ -946,6 +946,8 @@ class _Loop:
         self.bar = _run_bar(self.run_left_s, total=self.total_steps, initial=self.history.global_step, desc="train",
                             disable=not (self.cfg.progress and self.accelerator.is_main_process), mininterval=1.0,
                             dynamic_ncols=True)
+        if self.device.type == "cpu":
+            trim_host_memory()  # heap freed by earlier cells is not this run's memory: give it back first
         reset_peak_memory(self.device)
         self.stop = self.history.global_step >= self.total_steps
         self.last_trim = self.history.global_step
