@@ -191,8 +191,13 @@ def cpu_fp16(monkeypatch):
             acc.scaler = torch.amp.GradScaler("cpu", **settings)
         return acc
 
+    real_resolve = dev.resolve_precision
+
+    def fp16_as_on_a_gpu(precision="auto", device=None, *, allow_fp16=True):  # fp16 is refused on a CPU device
+        return "fp16" if precision == "fp16" else real_resolve(precision, device, allow_fp16=allow_fp16)
+
     monkeypatch.setattr(training, "_fresh_accelerator", with_cpu_scaler)
-    monkeypatch.setattr(training, "train_device", lambda name: torch.device("cuda"))  # resolve_precision: a GPU
+    monkeypatch.setattr(dev, "resolve_precision", fp16_as_on_a_gpu)
     return settings
 
 
