@@ -301,7 +301,8 @@ def test_notebook_02_with_a_three_column_review_file(tmp_path):
 
 def test_notebook_02_on_a_downloaded_hub_dataset_folder(tmp_path):
     """DATA_SOURCE = the folder `hf download fancyzhx/amazon_polarity --repo-type dataset` writes: every
-    train shard is read (the test shard is not), and the run records the folder."""
+    train shard is read, the folder's own test shard is the test split (validation is held out of train),
+    and the run records the folder."""
     from test_data_folders import _hub_download, _reviews
 
     root = _hub_download(tmp_path / "amazon_polarity")
@@ -310,7 +311,7 @@ def test_notebook_02_on_a_downloaded_hub_dataset_folder(tmp_path):
     result = _run("02", tmp_path, DATA_SOURCE=str(root))
     data = result.metrics["data"]
     assert data["kind"] == "folder" and data["used"] == str(root) and data["standin"] is False
-    assert data["rows"] == {"train": 96, "validation": 12, "test": 12}
+    assert data["rows"] == {"train": 108, "validation": 12, "test": 20}  # test: the folder's 20-row test shard
     assert "reading 2 files as its train table: plain_text/train-00000-of-00002.parquet" in result.executed.read_text()
 
 
