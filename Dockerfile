@@ -55,12 +55,13 @@ RUN set -eu; \
     /opt/venv/bin/python -c "import torch, transformers, flask, pandas, peft, transformers.generation, \
 transformers.models.bert.modeling_bert, transformers.models.distilbert.modeling_distilbert, \
 transformers.models.gpt_neox.modeling_gpt_neox, transformers.models.t5.modeling_t5"
-# The workbook itself (helpers and the `workbook` command) in /app, without its lab dependencies: a change to it
+# The workbook itself (the helpers kit and the `workbook` tool) in /app, without its lab dependencies: a change to it
 # leaves the packages' layers as they are.
 COPY pyproject.toml README.md /src/
 COPY helpers /src/helpers
+COPY workbook /src/workbook
 RUN /opt/venv/bin/pip install --quiet --no-index --no-deps --no-build-isolation --target /app /src \
-    && PYTHONPATH=/app /opt/venv/bin/python -c "import helpers.cli, helpers.serve, helpers.inference, helpers.textgen"
+    && PYTHONPATH=/app /opt/venv/bin/python -c "import workbook.cli, workbook.serve, helpers.inference, helpers.textgen"
 # The model folder last. A notebook's OUTPUT_DIR gives its model/ only (no checkpoints, plots or notebook).
 ARG MODEL_DIR=
 COPY ${MODEL_DIR:-requirements-serve.txt} /model-src/

@@ -84,7 +84,7 @@ ui: setup
 # After working in the tracked notebooks in JupyterLab: drop outputs, counts and saved widget state
 # before committing (tests/test_runner.py checks it); cell tags (parameters) stay.
 strip: setup
-	$(PY) -c "from helpers.runner import clear_outputs; print(*clear_outputs(), sep='\n')"
+	$(PY) -c "from workbook.runner import clear_outputs; print(*clear_outputs(), sep='\n')"
 
 # For a JupyterLab that runs outside .venv (OCI Data Science, Domino): a user-level kernel for this
 # checkout only, named after its folder, so two clones never share (or overwrite) one kernel.

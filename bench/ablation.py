@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers.speedups import PARTS
+from helpers._fastpaths import PARTS
 
 HERE = Path(__file__).resolve().parent
 

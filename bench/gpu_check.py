@@ -103,7 +103,7 @@ def precisions_for(notebook: str, gpu: dict | None) -> list[str]:
 def notebook_step(check: Check, notebook: str, precision: str, extra: tuple[str, ...] = ()) -> None:
     step = f"notebook {notebook} ({precision}{', ' + ' '.join(extra) if extra else ''})"
     runs = check.work / f"runs-{notebook}-{precision}{'-x' if extra else ''}"
-    cmd = [sys.executable, "-m", "helpers.cli", "run", notebook, "--smoke", "--precision", precision,
+    cmd = [sys.executable, "-m", "workbook.cli", "run", notebook, "--smoke", "--precision", precision,
            "--runs-dir", str(runs), "-p", "TRACKING", "False", *extra]
     if check.gpu is None:  # the plumbing only: the smallest sizes
         cmd += ["--max-train-samples", "32", "--max-eval-samples", "16"]

@@ -34,7 +34,7 @@ TARGETS = {"peak_mem": 0.15, "wall": 0.20, "macro_f1": 0.01}
 
 def run_notebook(name: str, extra: dict) -> dict:
     """The notebook at its defaults (plus `extra`), and its plan beside the run."""
-    from helpers import runner
+    from workbook import runner
 
     path = runner.find_notebook(name)
     known = runner.notebook_parameters(path)
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lrs", default=None, help="comma-separated rates to train (default: the suggestion, both "
                                                     "rules' rates and the grid); runs already saved are kept")
     args = parser.parse_args(argv)
-    from helpers import runner
+    from workbook import runner
 
     WORK.mkdir(parents=True, exist_ok=True)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers._offline import samples
+
 HERE = Path(__file__).resolve().parent
 NAMES = {"seed_trainer": "(a) seeds' Trainer: pad to max, fp32", "tuned_trainer": "(b) tuned Trainer",
          "loop": "(c) workbook loop", "floor": "(d) plain PyTorch floor"}
@@ -158,7 +160,6 @@ AG_NEWS = HERE.parent.parent / "shared" / "data" / "ag_news" / "test.csv"
 def choose_data(args, work: Path) -> tuple[str, list[str]]:
     """Real data by default: AG News (7,600 news items, 4 topics) where it exists; else the file the user
     names (PhraseBank layout unless told otherwise); else a generated PhraseBank-layout file, announced."""
-    import helpers as hp
 
     if args.data_source:
         layout = ["--label-col", args.label_col]
@@ -175,7 +176,7 @@ def choose_data(args, work: Path) -> tuple[str, list[str]]:
                               args.label_names or "World,Sports,Business,Sci/Tech"]
     print("data: no real data found (../shared/data/ag_news/test.csv, or --data-source): using GENERATED rows, on "
           "which every variant reaches the same accuracy; the accuracy column says nothing there")
-    return str(hp.samples.write_phrasebank_csv(work / f"all-data-{args.rows}.csv", n=args.rows, seed=1)), []
+    return str(samples.write_phrasebank_csv(work / f"all-data-{args.rows}.csv", n=args.rows, seed=1)), []
 
 
 def apply_defaults(args) -> None:

@@ -18,6 +18,8 @@ import resource
 import time
 from pathlib import Path
 
+from helpers import _batching as batching
+
 
 def rss_mb() -> float:
     """Current resident memory of this process (MB)."""
@@ -95,11 +97,11 @@ def main(argv=None) -> int:
               "train_tokens_est": tokens, "variant": args.variant, "start_rss_mb": round(start_rss, 1)}
     if args.variant == "loop":
         t = time.perf_counter()
-        store = hp.batching.TokenStore(encoded["train"])
+        store = batching.TokenStore(encoded["train"])
         stage("store", t)
         result["store_mb"] = round(store.nbytes() / 2**20, 1)
-        sampler = hp.batching.LengthGroupedBatchSampler(store.lengths, 32, seed=0)
-        collate = hp.batching.PadCollator(tokenizer.pad_token_id)
+        sampler = batching.LengthGroupedBatchSampler(store.lengths, 32, seed=0)
+        collate = batching.PadCollator(tokenizer.pad_token_id)
         batches = sampler.batches()[: args.collate_batches]
         t = time.perf_counter()
         rows = 0

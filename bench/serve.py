@@ -67,7 +67,7 @@ def free_port() -> int:
 
 def start(folder: Path, batching: bool, device: str = "cpu") -> tuple[subprocess.Popen, str]:
     port = free_port()
-    args = [sys.executable, "-m", "helpers.cli", "serve", str(folder), "--port", str(port), "--device", device]
+    args = [sys.executable, "-m", "workbook.cli", "serve", str(folder), "--port", str(port), "--device", device]
     if not batching:
         args.append("--no-batching")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -18,6 +18,8 @@ import resource
 import time
 from pathlib import Path
 
+from helpers import _batching as batching
+
 VARIANTS = ("seed_trainer", "tuned_trainer", "loop", "floor")
 LABELS = ["negative", "neutral", "positive"]
 
@@ -208,13 +210,13 @@ def run_floor(args) -> dict:
 
     model, tokenizer = load_model(args)
     data = load_data(args, tokenizer, pad_to_max=False)
-    rows = hp.batching.as_rows(data["train"])
+    rows = batching.as_rows(data["train"])
     torch.manual_seed(args.seed)
-    sampler = hp.batching.LengthGroupedBatchSampler(rows.lengths, args.batch_size, seed=args.seed)
+    sampler = batching.LengthGroupedBatchSampler(rows.lengths, args.batch_size, seed=args.seed)
     device = _device(args)  # where (c) trains: the same device, or the comparison means nothing
     precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
     model.to(device)
-    collate = hp.batching.PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device.type == "cuda" else None)
+    collate = batching.PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device.type == "cuda" else None)
     optimizer = hp.training.make_optimizer(model, args.lr, 0.01, device)  # the fused AdamW (c) and (b) use
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as (c) on a T4
     steps = math.ceil(len(sampler) * args.epochs)

@@ -26,9 +26,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_MODULES = {"data", "models", "training", "metrics", "plots", "artifacts", "inference", "device", "runner",
-            "hub", "samples", "batching", "notebook", "textgen", "standins", "serve", "speedups", "tracking", "sweep",
-            "compare", "progress", "planning"}
+_MODULES = {"data", "models", "training", "textgen", "metrics", "plots", "inference", "artifacts", "device",
+            "planning", "notebook"}
 _SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training",
               "TrainConfig": "training", "plan": "planning", "find_lr": "planning"}
 

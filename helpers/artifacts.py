@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .data import PROJECT_ROOT
+from ._paths import RUNS_DIR, SCORE_TEMPLATE
 from .device import is_main_process
 
 WORKBOOK_FILE = "workbook.json"
@@ -32,7 +32,6 @@ VOLATILE_PARAMS = {"OUTPUT_DIR", "RESUME", "OVERWRITE"}  # may change without ma
 class OutputDirInUseError(RuntimeError):
     """OUTPUT_DIR cannot take this run: it holds another (or an unfinished) one and neither OVERWRITE nor
     RESUME was asked for, or it cannot be written."""
-RUNS_DIR = PROJECT_ROOT / "runs"
 
 
 def default_output_dir(notebook: str) -> Path:
@@ -145,7 +144,7 @@ def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline
     """Write `OUTPUT_DIR/metrics.json` in the one format everything reads."""
     if not is_main_process():
         return Path(output_dir) / METRICS_FILE
-    from . import tracking
+    from . import _mlflow as tracking
 
     validation = {k: v for k, v in (validation or {}).items() if k != "elapsed_s"}  # metrics only, no timings
     tracker = tracking.current(output_dir)  # the notebook run writing here: its evaluations, its MLflow run
@@ -186,7 +185,7 @@ def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dic
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     write_json(folder / WORKBOOK_FILE, {"task": task, **(info or {}), "versions": versions()})
-    shutil.copyfile(Path(__file__).with_name("score_template.py"), folder / "score.py")  # self-contained scoring
+    shutil.copyfile(SCORE_TEMPLATE, folder / "score.py")  # self-contained scoring
     if card:
         (folder / "README.md").write_text(card)
     return folder

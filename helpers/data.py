@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import hub, samples
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"
+from ._offline import hub, samples
+from ._paths import PROJECT_ROOT, SAMPLES_DIR
 
 _FILE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt", ".xlsx", ".xlsm"}
 _MOJIBAKE = re.compile(r"Ã.|â€|Â[^\w\s]|\ufffd")
@@ -372,7 +370,7 @@ def read_table(path: str | Path, *, columns: list[str] | None = None, header: bo
     if "\x00" in text[:4096]:
         raise DataError(f"{path} looks binary (NUL bytes), not text; export it as CSV, TSV, JSON lines or parquet.")
     if suffix in (".jsonl", ".json"):
-        from .readers import read_json_records
+        from ._readers import read_json_records
 
         frame, source.skipped = read_json_records(text, path)
         return frame, source
@@ -1503,7 +1501,7 @@ def archive_splits(path: Path, split: str = "train", *, every: bool = False, **r
     """The `split` table of a dataset archive (the original `amazon_review_polarity_csv.tgz`: train.csv and
     test.csv in a folder; `aclImdb_v1.tar.gz`; any layout `folder_splits` reads), with `every` its other splits
     too, or its one data file: {split: (table, source)}, unpacked once."""
-    from . import readers
+    from . import _readers as readers
 
     with extracted(path) as folder:
         layout = saved_dataset_splits(folder) is not None or readers.class_folder_splits(folder) is not None
@@ -1550,7 +1548,7 @@ def folder_splits(folder: str | Path, split: str = "train", *, every: bool = Fal
     folders (`aclImdb/train/pos/*.txt`, see `helpers.readers`); split files (`train.csv`, `dev.tsv`, a Hub
     download's `plain_text/train-00000-of-00004.parquet`); else one table (parts `part-0.parquet`, ... as Spark
     and pandas write them), which is whatever split is asked. `read_options` go to `read_table`. Says what it read."""
-    from . import readers
+    from . import _readers as readers
 
     folder = Path(folder)
     saved = saved_dataset_splits(folder)

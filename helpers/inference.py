@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from . import device as dev
+from ._batching import PadCollator, padding_bounded_batches
 from .artifacts import WORKBOOK_FILE
-from .batching import PadCollator, padding_bounded_batches
 from .models import LOAD_DTYPE, quiet_peft
 
 
@@ -106,7 +106,7 @@ def infer_info(folder: str | Path) -> dict[str, Any]:
 
 def _check_base_model(folder: Path, info: dict[str, Any], base_model: str | None) -> str:
     """The base model an adapter folder needs, found locally, in the HF cache or on the Hub; else refused at once."""
-    from . import hub
+    from ._offline import hub
     from .models import _in_hf_cache
 
     base = base_model or info.get("base_model_path")
@@ -525,7 +525,7 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
     unreachable Hub costs seconds, not retries. Weights are read as safetensors or with torch.load's
     weights_only=True (transformers' and peft's default, kept): a pickle holding code is refused, never run.
     """
-    from . import hub
+    from ._offline import hub
 
     hub.hub_available()  # one short probe; offline mode from here on when the Hub is out of reach
     folder = _model_folder(path)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hub
+from ._offline import hub
+from ._paths import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENCODER = "encoder"
 # transformers 5 loads weights in the dtype they were saved in (dtype="auto"): an fp16 checkpoint would
 # train with fp16 weights (the scaler then fails: "Attempting to unscale FP16 gradients"). Models load
@@ -93,7 +93,7 @@ SEQ2SEQ = "seq2seq"
 
 def _generative_standin(kind: str):
     def build() -> Path:
-        from . import standins
+        from ._offline import standins
 
         return standins.BUILDERS[kind]()
     return build

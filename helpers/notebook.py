@@ -187,6 +187,13 @@ class Run:
             parts.append("smoke sizes: " + ", ".join(f"{k}={v!r}" for k, v in self.smoke_changed.items()))
         return "  ".join(parts)
 
+    def tracked_runs(self):
+        """This notebook's runs in the MLflow store (`MLFLOW_TRACKING_URI`, else runs/mlflow.db) as a pandas
+        DataFrame, newest first: one row per run, `params.*`, `metrics.*` and `tags.*` columns."""
+        from ._mlflow import runs_frame
+
+        return runs_frame(self.notebook)
+
 
 def notebook_defaults(notebook: str) -> dict[str, Any] | None:
     """The parameters cell of notebooks/<notebook>.ipynb as {name: default}, read the way papermill reads it
@@ -264,7 +271,7 @@ def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | N
     artifacts.prepare_output_dir(output_dir, notebook=notebook, params=params, resume=bool(namespace.get("RESUME")),
                                  overwrite=bool(namespace.get("OVERWRITE")))
     namespace["OUTPUT_DIR"] = output_dir
-    from . import tracking
+    from . import _mlflow as tracking
 
     tracking.begin(notebook, params, output_dir, enabled=bool(namespace.get("TRACKING", True)))
     return Run(notebook, params, is_smoke, output_dir, [n for n in user_set if n not in ("SMOKE",)], changed)

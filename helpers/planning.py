@@ -30,7 +30,7 @@ import torch
 
 from . import device as dev
 from . import training
-from .batching import LengthGroupedBatchSampler, as_rows, sorted_batches
+from ._batching import LengthGroupedBatchSampler, as_rows, sorted_batches
 from .training import TrainConfig
 
 MEASURE_STEPS = 5  # optimizer steps run: two to warm up (the first, a typical one), then the first and two typical
@@ -768,7 +768,7 @@ def find_lr(model, train_data, config: TrainConfig | None = None, *, pad_token_i
 def _range_steps(loop, start_lr: float, end_lr: float, num_steps: int, diverge: float, progress: bool):
     """The test's steps on the loop's own batches (epoch after epoch), the rate multiplied by a constant
     factor each optimizer step; (rates, losses, why it stopped). One host sync per step: the test is short."""
-    from .progress import progress_bar
+    from ._progress import progress_bar
 
     factor = (end_lr / start_lr) ** (1 / max(1, num_steps - 1))
     loop.scheduler = torch.optim.lr_scheduler.LambdaLR(loop.optimizer.optimizer, lambda i: factor ** i)

@@ -239,3 +239,24 @@ def lr_find(result, *, ax=None, title: str = "Learning-rate range test", path=No
            ylim=(low * 0.9 if low > 0 else None, top))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False, fontsize=8)
     return _save(ax, path)
+
+
+def tracked_runs(runs, *, param: str, metric: str, ax=None, path=None):
+    """Tracked runs (`run.tracked_runs()` of `hp.notebook.start`) as points: `metric` against parameter `param`
+    (MLflow keeps parameters as text; numbers are read back, a float range spanning 3x is drawn in log)."""
+    import pandas as pd
+
+    ax = _axes(ax)
+    column, value = f"params.{param}", f"metrics.{metric}"
+    if column not in runs or value not in runs:
+        ax.set_title(f"no tracked runs with {param} and {metric} yet")
+        return _save(ax, path)
+    frame = pd.DataFrame({"x": pd.to_numeric(runs[column], errors="coerce"), "y": runs[value]}).dropna()
+    ax.scatter(frame["x"], frame["y"], zorder=3)
+    if len(frame) and (frame["x"] > 0).all() and frame["x"].max() / frame["x"].min() >= 3:
+        ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of {len(frame)} tracked run{'s' * (len(frame) != 1)} against {param}")
+    ax.grid(alpha=0.3)
+    return _save(ax, path)

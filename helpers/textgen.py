@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from . import device as dev
-from .batching import PadCollator, sorted_batches
+from ._batching import PadCollator, sorted_batches
 
 IGNORE_INDEX = -100
 DEFAULT_PROMPT = "Reviews of a paper:\n{source}\n\nMeta-review (TL;DR):"
@@ -291,7 +291,7 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
     The model is put on `device` (default: the best one, as for `hp.evaluate`); `allow_fp16=False`
     for models that overflow in fp16 (T5).
     """
-    from .progress import progress_bar
+    from ._progress import progress_bar
 
     ids = _as_ids(tokenizer, inputs)
     if not ids:

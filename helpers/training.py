@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from . import device as dev
-from .batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
-from .speedups import PARTS, CpuFastPaths
+from ._batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
+from ._fastpaths import PARTS, CpuFastPaths
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -167,7 +167,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     The model is put on `device` (default: the best one, where `hp.train` trains), so a baseline
     before fine-tuning runs on the GPU too. `allow_fp16=False` for models that overflow in fp16 (T5).
     """
-    from .progress import progress_bar
+    from ._progress import progress_bar
 
     rows = as_rows(data)
     collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model))
@@ -1166,7 +1166,7 @@ class _Loop:
     def tracked(self, record: dict) -> bool:
         """The evaluation to the notebook run's tracker (MLflow, a sweep's Optuna trial): True when the
         sweep's pruner says stop, decided on the main process and shared with the others."""
-        from . import tracking
+        from . import _mlflow as tracking
 
         last = self.history.global_step >= self.total_steps  # pruning then would save nothing
         pruned = self.accelerator.is_main_process and tracking.evaluation(record["step"], record, last=last)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 import helpers as hp
-from helpers import cli, metrics
+import workbook.serve
+from helpers import metrics
+from workbook import cli
 
 TEXTS = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "The company will cut 250 jobs .",
          "The annual general meeting will be held in Helsinki .", "Shares fell 5 % after the profit warning ."]
@@ -149,7 +151,7 @@ def test_workbook_predict_gives_the_raw_probabilities_on_request(calibrated_dir,
 
 def test_workbook_serve_answers_calibrated_and_raw_on_request(calibrated_dir):
     calibrated, raw = _notebook_probabilities(calibrated_dir)
-    client = hp.serve.create_app(calibrated_dir, device="cpu").test_client()
+    client = workbook.serve.create_app(calibrated_dir, device="cpu").test_client()
     one = client.post("/predict", json={"text": TEXTS[0]}).get_json()
     assert set(one) == {"label", "score", "probabilities", "truncated"}
     assert list(one["probabilities"].values()) == pytest.approx(calibrated[0].tolist(), abs=1e-5)

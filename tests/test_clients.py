@@ -11,7 +11,8 @@ import time
 import pytest
 
 import helpers as hp
-from helpers import cli
+import workbook.serve
+from workbook import cli
 
 TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
 
@@ -108,7 +109,7 @@ def test_pair_model_reads_pairs_everywhere(topic_pair_dir, capsys):
     assert one["label"] in TOPICS and set(one["probabilities"]) == set(TOPICS)
     same = clf.predict({"text": "The cat sat.", "text_pair": "A cat was sitting."})
     assert same["probabilities"] == pytest.approx(one["probabilities"])
-    client = hp.serve.create_app(topic_pair_dir, device="cpu").test_client()
+    client = workbook.serve.create_app(topic_pair_dir, device="cpu").test_client()
     r = client.post("/predict", json={"text": "The cat sat.", "text_pair": "A cat was sitting."}).get_json()
     assert r["probabilities"] == pytest.approx(one["probabilities"], abs=1e-5)
     assert cli.main(["predict", str(topic_pair_dir), "The cat sat. ||| A cat was sitting.", "--json"]) == 0
@@ -142,7 +143,7 @@ def clf_client(tiny_encoder_dir, tmp_path_factory):
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
         info={"max_length": 16, "base_model": {"requested": "ProsusAI/finbert", "used": "x", "standin": True}})
-    return hp.serve.create_app(folder, device="cpu").test_client()
+    return workbook.serve.create_app(folder, device="cpu").test_client()
 
 
 def test_domino_client_reads_result(clf_client):
@@ -173,7 +174,7 @@ def test_long_text_is_truncated_with_a_note(clf_client):
 
 
 def test_injected_model_name_is_shown_as_text_and_headers_are_set(topic_pair_dir):
-    client = hp.serve.create_app(topic_pair_dir, device="cpu").test_client()
+    client = workbook.serve.create_app(topic_pair_dir, device="cpu").test_client()
     r = client.get("/")
     page = r.data.decode()
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 import helpers as hp
+import helpers._offline.samples
 from helpers import textgen
 
 pytestmark = pytest.mark.slow
@@ -34,7 +35,7 @@ LOCAL_BASE = "localhost/finetune-workbook-base:bookworm"
 HEADLINES = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn in the corresponding period in 2007.",
              "The company said it would cut 300 jobs after sales fell sharply.",
              "The annual general meeting will be held on 5 May."]
-DOCUMENTS = [r["document"] for r in hp.samples.xsum_rows(8, seed=2) if r["document"].strip()][:3]
+DOCUMENTS = [r["document"] for r in helpers._offline.samples.xsum_rows(8, seed=2) if r["document"].strip()][:3]
 LAB_PACKAGES = {"jupyterlab", "jupyter-server", "notebook", "ipykernel", "ipython", "ipywidgets", "mlflow",
                 "mlflow-skinny", "optuna", "papermill", "nbmake", "nbclient", "pytest", "hypothesis", "selenium",
                 "matplotlib", "datasets", "scikit-learn"}

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import helpers as hp
-from helpers import samples
+from helpers._offline import samples
 from helpers.data import DataError
 
 LABELS = ["negative", "neutral", "positive"]

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 import helpers as hp
+from helpers import _readers as readers
 from helpers import data as hd
-from helpers import readers
 
 _PRAISE = ["A moving story with a superb cast.", "The score is lovely<br /><br />and the ending earned.",
            "I laughed, I cried, I would watch it again."]
@@ -166,7 +166,7 @@ def test_predict_reads_class_folders_and_scores_against_their_names(tmp_path, ca
     """`workbook predict DIR --input folder --label-col label`: one row per file, its folder the truth."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from helpers import cli
+    from workbook import cli
 
     model_dir = hp.artifacts.save_model(tmp_path / "model",
                                         AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),

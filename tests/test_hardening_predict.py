@@ -12,7 +12,8 @@ import time
 import pytest
 
 import helpers as hp
-from helpers import cli
+import workbook.serve
+from workbook import cli
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_labels_edited_in_config_json_are_refused_in_one_line(clf_dir, tmp_path,
     assert "config.json names 4 labels" in line and "model.safetensors was trained for 3" in line
     assert "id2label" in line
     with pytest.raises(hp.inference.FolderError, match="names 4 labels"):
-        hp.serve.create_app(folder, device="cpu")
+        workbook.serve.create_app(folder, device="cpu")
 
 
 def test_weights_that_do_not_fit_a_summarizers_config_are_refused_in_one_line(tmp_path, capsys):
@@ -209,7 +210,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(clf_dir, tmp_p
     assert "pytorch_model.bin is refused" in line and "could run code" in line and "model.safetensors" in line
     assert "weights_only=False" not in line
     with pytest.raises(hp.inference.FolderError, match="is refused"):
-        hp.serve.create_app(folder, device="cpu")
+        workbook.serve.create_app(folder, device="cpu")
     assert not marker.exists()
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 
 import helpers as hp
-from helpers import inference, score_template, textgen
+import workbook.serve
+from helpers import inference, textgen
+from workbook import score_template
 
 TEXT = "Police in Glasgow are appealing for witnesses after a fire in a block of flats."
 
@@ -167,7 +169,7 @@ def test_a_one_text_classifier_refuses_a_pair(clf_dir):
             call()
         assert "reads one text, not a pair" in str(err.value) and "\n" not in str(err.value)
     assert score.predict_sentiment("The cat sat.")["label"] in {"negative", "neutral", "positive"}
-    client = hp.serve.create_app(clf_dir, device="cpu").test_client()  # the server's wording
+    client = workbook.serve.create_app(clf_dir, device="cpu").test_client()  # the server's wording
     served = client.post("/predict", json={"text": "The cat sat.", "text_pair": "A cat was sitting."})
     assert served.status_code == 400 and served.get_json()["error"] == str(err.value)
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import helpers as hp
+import workbook.serve
 from helpers import textgen
 
 TEXT = "Police in Glasgow are appealing for witnesses after a fire in a block of flats."
@@ -28,7 +29,7 @@ def t5_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def summ(t5_dir):
-    return hp.serve.create_app(t5_dir, device="cpu").test_client()
+    return workbook.serve.create_app(t5_dir, device="cpu").test_client()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def clf(tiny_encoder_dir, tmp_path_factory):
     folder = hp.artifacts.save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
-    return hp.serve.create_app(folder, device="cpu").test_client()
+    return workbook.serve.create_app(folder, device="cpu").test_client()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def pair_clf(tiny_encoder_dir, tmp_path_factory):
         tmp_path_factory.mktemp("pairs"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
         info={"max_length": 32, "text_pair": True})
-    return hp.serve.create_app(folder, device="cpu").test_client()
+    return workbook.serve.create_app(folder, device="cpu").test_client()
 
 
 # --------------------------------------------------------------------------- generation settings
@@ -122,7 +123,7 @@ def test_the_cap_follows_the_models_positions(tmp_path):
 # --------------------------------------------------------------------------- work whose caller has gone
 
 def test_a_generation_past_its_budget_is_stopped_and_the_next_caller_is_served(t5_dir):
-    app = hp.serve.create_app(t5_dir, device="cpu", generation_timeout_s=0.5)
+    app = workbook.serve.create_app(t5_dir, device="cpu", generation_timeout_s=0.5)
     client = app.test_client()
     start = time.perf_counter()
     heavy = client.post("/summarize", json={"texts": [TEXT] * 32, "parameters": {
@@ -179,7 +180,7 @@ def live_server():
     servers = []
 
     def start(app):
-        server = hp.serve.make_http_server(app, "127.0.0.1", 0)
+        server = workbook.serve.make_http_server(app, "127.0.0.1", 0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         return server.server_port
@@ -192,7 +193,7 @@ def live_server():
 
 def test_work_stops_when_the_caller_disconnects(live_server):
     model = WaitingSummarizer()
-    port = live_server(hp.serve.create_app(model, queue_timeout_s=25, generation_timeout_s=25))
+    port = live_server(workbook.serve.create_app(model, queue_timeout_s=25, generation_timeout_s=25))
     body = json.dumps({"text": "a long job"}).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

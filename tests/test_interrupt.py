@@ -18,7 +18,7 @@ import nbformat
 import pytest
 
 import helpers as hp
-from helpers import cli, runner
+from workbook import cli, runner
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKBOOK = Path(sys.executable).with_name("workbook")  # the console script of this environment
@@ -108,8 +108,8 @@ def test_the_resume_command_repeats_the_options_for_the_notebooks_left(monkeypat
     assert shlex.split(command) == ["workbook", "run", "02", "03", "--lr", "3e-05", "--epochs", "2",
                                     "-p", "LABEL_NAMES", "a b,c", "--smoke", "--runs-dir", "/tmp/my runs", "--resume"]
     assert "--resume" not in cli._resume_command(args, [second], False)  # start over: the same command
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "helpers" / "cli.py")])  # python -m helpers.cli run ...
-    assert shlex.split(cli._resume_command(args, [second], True))[:4] == [sys.executable, "-m", "helpers.cli", "run"]
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "helpers" / "cli.py")])  # python -m workbook.cli run ...
+    assert shlex.split(cli._resume_command(args, [second], True))[:4] == [sys.executable, "-m", "workbook.cli", "run"]
 
 
 # --------------------------------------------------------------------------- a tiny notebook, a real kernel

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import helpers as hp
-from helpers import runner
 from helpers.notebook import ParameterError
+from workbook import runner
 
 NB01 = "01_finbert_financial_sentiment"
 
@@ -163,7 +163,7 @@ def test_verbose_run_configures_logging(monkeypatch, tmp_path):
     import logging
     import os
 
-    from helpers import cli
+    from workbook import cli
 
     seen = {}
     before = os.environ.get("WORKBOOK_RUNS_DIR")

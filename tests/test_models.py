@@ -8,7 +8,7 @@ import time
 import pytest
 
 import helpers as hp
-from helpers import hub
+from helpers._offline import hub
 from helpers.models import ModelNotAvailableError
 
 

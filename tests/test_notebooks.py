@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from helpers import runner, samples
+import workbook.serve
+from helpers._offline import samples
+from workbook import runner
 
 pytestmark = [pytest.mark.notebook, pytest.mark.slow]
 
@@ -79,7 +81,7 @@ def test_notebook_01_with_a_data_file_and_a_model_folder(tmp_path, standin_dir):
 def test_notebook_02_with_the_seed_job_options(tmp_path, standin_dir, monkeypatch):
     """`workbook run 02 --lr 3e-5 --epochs 1 --train-batch-size 16 --eval-batch-size 64 --text-col content
     --label-col label --model <path>` runs and records those values."""
-    from helpers import cli
+    from workbook import cli
 
     monkeypatch.setattr(runner, "RUNS_DIR", tmp_path)
     argv = ["run", "02", "--lr", "3e-5", "--epochs", "1", "--train-batch-size", "16", "--eval-batch-size", "64",
@@ -214,7 +216,7 @@ def test_plain_papermill_with_an_unknown_parameter_stops_at_once(tmp_path):
     ({"MAX_LENGTH": 4096}, "MAX_LENGTH=4096 is beyond the model's limit of 512 tokens"),
 ])
 def test_bad_input_as_a_user_gives_its_message_in_the_run_summary(tmp_path, params, message):
-    from helpers import cli
+    from workbook import cli
 
     argv = ["run", "01", "--smoke", "--runs-dir", str(tmp_path)]
     for name, value in params.items():
@@ -249,7 +251,7 @@ def test_notebook_01_with_sentence_pairs_and_the_users_labels(tmp_path):
     import sys
 
     import helpers as hp
-    from helpers import cli
+    from workbook import cli
 
     data = _paraphrase_pairs(tmp_path / "pairs.csv")
     result = _run("01", tmp_path, DATA_SOURCE=str(data), TEXT_COL="sentence1", TEXT_PAIR_COL="sentence2")
@@ -263,7 +265,7 @@ def test_notebook_01_with_sentence_pairs_and_the_users_labels(tmp_path):
     expected = hp.inference.load(folder, device="cpu").predict(pair)
     assert expected["label"] in {"different", "paraphrase"}
     assert cli.main(["predict", str(folder), f"{pair[0]} ||| {pair[1]}", "--json"]) == 0
-    client = hp.serve.create_app(folder, device="cpu").test_client()
+    client = workbook.serve.create_app(folder, device="cpu").test_client()
     served = client.post("/predict", json={"text": pair[0], "text_pair": pair[1]}).get_json()
     assert served["label"] == expected["label"]
     code = f"import json, score; print(json.dumps(score.predict_sentiment({pair[0]!r}, text_pair={pair[1]!r})))"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import helpers as hp
+from helpers import _batching as batching
 from helpers import planning, training
 
 LABELS = ["negative", "neutral", "positive"]
@@ -63,12 +64,12 @@ def test_the_plan_predicts_the_run_and_is_recorded_beside_it(tiny_model, tiny_da
 
 
 def test_the_run_layout_is_the_loops_own(tiny_data):
-    rows = hp.batching.as_rows(tiny_data["train"])
+    rows = batching.as_rows(tiny_data["train"])
     shape = {"hidden": 32, "heads": 2, "layers": 2, "decoder_layers": 0, "vocab": 0, "enc_dec": False,
              "lora": False, "checkpointing": False}
     cfg = hp.TrainConfig(train_batch_size=16, grad_accum_steps=3, num_epochs=2, seed=3)
     layout = planning.run_layout(rows, cfg, shape, pad_multiple=None, measure_steps=4)
-    sampler = hp.batching.LengthGroupedBatchSampler(rows.lengths, 16, seed=3)
+    sampler = batching.LengthGroupedBatchSampler(rows.lengths, 16, seed=3)
     assert layout.steps_per_epoch == 6 and layout.total_steps == 12 and len(layout.step_costs) == 12
     assert layout.measured[0] == sampler.batches()[:3]  # the loop's first step, holding the longest row
     assert layout.longest[1] == int(rows.lengths.max()) and layout.measured[0] == layout.measured[2]
@@ -92,7 +93,7 @@ def test_the_estimate_counts_what_the_run_holds(tiny_model, tiny_data):
     shape = planning.model_shape(tiny_model)
     assert (shape["hidden"], shape["layers"], shape["heads"]) == (32, 2, 2)
     trainable = sum(p.numel() for p in tiny_model.parameters()) * 4 / 2**20
-    layout = planning.run_layout(hp.batching.as_rows(tiny_data["train"]), hp.TrainConfig(**FAST), shape,
+    layout = planning.run_layout(batching.as_rows(tiny_data["train"]), hp.TrainConfig(**FAST), shape,
                                  pad_multiple=None, measure_steps=4)
     sizes = planning.estimate(tiny_model, layout, shape, device=torch.device("cpu"), precision="fp32",
                               lm_head=False, best_copy=True)
@@ -243,7 +244,7 @@ def test_the_bar_shows_the_time_left_with_evaluations(tiny_model, tiny_data):
 
 def test_workbook_plan_runs_the_notebook_up_to_its_plan_cell(tmp_path, monkeypatch):
     """The CLI cuts the notebook after the cell tagged "plan", runs it with the job's parameters, prints the plan."""
-    from helpers import cli
+    from workbook import cli
 
     calls = {}
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import helpers as hp
-from helpers.batching import LengthGroupedBatchSampler, PadCollator
+from helpers._batching import LengthGroupedBatchSampler, PadCollator
 
 LABELS = ["negative", "neutral", "positive"]
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,7 @@ import json
 import nbformat
 import pytest
 
-from helpers import cli, runner
+from workbook import cli, runner
 
 
 def _notebook(path, body, params="LR = 0.1  # learning rate\nOUTPUT_DIR = None  # where metrics.json goes\n"):

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from helpers import artifacts, cli, compare, runner, sweep, tracking
+from helpers import _mlflow, artifacts
+from workbook import cli, compare, runner, sweep, tracking
 
 NB01 = "01_finbert_financial_sentiment"
 
@@ -19,9 +20,9 @@ def store(tmp_path, monkeypatch):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", tracking.TRIAL_ENV, tracking.GROUP_ENV):
         monkeypatch.delenv(name, raising=False)
     yield tmp_path / "runs"
-    if tracking._current is not None:
-        tracking._current.abandon()
-    tracking._current = None
+    if _mlflow._current is not None:
+        _mlflow._current.abandon()
+    _mlflow._current = None
 
 
 def _fake_notebook(calls: list, means: dict[float, float], noise: float):
@@ -32,7 +33,7 @@ def _fake_notebook(calls: list, means: dict[float, float], noise: float):
         calls.append(params)
         out = runner.Path(params["OUTPUT_DIR"])
         score = means[params["LR"]] + noise * (params["SEED"] - 43)
-        tracker = tracking.begin(NB01, params, out)
+        tracker = _mlflow.begin(NB01, params, out)
         tracker.evaluation(10, {"loss": 1.0, "macro_f1": score - 0.05})
         tracker.evaluation(20, {"loss": 0.8, "macro_f1": score})
         artifacts.write_metrics(out, notebook=NB01, test={"accuracy": score + 0.02, "macro_f1": score - 0.01},

@@ -15,6 +15,8 @@ import pytest
 from conftest import chrome_available, open_chrome
 
 import helpers as hp
+import helpers._offline.samples
+import workbook.serve
 from helpers import textgen
 
 SEED_PAYLOAD = {"data": {"sentence": "there is a shortage of capital, and we need extra financing"}}
@@ -75,7 +77,7 @@ def test_score_py_of_a_classifier_matches_the_workbook(classifier_dir):
 @pytest.mark.parametrize("which", ["causal_dir", "seq2seq_dir"])
 def test_score_py_of_a_summarizer_matches_the_workbook(which, request):
     folder = request.getfixturevalue(which)
-    texts = [r["document"] for r in hp.samples.xsum_rows(4, seed=2)][:3]
+    texts = [r["document"] for r in helpers._offline.samples.xsum_rows(4, seed=2)][:3]
     expected = hp.inference.load(folder, device="cpu").summarize(texts)
     domino, oci = _score_py(folder, f"[[score.summarize(t) for t in {texts!r}], "
                                     f"score.predict({{'data': {{'text': {texts[0]!r}}}}})]")
@@ -85,7 +87,7 @@ def test_score_py_of_a_summarizer_matches_the_workbook(which, request):
 # --------------------------------------------------------------------------- the CLI
 
 def test_workbook_predict_reads_stdin_and_prints_json(classifier_dir, causal_dir, monkeypatch, capsys):
-    from helpers import cli
+    from workbook import cli
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(HEADLINES[:2]) + "\n\n"))
     assert cli.main(["predict", str(classifier_dir), "--json"]) == 0
@@ -103,7 +105,7 @@ def test_workbook_predict_scores_a_users_file_and_keeps_its_columns(classifier_d
     file's columns kept, an empty text left unscored, accuracy against the truth; CSV on stdout stays CSV."""
     import pandas as pd
 
-    from helpers import cli
+    from workbook import cli
 
     truth = ["positive", "negative", "neutral", "negative"]
     lines = [f"{t},{h}" for t, h in zip(truth, HEADLINES)] + ["neutral,", "positive,Caf\xe9 chain sales up 3 %"]
@@ -155,12 +157,12 @@ def test_workbook_predict_scores_a_users_file_and_keeps_its_columns(classifier_d
 
 @pytest.fixture(scope="module")
 def clf_client(classifier_dir):
-    return hp.serve.create_app(classifier_dir, device="cpu").test_client()
+    return workbook.serve.create_app(classifier_dir, device="cpu").test_client()
 
 
 @pytest.fixture(scope="module")
 def summ_client(seq2seq_dir):
-    return hp.serve.create_app(seq2seq_dir, device="cpu").test_client()
+    return workbook.serve.create_app(seq2seq_dir, device="cpu").test_client()
 
 
 def test_api_classifier_happy_paths(clf_client, classifier_dir):
@@ -237,7 +239,7 @@ def test_api_long_text_is_truncated_and_says_so(clf_client):
 
 
 def test_api_200_concurrent_requests_from_8_clients(classifier_dir):
-    app = hp.serve.create_app(classifier_dir, device="cpu")
+    app = workbook.serve.create_app(classifier_dir, device="cpu")
     expected = {t: r["label"] for t, r in zip(HEADLINES, hp.inference.load(classifier_dir, device="cpu")
                                               .predict(HEADLINES))}
 
@@ -271,7 +273,7 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
     shutil.copytree(classifier_dir, standin)
     (standin / "workbook.json").write_text(json.dumps(
         {**info, "base_model": {"requested": "ProsusAI/finbert", "used": "/x", "standin": True}}))
-    app = hp.serve.create_app(standin, device="cpu")
+    app = workbook.serve.create_app(standin, device="cpu")
     server = make_server("127.0.0.1", 0, app, threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/"
@@ -310,7 +312,7 @@ def test_page_in_a_headless_browser(classifier_dir, tmp_path):
 def test_predictions_from_a_stand_in_say_so_on_the_command_line_and_in_score_py(classifier_dir, tmp_path, capsys):
     """Wherever a prediction is shown, a stand-in is named: `workbook predict` on stderr (its --json stays
     JSON), score.py once when it loads."""
-    from helpers import cli
+    from workbook import cli
 
     standin = tmp_path / "standin-model"
     shutil.copytree(classifier_dir, standin)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import helpers as hp
+import workbook.serve
 
 
 class SlowClassifier:
@@ -39,7 +40,7 @@ class SlowClassifier:
 def test_a_full_queue_answers_503_with_retry_after():
     # the first call takes 2 s, so all six requests arrive while it is still being scored, however slowly the
     # threads start on a busy machine; the queued ones are then answered at once
-    app = hp.serve.create_app(SlowClassifier(2.0, then=0.0), max_queue=2, queue_timeout_s=10, max_batch=1,
+    app = workbook.serve.create_app(SlowClassifier(2.0, then=0.0), max_queue=2, queue_timeout_s=10, max_batch=1,
                               max_wait_ms=0)
 
     def call(_):
@@ -56,7 +57,7 @@ def test_a_full_queue_answers_503_with_retry_after():
 
 def test_a_request_that_waits_too_long_gets_503():
     model = SlowClassifier(3.0)
-    app = hp.serve.create_app(model, queue_timeout_s=0.2)
+    app = workbook.serve.create_app(model, queue_timeout_s=0.2)
     first = threading.Thread(target=lambda: app.test_client().post("/predict", json={"text": "a"}))
     first.start()
     assert model.started.wait(timeout=60), "the first request never reached the model"
@@ -66,7 +67,7 @@ def test_a_request_that_waits_too_long_gets_503():
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read():
-    client = hp.serve.create_app(SlowClassifier(0)).test_client()
+    client = workbook.serve.create_app(SlowClassifier(0)).test_client()
     r = client.post("/predict", data=b'{"text": "' + b"a" * (9 * 2**20) + b'"}', content_type="application/json")
     assert r.status_code == 413 and "8 MB" in r.get_json()["error"]
 
@@ -78,7 +79,7 @@ def real_client(tiny_encoder_dir, tmp_path_factory):
     folder = hp.artifacts.save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
-    return hp.serve.create_app(folder, device="cpu").test_client()
+    return workbook.serve.create_app(folder, device="cpu").test_client()
 
 
 json_values = st.recursive(
@@ -124,7 +125,7 @@ def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer():
     model = CountingClassifier()
     # a batch waits up to 1 s for requests still arriving (it stops waiting once nobody else is asking),
     # so 16 threads started on a busy machine still meet in a batch
-    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=1000)
+    app = workbook.serve.create_app(model, max_batch=32, max_wait_ms=1000)
     texts = [f"text number {i}" + "x" * (i % 3) for i in range(16)]
 
     def call(text):
@@ -139,7 +140,7 @@ def test_concurrent_requests_are_scored_together_and_each_gets_its_own_answer():
 
 def test_one_bad_request_does_not_fail_the_others():
     model = CountingClassifier()
-    app = hp.serve.create_app(model, max_batch=32, max_wait_ms=1000)
+    app = workbook.serve.create_app(model, max_batch=32, max_wait_ms=1000)
 
     def call(text):
         with app.test_client() as client:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import speedups
+from helpers import _fastpaths as speedups
 
 
 def test_fast_dropout_drops_p_and_keeps_the_expectation():
@@ -228,7 +228,7 @@ def test_a_fast_path_that_fails_its_check_falls_back_with_one_line(monkeypatch, 
     describe() names only the paths in use."""
     from transformers import AttentionInterface
 
-    from helpers import speedups
+    from helpers import _fastpaths as speedups
 
     monkeypatch.setattr(speedups, "_dropout_works", lambda: "its masks drop 0.50 of values, not 0.25")
     paths = speedups.CpuFastPaths(tiny_model)

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import helpers as hp
+import helpers._offline.samples
+from helpers import _batching as batching
 from helpers import textgen
 
 # A row in the layout of `zqz979/meta-review` (`text` = reviews joined by <sep>, `summary` = meta-review),
@@ -56,7 +58,7 @@ def test_standins_use_the_real_architecture_classes(pythia, t5):
 
 
 def test_standin_is_built_once_then_loaded_from_its_folder(tmp_path, monkeypatch):
-    from helpers import standins
+    from helpers._offline import standins
 
     monkeypatch.setenv("WORKBOOK_CACHE", str(tmp_path))
     first = standins.tiny_gpt_neox_dir()
@@ -109,8 +111,8 @@ def test_padding_with_eos_keeps_the_real_eos_attended_and_in_the_loss(pythia):
     tok = pythia.tokenizer
     assert tok.pad_token_id == tok.eos_token_id
     pre = textgen.tokenize_causal_lm(_pairs(["short", REAL_REVIEWS], ["ok.", REAL_META]), tok, max_length=512)
-    rows = hp.batching.TokenizedRows(pre.dataset)  # what the loop feeds the collator: only model inputs
-    batch = hp.batching.PadCollator(tok.pad_token_id)([rows[0], rows[1]])
+    rows = batching.TokenizedRows(pre.dataset)  # what the loop feeds the collator: only model inputs
+    batch = batching.PadCollator(tok.pad_token_id)([rows[0], rows[1]])
     n = len(pre.dataset[0]["input_ids"])
     assert batch["input_ids"][0, n - 1] == tok.eos_token_id  # the row's own EOS ...
     assert batch["attention_mask"][0, n - 1] == 1 and batch["labels"][0, n - 1] == tok.eos_token_id  # ... is learned
@@ -134,7 +136,7 @@ def test_seq2seq_rows_cut_both_sides_and_keep_eos_last(t5):
 @pytest.mark.parametrize("which", ["pythia", "t5"])
 def test_batched_generation_matches_one_by_one(which, request):
     g = request.getfixturevalue(which)
-    sources = [r["document"] for r in hp.samples.xsum_rows(9, seed=3)]
+    sources = [r["document"] for r in helpers._offline.samples.xsum_rows(9, seed=3)]
     if which == "pythia":
         inputs, _ = textgen.encode_prompts(g.tokenizer, sources, textgen.PromptFormat("{source}\nTL;DR:"), 200)
     else:
@@ -219,7 +221,7 @@ def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_pat
     model_dir = hp.artifacts.save_model(tmp_path, merged, t5.tokenizer, task="summarization-seq2seq", info=info)
     assert hp.artifacts.folder_size_mb(adapter_dir) < hp.artifacts.folder_size_mb(model_dir)
 
-    texts = [r["document"] for r in hp.samples.xsum_rows(10, seed=11)]
+    texts = [r["document"] for r in helpers._offline.samples.xsum_rows(10, seed=11)]
     from_adapter = hp.inference.load(adapter_dir, device="cpu").summarize(texts)
     from_merged = hp.inference.load(model_dir, device="cpu").summarize(texts)
     assert isinstance(hp.inference.load(adapter_dir, device="cpu").model, PeftModel)

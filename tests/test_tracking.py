@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from helpers import artifacts, compare, runner, sweep, tracking
+from helpers import _mlflow, artifacts
+from workbook import compare, runner, sweep, tracking
 
 
 @pytest.fixture
@@ -18,14 +19,14 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv(tracking.TRIAL_ENV, raising=False)
     yield tmp_path / "runs"
-    if tracking._current is not None:
-        tracking._current.abandon()
-    tracking._current = None
+    if _mlflow._current is not None:
+        _mlflow._current.abandon()
+    _mlflow._current = None
 
 
 def _finish_a_run(out, evals, *, standin=True, params=None):
     """What a notebook does, minus the model: start (tracking begins), evaluations, plots, write_metrics."""
-    tracker = tracking.begin("01_finbert_financial_sentiment", params or {"LR": 5e-5, "NUM_EPOCHS": 2}, out)
+    tracker = _mlflow.begin("01_finbert_financial_sentiment", params or {"LR": 5e-5, "NUM_EPOCHS": 2}, out)
     for step, metrics in evals:
         tracker.evaluation(step, metrics)
     (out / "plots").mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def test_a_tracked_run_holds_its_params_evaluations_final_metrics_tags_and_plots
 
 
 def test_tracking_off_and_a_broken_store_never_fail_the_run(store, tmp_path, monkeypatch, capsys):
-    off = tracking.begin("01_finbert_financial_sentiment", {"LR": 1e-4}, tmp_path / "off", enabled=False)
+    off = _mlflow.begin("01_finbert_financial_sentiment", {"LR": 1e-4}, tmp_path / "off", enabled=False)
     assert off.client is None and not (store / "mlflow.db").exists()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no-such-dir/mlflow.db")  # cannot be created
     tracker = _finish_a_run(tmp_path / "broken", [(5, {"loss": 1.0, "macro_f1": 0.4})])
@@ -89,7 +90,7 @@ def test_a_trial_is_pruned_by_the_median_pruner_but_never_at_its_last_evaluation
         monkeypatch.setenv(tracking.TRIAL_ENV, json.dumps({"storage": storage, "study": "s", "trial": trial.number,
                                                            "metric": "macro_f1",
                                                            "pruner": {"n_startup_trials": 1}}))
-        tracker = tracking.begin("01_finbert_financial_sentiment", {}, tmp_path / f"t{trial.number}", enabled=False)
+        tracker = _mlflow.begin("01_finbert_financial_sentiment", {}, tmp_path / f"t{trial.number}", enabled=False)
         assert tracker.evaluation(10, {"macro_f1": 0.1}, last=last) is expected
     assert "pruned at step 10 by the median pruner" in capsys.readouterr().out
 
@@ -112,7 +113,7 @@ def test_sweep_values_and_ranges_are_parsed_with_clear_errors():
 
 
 def test_a_sweep_keeps_comma_separated_label_names_as_one_value():
-    from helpers import cli
+    from workbook import cli
 
     parser = cli.build_parser()
     rest = ["01", "--lr", "3e-5,1e-4", "--label-names", "World,Sports,Business,Sci/Tech", "-p", "SEED", "1,2"]
@@ -166,7 +167,7 @@ def test_an_interrupted_optuna_sweep_resumes_with_the_remaining_trials_only(stor
 @pytest.mark.slow
 @pytest.mark.notebook
 def test_a_grid_sweep_of_notebook_01_gives_two_tracked_runs_and_a_report(store, tmp_path):
-    from helpers import cli
+    from workbook import cli
 
     code = cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)])
     assert code == 0

@@ -296,7 +296,7 @@ def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
     used = str(base.get("used") or requested)
     if not base.get("standin"):
         return requested, requested, ""
-    from .models import STANDIN_ENCODER_NAME
+    from helpers.models import STANDIN_ENCODER_NAME
 
     shown = STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else Path(used).name
     notice = (f"This model was fine-tuned from an offline stand-in ({shown}) because {requested} could not be "
@@ -470,7 +470,7 @@ class ModelService:
     def _call_model(self, items: list, overrides: dict, stop=None) -> list[dict]:
         if self.classifier:
             return self.predictor.predict(items, **overrides)
-        from .inference import GenerationStopped
+        from helpers.inference import GenerationStopped
 
         try:
             return self.predictor.summarize(items, stop=stop, **overrides)
@@ -568,7 +568,7 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     or a loaded predictor."""
     from flask import Flask, jsonify, render_template_string, request
 
-    from . import inference
+    from helpers import inference
 
     predictor = (inference.load(source, device=device, base_model=base_model) if isinstance(source, (str, Path))
                  else source)

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import METRICS_FILE, RUNS_DIR, write_json
-from .data import PROJECT_ROOT
+from helpers._paths import PROJECT_ROOT, RUNS_DIR
+from helpers.artifacts import METRICS_FILE, write_json
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -130,7 +130,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
     """Refuse unknown names and unusable values before anything runs (the notebook checks them again)."""
-    from .notebook import ParameterError, check_parameter
+    from helpers.notebook import ParameterError, check_parameter
 
     known = notebook_parameters(path)
     for name, value in params.items():
@@ -249,8 +249,8 @@ def _ctrl_c_to_the_kernel():
 
 def _interruption(output_dir: Path, traceback_lines) -> Interruption:
     """Where the run stopped: the kernel's 'Interrupted at step N of M' line, else the last checkpoint's step."""
-    from .notebook import interrupted_step
-    from .training import latest_checkpoint
+    from helpers.notebook import interrupted_step
+    from helpers.training import latest_checkpoint
 
     checkpoint = latest_checkpoint(output_dir / "checkpoints") if (output_dir / "checkpoints").is_dir() else None
     found = Interruption(checkpoint=checkpoint)
@@ -276,7 +276,7 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     Ctrl-C (or the kernel interrupted by anyone) raises `RunInterrupted`, whose result says where it stopped."""
     import papermill
 
-    from .notebook import runs_home, smoke_from_env
+    from helpers.notebook import runs_home, smoke_from_env
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +406,7 @@ def run_many(names: list[str] | None, params: dict[str, Any], *, runs_dir: Path 
         results.append(result)
         tail = f"ok ({result.wall_s:.0f} s)" if result.status == "ok" else f"FAILED ({result.error})"
         echo(f"  {tail}; executed copy: {result.executed}", flush=True)
-    from .notebook import runs_home, smoke_from_env
+    from helpers.notebook import runs_home, smoke_from_env
 
     with _ctrl_c_ignored():  # the summary of an interrupted run is written whole, however often Ctrl-C is pressed
         summary = write_summary(results, runs_home(smoke_from_env(params.get("SMOKE")), runs_dir))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import METRICS_FILE
+from helpers.artifacts import METRICS_FILE
 
 # Parameters that say where or how a run was stored, not what was trained: never "swept".
 _BOOKKEEPING = {"OUTPUT_DIR", "RESUME", "OVERWRITE", "TRACKING", "SMOKE", "ALLOW_STANDIN"}
@@ -226,7 +226,7 @@ def plot_metric_vs(rows: list[RunRow], param: str, *, metric: str, direction: st
                    groups: list[SeedGroup] | None = None, ax=None, path=None):
     """The runs' objective against one parameter, the best starred. With `groups` (runs on several seeds), each
     configuration's mean with error bars (+- one standard deviation over its seeds), the best mean starred."""
-    from .plots import _axes, _legend_below, _save
+    from helpers.plots import _axes, _legend_below, _save
 
     ax = _axes(ax)
     if groups:
@@ -259,7 +259,7 @@ def plot_metric_vs(rows: list[RunRow], param: str, *, metric: str, direction: st
 
 def plot_validation_curves(rows: list[RunRow], *, metric: str, ax=None, path=None):
     """Every run's validation metric against the training step, on one axis."""
-    from .plots import _axes, _legend_below, _save
+    from helpers.plots import _axes, _legend_below, _save
 
     ax = _axes(ax, figsize=(7, 4.5))
     for r in rows:
@@ -279,7 +279,7 @@ def plot_validation_curves(rows: list[RunRow], *, metric: str, ax=None, path=Non
 def plot_seed_spread(groups: list[SeedGroup], *, metric: str, ax=None, path=None):
     """Each configuration's mean over seeds with error bars (+- one standard deviation) and every seed's value:
     bars that overlap the best one's are differences the seeds cannot tell apart."""
-    from .plots import _axes, _legend_below, _save
+    from helpers.plots import _axes, _legend_below, _save
 
     ax = _axes(ax, figsize=(max(5.0, 1.4 * len(groups) + 2), 4))
     for i, g in enumerate(groups):
@@ -425,26 +425,3 @@ figure {{ display: inline-block; margin: 1rem 1rem 0 0; }} img {{ max-width: 640
 {figures}
 </body></html>
 """
-
-
-def plot_tracked(runs, *, param: str, metric: str, ax=None, path=None):
-    """Tracked runs (`hp.tracking.runs_frame(...)`) as points: `metric` against parameter `param`
-    (MLflow keeps parameters as text; numbers are read back, a float range spanning 3x is drawn in log)."""
-    import pandas as pd
-
-    from .plots import _axes, _save
-
-    ax = _axes(ax)
-    column, value = f"params.{param}", f"metrics.{metric}"
-    if column not in runs or value not in runs:
-        ax.set_title(f"no tracked runs with {param} and {metric} yet")
-        return _save(ax, path)
-    frame = pd.DataFrame({"x": pd.to_numeric(runs[column], errors="coerce"), "y": runs[value]}).dropna()
-    ax.scatter(frame["x"], frame["y"], zorder=3)
-    if len(frame) and (frame["x"] > 0).all() and frame["x"].max() / frame["x"].min() >= 3:
-        ax.set_xscale("log")
-    ax.set_xlabel(param)
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} of {len(frame)} tracked run{'s' * (len(frame) != 1)} against {param}")
-    ax.grid(alpha=0.3)
-    return _save(ax, path)

@@ -51,7 +51,7 @@ _current: Tracker | None = None
 
 
 def runs_dir() -> Path:
-    from .artifacts import RUNS_DIR
+    from ._paths import RUNS_DIR
 
     return Path(os.environ.get("WORKBOOK_RUNS_DIR") or RUNS_DIR)
 
@@ -131,49 +131,8 @@ def _group_tags() -> dict[str, str]:
     return tags
 
 
-def start_group(experiment: str, group: str, params: dict[str, Any]) -> str | None:
-    """The parent run of one configuration's seeds in `experiment` (the same one again when a sweep resumes);
-    None, with one line said, when it cannot be logged: the seeds' runs are then tracked ungrouped."""
-    try:
-        from mlflow.entities import Param
-
-        mlflow_client = client()
-        with quiet_mlflow():
-            exp = experiment_id(mlflow_client, experiment)
-            found = mlflow_client.search_runs([exp], filter_string=f"tags.`workbook.group` = '{group}' and "
-                                                                   "tags.`workbook.seeds_parent` = 'true'")
-            if found:
-                return found[0].info.run_id
-            run = mlflow_client.create_run(exp, run_name=f"{group} (seeds)", tags={
-                "workbook.group": group, "workbook.seeds_parent": "true"})
-            mlflow_client.log_batch(run.info.run_id, params=[
-                Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
-                for k, v in sorted(params.items())])
-            return run.info.run_id
-    except Exception as err:  # noqa: BLE001 - tracking must never fail the sweep
-        print(f"tracking: could not start the MLflow run grouping {group} ({_one_line(err)}); its seeds' runs "
-              "are tracked ungrouped")
-        return None
 
 
-def finish_group(run_id: str | None, metric: str, scores: list[float]) -> None:
-    """Log a configuration's mean and spread over its seeds on its parent run, and close it."""
-    if run_id is None or not scores:
-        return
-    mean = sum(scores) / len(scores)
-    spread = (sum((x - mean) ** 2 for x in scores) / (len(scores) - 1)) ** 0.5 if len(scores) > 1 else 0.0
-    try:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        with quiet_mlflow():
-            mlflow_client = client()
-            mlflow_client.log_batch(run_id, metrics=[Metric(f"val_{metric}_mean", mean, now, 0),
-                                                     Metric(f"val_{metric}_sd", spread, now, 0),
-                                                     Metric("seeds", float(len(scores)), now, 0)])
-            mlflow_client.set_terminated(run_id, "FINISHED")
-    except Exception as err:  # noqa: BLE001
-        print(f"tracking: could not log the seeds' mean to MLflow ({_one_line(err)})")
 
 
 def _one_line(err: BaseException) -> str:
@@ -219,7 +178,7 @@ class Tracker:
                 self.client.log_batch(self.run_id, params=params, tags=[RunTag("workbook.status", "running")])
             where = self.uri
             if is_local(self.uri):
-                from .data import PROJECT_ROOT
+                from ._paths import PROJECT_ROOT
 
                 db = Path(self.uri[len("sqlite:///"):])
                 where = str(db.relative_to(PROJECT_ROOT)) if db.is_relative_to(PROJECT_ROOT) else str(db)

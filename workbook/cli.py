@@ -203,8 +203,9 @@ def _cmd_plan(args) -> int:
     import nbformat
     import papermill
 
+    from helpers.planning import Plan
+
     from . import runner
-    from .planning import Plan
 
     try:
         path = runner.find_notebook(args.notebook)
@@ -454,7 +455,7 @@ def _read_input(args):
     output costs seconds, not the scoring of the whole file."""
     from pathlib import Path
 
-    from . import data, inference
+    from helpers import data, inference
 
     source = Path(args.input).expanduser()
     if not source.exists():
@@ -477,7 +478,7 @@ def _predict_file(args, model, frame) -> int:
     names the input already uses get a suffix, said on stderr); the input itself is never written."""
     from pathlib import Path
 
-    from . import data, inference
+    from helpers import data, inference
 
     existed = args.output is not None and Path(args.output).expanduser().exists()
     try:
@@ -510,7 +511,7 @@ def _predict_file(args, model, frame) -> int:
 def _against_labels(scored, label_col: str, labels: list[str], predicted: str = "predicted_label") -> str:
     """Accuracy and macro-F1 of the predictions against a column of true labels (names, or 0-/1-based
     positions in the model's labels, as the notebooks read them)."""
-    from . import data, metrics
+    from helpers import data, metrics
 
     data.check_columns(scored, [label_col], "the input")
     rows = scored[scored[predicted].notna() & scored[label_col].notna()]
@@ -525,7 +526,7 @@ def _against_labels(scored, label_col: str, labels: list[str], predicted: str = 
 
 def _against_references(scored, reference_col: str, predicted: str = "predicted_summary") -> str:
     """ROUGE-1/2/L (0-100) of the generated summaries against a column of reference summaries."""
-    from . import data, metrics
+    from helpers import data, metrics
 
     data.check_columns(scored, [reference_col], "the input")
     refs = scored[reference_col].fillna("").astype(str).str.strip()
@@ -538,7 +539,7 @@ def _against_references(scored, reference_col: str, predicted: str = "predicted_
 
 
 def _cmd_predict(args) -> int:
-    from . import data, inference
+    from helpers import data, inference
 
     if args.input is None and (args.output or args.text_pair_col or args.label_col):
         print("error: --output, --text-pair-col and --label-col go with --input FILE (a table to score)",
@@ -579,7 +580,7 @@ def _cmd_predict(args) -> int:
 
 def _predict_texts(args, model, texts: list[str]) -> int:
     """`workbook predict DIR TEXT ...` (or texts on stdin): a line per text, or JSON."""
-    from . import inference
+    from helpers import inference
 
     if model.task == "text-classification":
         inputs = texts
@@ -672,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return _cmd_ui(args)
     if args.command == "samples":
-        from . import data, samples
+        from helpers import data
+        from helpers._offline import samples
 
         for path in samples.write_all(data.SAMPLES_DIR):
             print(f"wrote {path}")
