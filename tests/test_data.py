@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 import helpers as hp
+from helpers import _readers
 from helpers._offline import samples
 from helpers.data import DataError
 
@@ -107,7 +108,7 @@ def test_unreachable_hub_dataset_without_standin_is_a_clear_error():
 def test_committed_samples_match_the_generator(tmp_path, name):
     file_name, writer = samples.SAMPLES[name]
     fresh = writer(tmp_path / file_name)
-    assert fresh.read_bytes() == hp.data.sample_path(name).read_bytes(), "run `workbook samples` and commit"
+    assert fresh.read_bytes() == _readers.sample_path(name).read_bytes(), "run `workbook samples` and commit"
 
 
 def test_stratified_split_is_seeded_and_keeps_balance():
@@ -175,5 +176,5 @@ def test_integer_labels_of_unclear_base_are_refused(tmp_path):
 
 
 def test_ordinal_metrics():
-    m = hp.metrics.ordinal_metrics([0, 1, 2, 4], [0, 2, 4, 3])
+    m = hp.metrics._ordinal_metrics([0, 1, 2, 4], [0, 2, 4, 3])
     assert m == {"off_by_one_accuracy": 0.75, "mae_stars": 1.0}

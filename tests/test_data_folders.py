@@ -7,6 +7,7 @@ import datasets
 import pandas as pd
 import pytest
 
+from helpers import _readers
 from helpers import data as hd
 
 
@@ -108,7 +109,7 @@ def test_unreadable_lines_of_any_file_in_a_folder_are_reported_with_its_name(tmp
     folder.mkdir()
     (folder / "train-a.tsv").write_text("label\tsentence\n1\tfine line\n0\tanother\n")
     (folder / "train-b.tsv").write_text("label\tsentence\n1\tok\n0\tbad\textra\tfields\n")
-    frame, used = hd.read_folder(folder)
+    frame, used = _readers.read_folder(folder)
     assert len(frame) == 3
     assert any("train-b.tsv" in line for lines in used.skipped.values() for line in lines)
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import _readers
 from helpers import data as hd
 
 _SENTENCES = ["Operating profit rose to EUR 13.1 mn", "Net sales decreased by 5 %", "The company will hold its AGM",
@@ -42,8 +43,8 @@ def test_two_and_two_point_zero_are_the_number_two(tmp_path):
     assert "1-based" in stars.label_rule and sorted(set(stars.dataset["label"])) == ["one star", "three stars",
                                                                                    "two stars"]
     assert hd.load_labeled_data(path, label_names="2=two,1=one,3=three").label_names == ["two", "one", "three"]
-    assert hd.normalize_label("+7") == hd.normalize_label(" 07 ") == hd.normalize_label(7.0) == "7"
-    assert hd.normalize_label("0.50") == "0.5" and hd.normalize_label("-0") == "0"
+    assert _readers.normalize_label("+7") == _readers.normalize_label(" 07 ") == _readers.normalize_label(7.0) == "7"
+    assert _readers.normalize_label("0.50") == "0.5" and _readers.normalize_label("-0") == "0"
 
 
 def test_excel_keeps_the_label_na_as_csv_does(tmp_path):
@@ -87,7 +88,7 @@ def test_invisible_rows_are_dropped_and_reported_like_empty_ones(tmp_path):
     assert "\\u200b" in loaded.report.summary()
     pairs = pd.DataFrame({"document": ["Shares rose.", "\u200b\u200b", "Talks ended."],
                           "summary": ["Up.", "Nothing.", "\u2060"]})
-    _, report = hd.clean_pairs(pairs, "document", "summary")
+    _, report = hd._clean_pairs(pairs, "document", "summary")
     assert report.dropped == {"empty source": 1, "empty target": 1}
 
 

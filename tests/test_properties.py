@@ -82,7 +82,7 @@ def test_pair_loader_never_loses_a_row_silently(tmp_path_factory, pairs):
     lines = [json.dumps({"document": s, "summary": t, "id": i}) + "\n" for i, (s, t) in enumerate(pairs)]
     path.write_text("".join(lines))
     try:
-        loaded = hp.data.load_text_pairs(path, source_col="document", target_col="summary", id_col="id")
+        loaded = hp.data._load_text_pairs(path, source_col="document", target_col="summary", id_col="id")
     except hp.data.DataError as err:
         assert "\n" not in str(err)
         return
@@ -142,7 +142,7 @@ def test_fingerprint_changes_with_the_data():
 
     a = datasets.Dataset.from_dict({"text": ["x", "y"], "label": [0, 1]})
     b = datasets.Dataset.from_dict({"text": ["x", "z"], "label": [0, 1]})
-    fa = hp.data.fingerprint({"train": a})
-    assert fa == hp.data.fingerprint({"train": a}) and fa["rows"] == {"train": 2}
-    assert fa["sha256"] != hp.data.fingerprint({"train": b})["sha256"]
+    fa = hp.data._fingerprint({"train": a})
+    assert fa == hp.data._fingerprint({"train": a}) and fa["rows"] == {"train": 2}
+    assert fa["sha256"] != hp.data._fingerprint({"train": b})["sha256"]
     assert np.isscalar(len(fa["sha256"]))

@@ -132,7 +132,7 @@ def test_real_ag_news_with_one_based_topics():
                                        label_names="World,Sports,Business,Sci/Tech")
     assert loaded.report.rows_read == 7600
     assert loaded.report.rows_kept == len(loaded.dataset) > 7500
-    counts = hp.data.label_counts(loaded.dataset)
+    counts = hp.data._label_counts(loaded.dataset)
     assert set(counts) == {"World", "Sports", "Business", "Sci/Tech"} and min(counts.values()) > 1850
 
 
