@@ -1,5 +1,7 @@
 """What each CPU fast path of the loop is worth: (c) with all, none, and all but one of them.
 
+The paths are `helpers._fastpaths.PARTS` (dropout, attention; hp.train's default on a CPU is all of them).
+
     python -m bench.ablation [--repeats 2] [--epochs N] [--max-train-samples N]
 
 Same workload as `make bench` (real AG News where ../shared/data has it, else --data-source, else the

@@ -1,8 +1,7 @@
-"""The CPU fast paths of the training loop: same math as the slow paths, and the model is given back unchanged."""
+"""The CPU fast paths of the training loop: same math as the slow paths, on by default on a CPU only, exact resume,
+and the model is given back unchanged."""
 
 from __future__ import annotations
-
-import contextlib
 
 import pytest
 import torch
@@ -57,126 +56,53 @@ def test_attention_math_matches_sdpa_without_dropout(mask_kind):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def _tiny_bert(dropout: float = 0.1, tied: bool = False):
-    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification
+def _tiny_bert(dropout: float = 0.1):
+    from transformers import BertConfig, BertForSequenceClassification
 
     config = BertConfig(vocab_size=500, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, num_labels=3,
                         hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
-    model = (BertForMaskedLM if tied else BertForSequenceClassification)(config)
+    model = BertForSequenceClassification(config)
     return model.train()
 
 
 def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 60, (4, 12), generator=g)  # a few dozen distinct rows of a 500-row embedding
+    ids = torch.randint(5, 60, (4, 12), generator=g)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0
     mask[3, 6:] = 0
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
 
 
-def _optimizer(model):
-    import helpers as hp
-
-    return hp.training.make_optimizer(model, 1e-2, 0.01, torch.device("cpu"))
-
-
 def test_fast_paths_switch_on_and_restore_the_model():
     model = _tiny_bert()
-    embedding = model.get_input_embeddings()
-    with speedups.CpuFastPaths(model, _optimizer(model)) as fast:
+    assert speedups.PARTS == ("dropout", "attention")
+    with speedups.CpuFastPaths(model) as fast:
         assert all(type(m) is speedups.FastDropout for m in fast.dropouts) and fast.dropouts
         assert model.config._attn_implementation == speedups.ATTENTION_NAME
-        assert embedding.sparse
-        assert "row-sparse" in fast.describe()
+        assert fast.describe() == f"integer dropout masks ({len(fast.dropouts)} modules); bf16 attention with dropout"
     assert not any(isinstance(m, speedups.FastDropout) for m in model.modules())
     assert model.config._attn_implementation == "sdpa"
-    assert not embedding.sparse
 
 
 def test_fast_paths_restore_the_model_after_an_error():
     model = _tiny_bert()
-    with pytest.raises(RuntimeError, match="boom"), speedups.CpuFastPaths(model, _optimizer(model)):
+    with pytest.raises(RuntimeError, match="boom"), speedups.CpuFastPaths(model):
         raise RuntimeError("boom")
     assert model.config._attn_implementation == "sdpa"
-    assert not model.get_input_embeddings().sparse
     assert not any(isinstance(m, speedups.FastDropout) for m in model.modules())
 
 
-def test_unknown_fast_path_is_refused():
+def test_unknown_or_removed_fast_path_is_refused():
     with pytest.raises(ValueError, match="choose from"):
         speedups.CpuFastPaths(_tiny_bert(), parts=["dropout", "warp"])
-
-
-def test_tied_or_frozen_embeddings_keep_dense_gradients():
-    assert speedups._sparse_candidate(_tiny_bert(tied=True)) is None  # the MLM head shares the embedding
-    frozen = _tiny_bert()
-    frozen.get_input_embeddings().weight.requires_grad_(False)
-    assert speedups._sparse_candidate(frozen) is None
-    assert speedups._sparse_candidate(_tiny_bert()) is not None
-    plain_sgd = _tiny_bert()
-    paths = speedups.CpuFastPaths(plain_sgd, torch.optim.SGD(plain_sgd.parameters(), lr=0.1))
-    assert paths.sparse_adam is None  # only AdamW has the row-sparse update
-
-
-def _train_steps(fast: bool, max_norm: float, steps: int = 4):
-    """A few AdamW steps with clipping and weight decay; returns the clip norms and the final weights."""
-    model = _tiny_bert(dropout=0.0)
-    optimizer = _optimizer(model)
-    paths = speedups.CpuFastPaths(model, optimizer) if fast else None
-    norms = []
-    with paths or contextlib.nullcontext():
-        for i in range(steps):
-            model(**_batch(seed=i)).loss.backward()  # each batch uses other rows of the embedding
-            if fast:
-                norms.append(paths.clip_grad_norm_(model.parameters(), max_norm))
-                paths.step(optimizer)
-            else:
-                norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-    return norms, {n: p.detach().clone() for n, p in model.named_parameters()}, optimizer, paths
-
-
-@pytest.mark.parametrize("max_norm", [1e-3, 1e3])  # clipping that scales, and clipping that does not
-def test_row_sparse_embedding_adamw_matches_the_dense_one(max_norm):
-    dense_norms, dense, _, _ = _train_steps(fast=False, max_norm=max_norm)
-    fast_norms, fast, _, paths = _train_steps(fast=True, max_norm=max_norm)
-    torch.testing.assert_close(torch.stack(fast_norms), torch.stack(dense_norms), rtol=1e-5, atol=1e-8)
-    for name in dense:
-        if name.endswith("key.bias"):
-            continue  # its true gradient is zero (softmax ignores it): Adam turns rounding noise into +-lr
-        torch.testing.assert_close(fast[name], dense[name], rtol=1e-5, atol=1e-7, msg=name)
-    used = len(paths.sparse_adam.rows)
-    assert 0 < used < 100  # only the rows the batches used carry AdamW moments (of 500)
-
-
-def test_checkpointed_optimizer_state_is_the_dense_one_and_resumes():
-    _, _, dense_optimizer, _ = _train_steps(fast=False, max_norm=1.0, steps=2)
-    _, _, optimizer, paths = _train_steps(fast=True, max_norm=1.0, steps=2)
-    weight = paths.sparse_adam.weight
-    assert weight not in optimizer.state  # kept compact while training
-    with paths.dense_optimizer_state():
-        saved = optimizer.state_dict()
-    assert weight not in optimizer.state
-    dense_saved = dense_optimizer.state_dict()
-    assert saved["state"].keys() == dense_saved["state"].keys()
-    for key in ("exp_avg", "exp_avg_sq", "step"):
-        index = next(i for i, p in enumerate(optimizer.param_groups[0]["params"]) if p is weight)
-        torch.testing.assert_close(saved["state"][index][key], dense_saved["state"][index][key],
-                                   rtol=1e-5, atol=1e-9)
-    # resuming: a fresh optimizer loads the dense state, the fast paths take it over compactly
-    model = _tiny_bert(dropout=0.0)
-    fresh = _optimizer(model)
-    fresh.load_state_dict(saved)
-    resumed = speedups.CpuFastPaths(model, fresh)
-    with resumed:
-        assert model.get_input_embeddings().weight not in fresh.state
-        torch.testing.assert_close(resumed.sparse_adam.exp_avg_sq.sum(), paths.sparse_adam.exp_avg_sq.sum())
-        assert float(resumed.sparse_adam.steps) == 2.0
+    with pytest.raises(ValueError, match="'embedding' was removed"):  # the row-sparse embedding path left
+        speedups.CpuFastPaths(_tiny_bert(), parts=["dropout", "attention", "embedding"])
+    only_dropout = speedups.CpuFastPaths(_tiny_bert(), parts=["dropout"])
+    assert only_dropout.dropouts and not only_dropout.attention
 
 
 def test_attention_dropout_path_is_used_and_repeats_with_the_seed():
@@ -204,23 +130,82 @@ def test_attention_dropout_path_is_used_and_repeats_with_the_seed():
     assert losses[0] == losses[1]
 
 
-def test_training_with_and_without_fast_paths_learns_and_gives_the_model_back(tiny_encoder_dir, tiny_data):
+def test_training_on_a_cpu_uses_both_fast_paths_by_default_and_false_turns_them_off(tiny_encoder_dir, tiny_data,
+                                                                                      capsys):
     from transformers import AutoModelForSequenceClassification
 
     import helpers as hp
 
+    assert hp.TrainConfig().cpu_fast_paths is True
     results = {}
-    for fast in (True, False):
+    for option in ({}, {"cpu_fast_paths": False}):  # the default, then off
         model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir, attn_implementation="sdpa")
         history = hp.train(model, tiny_data["train"], tiny_data["validation"], num_epochs=2, train_batch_size=16,
-                           lr=1e-3, precision="fp32", progress=False, cpu_fast_paths=fast, seed=0,
-                           eval_each_epoch=True, load_best_at_end=False)
+                           lr=1e-3, precision="fp32", progress=not option, seed=0, eval_each_epoch=True,
+                           load_best_at_end=False, **option)
         assert history.train_loss[-1] < history.train_loss[0]
         assert model.config._attn_implementation == "sdpa"
-        assert not model.get_input_embeddings().sparse
         assert all(type(m) is nn.Dropout for m in model.modules() if isinstance(m, nn.Dropout))
-        results[fast] = history.evals[-1]["loss"]
-    assert abs(results[True] - results[False]) < 0.25 * results[False]  # different masks, same learning
+        results[bool(option)] = history
+    default, off = results[False], results[True]
+    assert "integer dropout masks" in default.fast_paths and "bf16 attention with dropout" in default.fast_paths
+    assert default.summary()["fast_paths"] == default.fast_paths
+    assert "on by default on a CPU; cpu_fast_paths=False turns them off" in capsys.readouterr().out
+    assert off.fast_paths == ""
+    assert abs(default.evals[-1]["loss"] - off.evals[-1]["loss"]) < 0.25 * off.evals[-1]["loss"]  # same learning
+
+
+def test_resume_with_the_default_fast_paths_is_exact(tmp_path, tiny_encoder_dir, tiny_data):
+    """Interrupted at step 6 (last checkpoint at step 4) and resumed: the dropout masks, the losses and the
+    weights are those of an uninterrupted run."""
+    from transformers import AutoModelForSequenceClassification
+
+    import helpers as hp
+
+    def fresh():
+        return AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir, attn_implementation="sdpa")
+
+    kwargs = dict(max_steps=10, save_every_steps=4, log_every_steps=1, train_batch_size=16, lr=1e-3,
+                  precision="fp32", progress=False, seed=1)
+    full_model = fresh()
+    full = hp.train(full_model, tiny_data["train"], **kwargs)
+    assert "integer dropout masks" in full.fast_paths and "bf16 attention" in full.fast_paths
+    hp.train(fresh(), tiny_data["train"], checkpoint_dir=tmp_path, stop_after_steps=6, **kwargs)
+    resumed_model = fresh()
+    resumed = hp.train(resumed_model, tiny_data["train"], checkpoint_dir=tmp_path, resume=True, **kwargs)
+    assert resumed.resumed_from.endswith("checkpoint-4") and resumed.fast_paths == full.fast_paths
+    assert resumed.train_loss == full.train_loss
+    for name, value in full_model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("kind", ["cuda", "mps"])
+def test_no_fast_paths_on_a_gpu_or_mps(monkeypatch, kind):
+    """The loop's decision with the device a GPU (CUDA simulated as in test_gpu_decisions) or MPS."""
+    from types import SimpleNamespace
+
+    import helpers as hp
+    from helpers import device as dev
+    from helpers import training
+
+    if kind == "cuda":
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    else:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    device = dev.best_device()
+    assert device.type == kind
+    model = _tiny_bert()
+    for option in (True, ["dropout", "attention"]):
+        loop = SimpleNamespace(cfg=hp.TrainConfig(cpu_fast_paths=option), device=device, unwrapped=model)
+        paths = training._Loop._fast_paths(loop)
+        assert not isinstance(paths, speedups.CpuFastPaths) and paths.describe() == ""
+        with paths:
+            assert model.config._attn_implementation == "sdpa"
+            assert not any(isinstance(m, speedups.FastDropout) for m in model.modules())
+    cpu = SimpleNamespace(cfg=hp.TrainConfig(), device=torch.device("cpu"), unwrapped=model)
+    assert isinstance(training._Loop._fast_paths(cpu), speedups.CpuFastPaths)  # the same model on a CPU: on
 
 
 def test_a_fast_path_that_fails_its_check_falls_back_with_one_line(monkeypatch, tiny_model, capsys):
