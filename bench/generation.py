@@ -21,18 +21,18 @@ def run(kind: str, *, model: str | None = None, n: int = 48, batch_size: int = 1
     g.model.to(dev).eval()
     if kind == "causal-lm":
         hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
-        rows = hp.data.load_text_pairs("auto", sample="meta_review", source_col="Input",
-                                       target_col="Output").dataset.select(range(n))
-        sources = [textgen.normalize_source(s) for s in rows["source"]]
+        rows = hp.data._load_text_pairs("auto", sample="meta_review", source_col="Input",
+                                        target_col="Output").dataset.select(range(n))
+        sources = [textgen.clean_text(s) for s in rows["source"]]
         inputs, _ = textgen.encode_prompts(g.tokenizer, sources, textgen.PromptFormat(), 384)
     else:
-        rows = hp.data.load_text_pairs("auto", sample="xsum", source_col="document").dataset.select(range(n))
+        rows = hp.data._load_text_pairs("auto", sample="xsum", source_col="document").dataset.select(range(n))
         inputs = textgen.tokenize_seq2seq(rows, g.tokenizer, max_source_length=256).dataset["input_ids"]
     # min_new_tokens: a random stand-in may stop at once; both ways generate the same lengths
     settings = textgen.GenerationSettings(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
     textgen.generate(g.model, g.tokenizer, inputs[:2], settings=settings, precision="fp32", progress=False)  # warm-up
     start = time.perf_counter()
-    naive = textgen.generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings, precision="fp32")
+    naive = textgen._generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings, precision="fp32")
     naive_s = time.perf_counter() - start
     start = time.perf_counter()
     batched = textgen.generate(g.model, g.tokenizer, inputs, settings=settings, batch_size=batch_size,

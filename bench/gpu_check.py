@@ -88,7 +88,7 @@ def gpu_info() -> dict | None:
     props = torch.cuda.get_device_properties(0)
     device = torch.device("cuda", 0)
     return {"name": props.name, "capability": f"{props.major}.{props.minor}", "count": torch.cuda.device_count(),
-            "memory_gib": round(props.total_memory / 2**30, 1), "bf16_native": hp.device.supports_bf16(device),
+            "memory_gib": round(props.total_memory / 2**30, 1), "bf16_native": hp.device._supports_bf16(device),
             "auto_precision": hp.device.resolve_precision("auto", device), "torch": torch.__version__,
             "cuda": torch.version.cuda}
 

@@ -37,9 +37,9 @@ def one(mode: str, args) -> dict:
 
         model = get_peft_model(model, LoraConfig(task_type="SEQ_2_SEQ_LM", r=16, lora_alpha=32, lora_dropout=0.05,
                                                  target_modules=["q", "v"]))
-    counts = hp.models.count_parameters(model)
+    counts = hp.models._count_parameters(model)
     model.to(device).train()
-    optimizer = hp.training.make_optimizer(model, 1e-3, 0.0, device)
+    optimizer = hp.training._make_optimizer(model, 1e-3, 0.0, device)
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(2, 32000, (args.batch_size, args.source_length), generator=g),
                 "labels": torch.randint(2, 32000, (args.batch_size, args.target_length), generator=g)}
@@ -49,7 +49,7 @@ def one(mode: str, args) -> dict:
 
     def step(batch):
         batch = {k: v.to(device) for k, v in batch.items()}
-        with hp.device.autocast(device, precision):
+        with hp.device._autocast(device, precision):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()

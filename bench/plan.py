@@ -89,7 +89,7 @@ def lr_check(data_source: str, epochs: float, results: dict, lrs: list[float] | 
                             weight_decay=0.01, metric_for_best="macro_f1", seed=42, progress=False)
     out = results.setdefault("lr_check", {})
     if out.get("curve") and out.get("epochs") == epochs:
-        found = planning.suggest_lr(out["curve"]["lrs"], out["curve"]["losses"], current_lr=config.lr)
+        found = planning._suggest_lr(out["curve"]["lrs"], out["curve"]["losses"], current_lr=config.lr)
     else:
         start, load = time.perf_counter(), os.getloadavg()[0]
         found = hp.find_lr(clf.model, encoded["train"], config, pad_token_id=clf.tokenizer.pad_token_id)

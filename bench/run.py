@@ -95,7 +95,7 @@ def machine(device: str | None) -> dict:
     import helpers as hp
 
     info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "describe": hp.device.describe(), "cpu_bf16": hp.device.cpu_supports_bf16()}
+            "describe": hp.device.describe(), "cpu_bf16": hp.device._cpu_supports_bf16()}
     try:
         info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line)
     except (OSError, StopIteration):

@@ -32,9 +32,9 @@ def write_reviews(path: Path, rows: int, seed: int = 0, chunk: int = 200_000) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from helpers.models import standin_encoder_dir
+    from helpers.models import _standin_encoder_dir
 
-    vocab = [w for w in (standin_encoder_dir() / "vocab.txt").read_text().split("\n")
+    vocab = [w for w in (_standin_encoder_dir() / "vocab.txt").read_text().split("\n")
              if w.isalpha() and w.islower() and len(w) > 2][:8000]
     good, bad = vocab[:200], vocab[200:400]
     words = np.array(vocab)

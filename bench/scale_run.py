@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from helpers import _batching as batching
+from helpers import _readers
 
 
 def rss_mb() -> float:
@@ -65,13 +66,13 @@ def main(argv=None) -> int:
               f"peak {stages[name]['peak_mb']:>8.1f} MB", flush=True)
 
     t = time.perf_counter()
-    frame, used = hp.data.read_table(args.parquet)
+    frame, used = _readers.read_table(args.parquet)
     rows_read = len(frame)
     stage("read", t)
 
     t = time.perf_counter()
-    loaded = hp.data.labeled_from_frame(frame, used, text_col="title+content", label_col="label",
-                                        label_names="negative,positive")
+    loaded = hp.data._labeled_from_frame(frame, used, text_col="title+content", label_col="label",
+                                         label_names="negative,positive")
     del frame
     stage("clean", t)
 

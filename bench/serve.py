@@ -48,14 +48,14 @@ def model_folders() -> dict[str, Path]:
     folders = {"classifier": WORK / "serve-classifier", "summarizer": WORK / "serve-summarizer"}
     if not (folders["classifier"] / "workbook.json").exists():
         clf = hp.models.load_classifier("ProsusAI/finbert", ["negative", "neutral", "positive"])
-        hp.artifacts.save_model(WORK, clf.model, clf.tokenizer, task="text-classification",
-                                info={"max_length": 128, "labels": clf.label_names}, subdir="serve-classifier")
+        hp.artifacts._save_model(WORK, clf.model, clf.tokenizer, task="text-classification",
+                                 info={"max_length": 128, "labels": clf.label_names}, subdir="serve-classifier")
     if not (folders["summarizer"] / "workbook.json").exists():
         gen = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-        hp.artifacts.save_model(WORK, gen.model, gen.tokenizer, task="summarization-seq2seq",
-                                info={"prefix": "summarize: ", "max_source_length": 256,
-                                      "generation": {"max_new_tokens": 16, "min_new_tokens": 8}},
-                                subdir="serve-summarizer")
+        hp.artifacts._save_model(WORK, gen.model, gen.tokenizer, task="summarization-seq2seq",
+                                 info={"prefix": "summarize: ", "max_source_length": 256,
+                                       "generation": {"max_new_tokens": 16, "min_new_tokens": 8}},
+                                 subdir="serve-summarizer")
     return folders
 
 

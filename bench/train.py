@@ -48,8 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", default=None, help="cpu / cuda (default: best available)")
     p.add_argument("--compile", action="store_true", help="loop only: torch.compile the model")
-    p.add_argument("--fast-paths", default="dropout,attention,embedding",
-                   help='loop only: the CPU fast paths to use, comma-separated, or "none" (to measure them)')
+    p.add_argument("--fast-paths", default="dropout,attention",
+                   help='loop only: the CPU fast paths to use (default: all, as hp.train), comma-separated, or "none"')
     return p.parse_args(argv)
 
 
@@ -84,14 +84,14 @@ def load_model(args):
     id2label = dict(enumerate(LABELS))
     if args.model.startswith("random:"):
         # speed and memory do not depend on the weights: a BERT-base-sized encoder from its config
-        tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
+        tokenizer = AutoTokenizer.from_pretrained(hp.models._standin_encoder_dir())
         torch.manual_seed(args.seed)
         size = {} if args.model == "random:bert-base" else dict(hidden_size=32, num_hidden_layers=2,
                                                                  num_attention_heads=2, intermediate_size=64)
         config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=len(LABELS), id2label=id2label,
                             label2id={v: k for k, v in id2label.items()}, **size)
         return BertForSequenceClassification(config), tokenizer
-    name = hp.models.standin_encoder_dir() if args.model == "standin" else args.model
+    name = hp.models._standin_encoder_dir() if args.model == "standin" else args.model
     torch.manual_seed(args.seed)  # the new classification head is initialized while loading
     clf = hp.models.load_classifier(name, LABELS, seed=args.seed)
     return clf.model, clf.tokenizer
@@ -217,7 +217,7 @@ def run_floor(args) -> dict:
     precision = hp.device.resolve_precision("auto", device)  # what (c) uses on this machine
     model.to(device)
     collate = batching.PadCollator(tokenizer.pad_token_id, pad_to_multiple_of=8 if device.type == "cuda" else None)
-    optimizer = hp.training.make_optimizer(model, args.lr, 0.01, device)  # the fused AdamW (c) and (b) use
+    optimizer = hp.training._make_optimizer(model, args.lr, 0.01, device)  # the fused AdamW (c) and (b) use
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as (c) on a T4
     steps = math.ceil(len(sampler) * args.epochs)
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * steps),
@@ -227,8 +227,8 @@ def run_floor(args) -> dict:
     done, samples, start = 0, 0, time.perf_counter()
     while done < steps:
         for ids in sampler:
-            batch = hp.device.to_device(collate([rows[i] for i in ids]), device)
-            with hp.device.autocast(device, precision):
+            batch = hp.device._to_device(collate([rows[i] for i in ids]), device)
+            with hp.device._autocast(device, precision):
                 loss = model(**batch).loss
             if scaler is not None:
                 scale = scaler.get_scale()
@@ -260,9 +260,9 @@ def main(argv=None) -> int:
     global LABELS
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import helpers as hp
+    from helpers import _readers
 
-    LABELS = hp.data.parse_label_names(args.label_names)[0]
+    LABELS = _readers.parse_label_names(args.label_names)[0]
     import torch
 
     if args.variant == "loop":

@@ -1,23 +1,23 @@
-"""The thin package every notebook imports: `import helpers as hp`.
+"""The teaching kit every notebook imports: `import helpers as hp`.
 
 Modules (imported on first use, so `import helpers` is instant and has no side effects):
-    hp.data       load files / Hub datasets / generated samples, clean, split, cap
-    hp.models     resolve a model name (local, Hub, cache, stand-in), build classifiers and generators
+    hp.data       one loading entry point per recipe shape, clean, split, cap, label ids, tokenize
+    hp.models     resolve a model name (local, Hub, cache, stand-in), classifiers, generators, LoRA
+    hp.training   the training loop (`hp.train`, `hp.TrainConfig`, `hp.History`) and `hp.evaluate`
     hp.textgen    summarization: prompt + target rows with masked labels, seq2seq rows, batched generation
-    hp.training   the one training loop (`hp.train`) and `hp.evaluate`
-    hp.planning   before training: will it fit, how long (`hp.plan`), which learning rate (`hp.find_lr`)
-    hp.speedups   the loop's CPU fast paths (integer dropout masks, bf16 attention, row-sparse embedding)
-    hp.metrics    scikit-learn metrics, ROUGE and repetition
+    hp.metrics    scikit-learn metrics, calibration, error slices, ROUGE
     hp.plots      plots that take an `ax` and return it
-    hp.artifacts  saving models, metrics.json, model cards
     hp.inference  load a saved folder and predict or summarize
+    hp.artifacts  run bookkeeping: the saved model folder, metrics.json, the model card
     hp.device     device and precision choices
-    hp.runner     run notebooks headless with papermill
-    hp.tracking   every notebook run logged to MLflow (runs/mlflow.db or MLFLOW_TRACKING_URI)
-    hp.sweep      grid and Optuna sweeps over a notebook's parameters (`workbook sweep`)
-    hp.compare    the comparison report of runs: table, metric vs parameter, validation curves
-    hp.serve      a web page + JSON API for a saved model (`workbook serve`)
-    hp.standins   tiny offline GPT-NeoX / T5 stand-ins (same classes as Pythia / T5)
+    hp.planning   before training: will it fit, how long (`hp.plan`), which learning rate (`hp.find_lr`)
+    hp.notebook   the notebook's run: its parameters checked, its output folder, its tracked MLflow run
+
+Every public name is in its module's `__all__` and in docs/kit.md. Modules whose names start with an
+underscore are the kit's internals: the file readers (`_readers`), the batches (`_batching`), the CPU fast
+paths (`_fastpaths`), offline stand-ins and Hub probing (`_offline/`), one run's MLflow logging
+(`_mlflow`), paths (`_paths`), progress bars (`_progress`). The tool around the notebooks (`workbook run`,
+sweeps, serving) is the separate `workbook` package: it imports the kit; the kit never imports it.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 _MODULES = {"data", "models", "training", "textgen", "metrics", "plots", "inference", "artifacts", "device",
             "planning", "notebook"}
-_SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training", "EvalResult": "training",
+_SHORTCUTS = {"train": "training", "evaluate": "training", "History": "training",
               "TrainConfig": "training", "plan": "planning", "find_lr": "planning"}
 
 __all__ = sorted(_MODULES | set(_SHORTCUTS))

@@ -22,9 +22,14 @@ With `workbook sweep --seeds N`, each configuration gets a parent run (`<config>
 and spread of the validation metric over its seeds) and every seed's run is nested under it
 (`mlflow.parentRunId`, and the tag `workbook.group`), so the UI shows them grouped.
 
-Sweeps (`helpers.sweep`) run each trial as a notebook run; when a trial is part of an Optuna study
-(`WORKBOOK_TRIAL` in the environment), each evaluation is also reported to the study, and its
-median pruner may stop training early (the notebook then finishes normally, marked pruned).
+Sweeps (`workbook sweep`) run each trial as a notebook run; when a trial is part of an Optuna study
+(`WORKBOOK_TRIAL` in the environment, read once by `hp.notebook.check_parameters` and handed to the
+`Tracker`), each evaluation is also reported to the study, and its median pruner may stop training early
+(the notebook then finishes normally, marked pruned).
+
+Who calls what: the notebook's run object (`hp.notebook.Run`) owns its `Tracker`: `run.start_tracking()`
+makes it, `run.on_evaluation` (an `hp.train` callback) records each evaluation, `run.finish_tracking(...)`
+logs the final scores and closes it. Nothing here is reached by another module behind the notebook's back.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ GROUP_ENV = "WORKBOOK_RUN_GROUP"  # JSON {"group", "parent"} set by `workbook sw
 _PARAM_LIMIT = 6000  # MLflow's longest parameter value
 _TRAIN_METRICS = ("epochs", "steps", "wall_s", "samples_per_s", "peak_mem_mb", "first_train_loss", "final_train_loss")
 
-_current: Tracker | None = None
+_open: list[Tracker] = []  # trackers with an MLflow run not closed yet: closed as failed if the kernel exits
 
 
 def runs_dir() -> Path:
@@ -118,21 +123,15 @@ def _fingerprint(value: Any) -> str:
     return str(value.get("sha256", "")) if isinstance(value, dict) else str(value or "")
 
 
-def _group_tags() -> dict[str, str]:
-    """Tags that put a seed's run under its configuration's parent run (`workbook sweep --seeds`): the MLflow UI
-    nests it there, and `workbook.group` names the configuration."""
-    try:
-        spec = json.loads(os.environ.get(GROUP_ENV) or "{}")
-    except ValueError:
-        return {}
+def _group_tags(group: dict[str, Any] | None) -> dict[str, str]:
+    """Tags that put a seed's run under its configuration's parent run (`workbook sweep --seeds`, the spec
+    {"group", "parent"} of WORKBOOK_RUN_GROUP): the MLflow UI nests it there, `workbook.group` names the
+    configuration."""
+    spec = group or {}
     tags = {"workbook.group": str(spec["group"])} if spec.get("group") else {}
     if spec.get("parent"):
         tags["mlflow.parentRunId"] = str(spec["parent"])
     return tags
-
-
-
-
 
 
 def _one_line(err: BaseException) -> str:
@@ -140,10 +139,18 @@ def _one_line(err: BaseException) -> str:
 
 
 class Tracker:
-    """The record keeper of one notebook run: the evaluations it made, its MLflow run, its sweep trial."""
+    """The record keeper of one notebook run: the evaluations it made, its MLflow run, its sweep trial.
+
+    `experiment`: the MLflow experiment (default: the notebook's name). `trial`: a sweep trial's spec
+    {"storage", "study", "trial", "metric", "pruner"} (WORKBOOK_TRIAL), `group`: a seed group's
+    {"group", "parent"} (WORKBOOK_RUN_GROUP), both as the notebook's `check_parameters` read them.
+    With `enabled=False` nothing is logged to MLflow; a sweep trial is still reported to (pruning works).
+    A new tracker of a notebook closes its unfinished earlier one (the notebook started over in its kernel).
+    """
 
     def __init__(self, notebook: str, params: dict[str, Any], output_dir: Path, *, enabled: bool = True,
-                 experiment: str | None = None):
+                 experiment: str | None = None, trial: dict[str, Any] | None = None,
+                 group: dict[str, Any] | None = None):
         self.notebook, self.params, self.output_dir = notebook, dict(params), Path(output_dir).resolve()
         self.evals: list[dict[str, Any]] = []
         self.pruned_at: int | None = None
@@ -151,9 +158,14 @@ class Tracker:
         self.client = self.run_id = None
         self.uri = tracking_uri()
         self.started = time.time()
-        self.trial = self._sweep_trial()
+        self.group = group
+        for earlier in [t for t in _open if t.notebook == notebook]:
+            earlier.abandon("KILLED")
+        self.trial = self._sweep_trial(trial)
         if enabled:
-            self._start(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or notebook)
+            self._start(experiment or notebook)
+            if self.client is not None:
+                _open.append(self)
 
     # ------------------------------------------------------------------ MLflow
     def _start(self, experiment: str) -> None:
@@ -171,7 +183,7 @@ class Tracker:
                 run = self.client.create_run(exp, run_name=name, tags={
                     "mlflow.source.name": f"{self.notebook}.ipynb", "workbook.notebook": self.notebook,
                     "workbook.output_dir": str(self.output_dir), "workbook.host": socket.gethostname(),
-                    **_group_tags()})
+                    **_group_tags(self.group)})
                 self.run_id = run.info.run_id
                 params = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])
                           for k, v in sorted(self.params.items())]
@@ -215,8 +227,10 @@ class Tracker:
 
     # ------------------------------------------------------------------ the end of the run
     def finish(self, record: dict[str, Any]) -> None:
-        """Log the final metrics, tags and artifacts, and close the run (from `artifacts.write_metrics`)."""
+        """Log the final metrics (`record`: metrics.json's content), tags and artifacts (the plots, metrics.json),
+        and close the run (from `run.finish_tracking`)."""
         self.finished = True
+        self._forget()
         if self.client is None:
             return
         model, data = record.get("model", {}), record.get("data", {})
@@ -228,8 +242,10 @@ class Tracker:
                 "workbook.model_used": str(model.get("used", "")), "workbook.data_used": str(data.get("used", "")),
                 "workbook.data_fingerprint": _fingerprint(data.get("fingerprint")),
                 "workbook.model_dir": str(folders[0]) if folders else "",
-                "workbook.status": "pruned" if self.pruned_at is not None else "finished"}
-        self._log(metrics, step=self.evals[-1]["step"] if self.evals else 0, tags=tags)
+                "workbook.status": "finished" if self.pruned_at is None and record.get("pruned_at_step") is None
+                else "pruned"}
+        evals = self.evals or record.get("evaluations") or []
+        self._log(metrics, step=evals[-1].get("step", 0) if evals else 0, tags=tags)
         if self.client is None:
             return
         try:
@@ -252,16 +268,19 @@ class Tracker:
             except Exception:  # noqa: BLE001 - at exit, nothing left to tell
                 pass
         self.finished = True
+        self._forget()
+
+    def _forget(self) -> None:
+        if self in _open:
+            _open.remove(self)
 
     # ------------------------------------------------------------------ sweeps (Optuna)
-    def _sweep_trial(self):
-        spec = os.environ.get(TRIAL_ENV)
+    def _sweep_trial(self, spec: dict[str, Any] | None):
         if not spec:
             return None
         try:
             import optuna
 
-            spec = json.loads(spec)
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             pruner = optuna.pruners.MedianPruner(**spec.get("pruner", {}))  # the sweep's, not Optuna's defaults
             study = optuna.load_study(study_name=spec["study"], storage=spec["storage"], pruner=pruner)
@@ -288,34 +307,10 @@ class Tracker:
         return False
 
 
-def begin(notebook: str, params: dict[str, Any], output_dir: Path, *, enabled: bool = True) -> Tracker:
-    """Start tracking a notebook run (from `hp.notebook.start`); an unfinished earlier run is closed."""
-    global _current
-    if _current is not None:
-        _current.abandon("KILLED")
-    _current = Tracker(notebook, params, output_dir, enabled=enabled)
-    return _current
-
-
-def current(output_dir: str | Path | None = None) -> Tracker | None:
-    """The tracker of the running notebook (of `output_dir`, when given), or None."""
-    if _current is None or _current.finished:
-        return None
-    if output_dir is not None and Path(output_dir).resolve() != _current.output_dir:
-        return None
-    return _current
-
-
-def evaluation(step: int, metrics: dict[str, Any], *, last: bool = False) -> bool:
-    """From the training loop: record an evaluation; True when a sweep's pruner says stop training."""
-    tracker = current()
-    return tracker.evaluation(step, metrics, last=last) if tracker is not None else False
-
-
 @atexit.register
 def _close_at_exit() -> None:
-    if _current is not None:
-        _current.abandon("FAILED")
+    for tracker in list(_open):
+        tracker.abandon("FAILED")
 
 
 def runs_frame(experiment: str | None = None, *, uri: str | None = None):

@@ -21,20 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from ._paths import RUNS_DIR, SCORE_TEMPLATE
-from .device import is_main_process
+from .device import _is_main_process
 
-WORKBOOK_FILE = "workbook.json"
-METRICS_FILE = "metrics.json"
-RUN_FILE = "run.json"  # which notebook and parameters own an OUTPUT_DIR, and whether that run finished
-VOLATILE_PARAMS = {"OUTPUT_DIR", "RESUME", "OVERWRITE"}  # may change without making it another run
+__all__ = ["save_run", "write_metrics"]
+
+_WORKBOOK_FILE = "workbook.json"
+_METRICS_FILE = "metrics.json"
+_RUN_FILE = "run.json"  # which notebook and parameters own an OUTPUT_DIR, and whether that run finished
+_VOLATILE_PARAMS = {"OUTPUT_DIR", "RESUME", "OVERWRITE"}  # may change without making it another run
 
 
-class OutputDirInUseError(RuntimeError):
+class _OutputDirInUseError(RuntimeError):
     """OUTPUT_DIR cannot take this run: it holds another (or an unfinished) one and neither OVERWRITE nor
     RESUME was asked for, or it cannot be written."""
 
 
-def default_output_dir(notebook: str) -> Path:
+def _default_output_dir(notebook: str) -> Path:
     """`runs/<notebook>/` at the project root, wherever the notebook runs from (`WORKBOOK_RUNS_DIR`
     moves the runs folder: nbmake, which cannot set parameters, runs the notebooks into a fresh one)."""
     import os
@@ -42,7 +44,7 @@ def default_output_dir(notebook: str) -> Path:
     return Path(os.environ.get("WORKBOOK_RUNS_DIR") or RUNS_DIR) / notebook
 
 
-def versions() -> dict[str, str]:
+def _versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
     for package in ("torch", "transformers", "datasets", "accelerate", "peft", "tokenizers", "scikit-learn",
                     "finetune-workbook"):
@@ -68,7 +70,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | Path, data: dict[str, Any]) -> Path:
+def _write_json(path: str | Path, data: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -78,11 +80,11 @@ def write_json(path: str | Path, data: dict[str, Any]) -> Path:
 
 
 def _same_run_params(params: dict) -> dict:
-    return {k: _jsonable(v) for k, v in params.items() if k not in VOLATILE_PARAMS}
+    return {k: _jsonable(v) for k, v in params.items() if k not in _VOLATILE_PARAMS}
 
 
-def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, resume: bool = False,
-                       overwrite: bool = False) -> Path:
+def _prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, resume: bool = False,
+                        overwrite: bool = False) -> Path:
     """Claim OUTPUT_DIR for this run, refusing to mix two runs or to lose unfinished work.
 
     - empty or new folder, or a *finished* run with the same notebook and parameters: go ahead
@@ -91,87 +93,85 @@ def prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, r
     - an *unfinished* run (checkpoints, no final metrics): refused unless RESUME=True or OVERWRITE=True.
     """
     folder = Path(output_dir)
-    if not is_main_process():  # rank 0 claims the folder for the whole multi-process run
+    if not _is_main_process():  # rank 0 claims the folder for the whole multi-process run
         return folder
     if folder.exists() and not folder.is_dir():
-        raise OutputDirInUseError(f"OUTPUT_DIR {folder} is a file, not a folder; choose another OUTPUT_DIR.")
+        raise _OutputDirInUseError(f"OUTPUT_DIR {folder} is a file, not a folder; choose another OUTPUT_DIR.")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise OutputDirInUseError(f"OUTPUT_DIR {folder} cannot be written ({err.strerror or err}); choose a folder "
-                                  "you can write to (OUTPUT_DIR=...).") from None
-    run_file = folder / RUN_FILE
+        raise _OutputDirInUseError(f"OUTPUT_DIR {folder} cannot be written ({err.strerror or err}); choose a folder "
+                                   "you can write to (OUTPUT_DIR=...).") from None
+    run_file = folder / _RUN_FILE
     mine = {"notebook": notebook, "params": _same_run_params(params)}
     previous = json.loads(run_file.read_text()) if run_file.exists() else None
     has_checkpoints = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
-    holds_results = (folder / METRICS_FILE).exists() or (folder / "model").exists() or has_checkpoints
+    holds_results = (folder / _METRICS_FILE).exists() or (folder / "model").exists() or has_checkpoints
     fix = "set OVERWRITE=True to replace it, or choose another OUTPUT_DIR"
     if previous is None and holds_results and not overwrite:
-        raise OutputDirInUseError(f"OUTPUT_DIR {folder} already holds results of an unknown run; {fix}.")
+        raise _OutputDirInUseError(f"OUTPUT_DIR {folder} already holds results of an unknown run; {fix}.")
     if previous is not None and not overwrite:
         if previous.get("notebook") != notebook:
-            raise OutputDirInUseError(f"OUTPUT_DIR {folder} holds a run of {previous.get('notebook')}; {fix}.")
+            raise _OutputDirInUseError(f"OUTPUT_DIR {folder} holds a run of {previous.get('notebook')}; {fix}.")
         before, now = previous.get("params", {}), mine["params"]
         changed = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(before) | set(now))
                    if before.get(k) != now.get(k)]
         if changed:
-            raise OutputDirInUseError(
+            raise _OutputDirInUseError(
                 f"OUTPUT_DIR {folder} holds a run with other parameters ({'; '.join(changed[:4])}); {fix}"
                 + (" (RESUME continues only a run with the same parameters)." if resume else "."))
         if not previous.get("finished") and has_checkpoints and not resume:
-            raise OutputDirInUseError(
+            raise _OutputDirInUseError(
                 f"OUTPUT_DIR {folder} holds an unfinished run with checkpoints; set RESUME=True to continue it "
                 "(nothing is lost), or OVERWRITE=True to start over.")
     if has_checkpoints and (overwrite or (previous or {}).get("finished")) and not resume:
         shutil.rmtree(folder / "checkpoints")
-    if overwrite and (folder / METRICS_FILE).exists():
-        (folder / METRICS_FILE).unlink()
+    if overwrite and (folder / _METRICS_FILE).exists():
+        (folder / _METRICS_FILE).unlink()
     folder.mkdir(parents=True, exist_ok=True)
     # A resumed run that fails (a damaged checkpoint, Ctrl-C) leaves the folder as it was: a finished
     # run's results are still there, so it stays "finished" until this run writes new ones.
-    finished = bool(resume and previous and previous.get("finished") and (folder / METRICS_FILE).exists())
-    write_json(run_file, {**mine, "finished": finished,
-                          "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+    finished = bool(resume and previous and previous.get("finished") and (folder / _METRICS_FILE).exists())
+    _write_json(run_file, {**mine, "finished": finished,
+                           "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     return folder
 
 
 def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline: dict | None = None,
                   validation: dict | None = None, model: dict | None = None, data: dict | None = None,
                   train: dict | None = None, params: dict | None = None, **extra: Any) -> Path:
-    """Write `OUTPUT_DIR/metrics.json` in the one format everything reads."""
-    if not is_main_process():
-        return Path(output_dir) / METRICS_FILE
-    from . import _mlflow as tracking
+    """Write `OUTPUT_DIR/metrics.json` in the one format everything reads (and mark run.json finished).
 
+    Files only: the MLflow run is finished by the notebook (`run.finish_tracking(path)`). `extra` adds
+    sections, e.g. `evaluations=history.evals` (the validation curve `workbook compare` draws); a run that a
+    callback stopped (`train["pruned_at_step"]`, from `History.summary()`) is recorded as pruned.
+    """
+    if not _is_main_process():
+        return Path(output_dir) / _METRICS_FILE
     validation = {k: v for k, v in (validation or {}).items() if k != "elapsed_s"}  # metrics only, no timings
-    tracker = tracking.current(output_dir)  # the notebook run writing here: its evaluations, its MLflow run
-    if tracker is not None:
-        extra.setdefault("evaluations", tracker.evals)
-        if tracker.pruned_at is not None:
-            extra.setdefault("pruned_at_step", tracker.pruned_at)
+    if (train or {}).get("pruned_at_step") is not None:
+        extra.setdefault("pruned_at_step", train["pruned_at_step"])
     record = {"notebook": notebook, "test": test, "baseline": baseline or {}, "validation": validation,
               "model": model or {}, "data": data or {}, "train": train or {}, "params": params or {},
-              "versions": versions(), "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+              "versions": _versions(), "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               **extra}
-    path = write_json(Path(output_dir) / METRICS_FILE, record)
-    if tracker is not None:
-        tracker.finish(record)
-    run_file = Path(output_dir) / RUN_FILE
+    path = _write_json(Path(output_dir) / _METRICS_FILE, record)
+    run_file = Path(output_dir) / _RUN_FILE
     if run_file.exists():  # the run is complete: a same-parameter rerun may reuse the folder
-        write_json(run_file, {**json.loads(run_file.read_text()), "finished": True,
-                              "finished_at": record["finished_at"]})
+        _write_json(run_file, {**json.loads(run_file.read_text()), "finished": True,
+                               "finished_at": record["finished_at"]})
     return path
 
 
-def read_metrics(output_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(output_dir) / METRICS_FILE).read_text())
+def _read_metrics(output_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(output_dir) / _METRICS_FILE).read_text())
 
 
-def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dict[str, Any] | None = None,
-               card: str | None = None, subdir: str = "model") -> Path:
+def _save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dict[str, Any] | None = None,
+                card: str | None = None, subdir: str = "model") -> Path:
     """`save_pretrained` model and tokenizer into OUTPUT_DIR/model, with `workbook.json` and a card.
 
     `task` ("text-classification", "summarization-causal", "summarization-seq2seq") tells
@@ -179,20 +179,20 @@ def save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: dic
     only (`subdir="adapter"`, say); `info["base_model_path"]` names the base it goes on.
     """
     folder = Path(output_dir) / subdir
-    if not is_main_process():
+    if not _is_main_process():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    write_json(folder / WORKBOOK_FILE, {"task": task, **(info or {}), "versions": versions()})
+    _write_json(folder / _WORKBOOK_FILE, {"task": task, **(info or {}), "versions": _versions()})
     shutil.copyfile(SCORE_TEMPLATE, folder / "score.py")  # self-contained scoring
     if card:
         (folder / "README.md").write_text(card)
     return folder
 
 
-def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, baseline: dict | None = None,
-               params: dict | None = None, notes: str = "") -> str:
+def _model_card(*, title: str, base_model: dict, data: dict, metrics: dict, baseline: dict | None = None,
+                params: dict | None = None, notes: str = "") -> str:
     """A short model card: what was fine-tuned on what, how well, and whether a stand-in was used."""
     lines = [f"# {title}", ""]
     if base_model.get("standin") or data.get("standin"):
@@ -221,7 +221,7 @@ def model_card(*, title: str, base_model: dict, data: dict, metrics: dict, basel
     return "\n".join(lines) + "\n"
 
 
-def calibration_note(info: dict[str, Any]) -> str:
+def _calibration_note(info: dict[str, Any]) -> str:
     """The model card's line on calibration: the temperature `workbook.json` holds, and who applies it."""
     temperature = info.get("temperature")
     if not isinstance(temperature, (int, float)):
@@ -232,13 +232,13 @@ def calibration_note(info: dict[str, Any]) -> str:
             "softmax (divide the logits by the temperature yourself).")
 
 
-def folder_size_mb(folder: str | Path) -> float:
+def _folder_size_mb(folder: str | Path) -> float:
     """Size of the files in a folder (recursively), in MB."""
     return round(sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20, 3)
 
 
 @dataclass
-class SavedRun:
+class _SavedRun:
     """What `save_run` wrote: the model folder, metrics.json, and the records it put in both."""
 
     folder: Path
@@ -246,13 +246,14 @@ class SavedRun:
     model_info: dict[str, Any]
     data_info: dict[str, Any]
     card: str
+    adapter_folder: Path | None = None  # the adapter alone, when save_run(adapter=...) saved one
 
 
-def run_record(source, loaded, splits, *, model_extra: dict | None = None,
-               data_extra: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_record(source, loaded, splits, *, model_extra: dict | None = None,
+                data_extra: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(model, data) records for workbook.json, the model card and metrics.json: what was asked for and
     used (stand-ins included), rows per split, what cleaning dropped, and a fingerprint of the data."""
-    from .data import fingerprint
+    from .data import _fingerprint as fingerprint
 
     model_info = {**source.to_dict(), **(model_extra or {})}
     data_info = {**loaded.source.to_dict(), "rows": {k: len(v) for k, v in splits.items()},
@@ -263,14 +264,19 @@ def run_record(source, loaded, splits, *, model_extra: dict | None = None,
 
 def save_run(output_dir: str | Path, *, notebook: str, model, tokenizer, task: str, info: dict[str, Any], title: str,
              source, loaded, splits, history, test: dict, baseline: dict, params: dict,
-             model_extra: dict | None = None, data_extra: dict | None = None, **extra: Any) -> SavedRun:
-    """The end of every notebook in one call: the model folder (`save_model`, with `info` and the base
-    model recorded), a model card, and `metrics.json` (`write_metrics`; `extra` adds sections)."""
-    model_info, data_info = run_record(source, loaded, splits, model_extra=model_extra, data_extra=data_extra)
-    card = model_card(title=title, base_model=model_info, data=data_info, metrics=test, baseline=baseline,
-                      params=params, notes=calibration_note(info))
-    folder = save_model(output_dir, model, tokenizer, task=task, info={**info, "base_model": model_info}, card=card)
+             model_extra: dict | None = None, data_extra: dict | None = None, adapter=None, **extra: Any) -> _SavedRun:
+    """The end of every notebook in one call: the model folder (`_save_model`, with `info` and the base
+    model recorded), a model card, and `metrics.json` (`write_metrics`, with the history's evaluations;
+    `extra` adds sections). Files only: `run.finish_tracking(saved.metrics_path)` then logs the scores to MLflow.
+    `adapter`: a peft model whose adapter alone also goes to OUTPUT_DIR/adapter, with the same workbook.json
+    (`info["base_model_path"]` names its base) and card; `model` is then the merged model (notebook 05)."""
+    model_info, data_info = _run_record(source, loaded, splits, model_extra=model_extra, data_extra=data_extra)
+    card = _model_card(title=title, base_model=model_info, data=data_info, metrics=test, baseline=baseline,
+                       params=params, notes=_calibration_note(info))
+    folder = _save_model(output_dir, model, tokenizer, task=task, info={**info, "base_model": model_info}, card=card)
+    adapter_folder = None if adapter is None else _save_model(
+        output_dir, adapter, tokenizer, task=task, info={**info, "base_model": model_info}, card=card, subdir="adapter")
     path = write_metrics(output_dir, notebook=notebook, test=test, baseline=baseline,
                          validation=history.evals[-1] if history.evals else {}, model=model_info, data=data_info,
-                         train=history.summary(), params=params, **extra)
-    return SavedRun(folder, path, model_info, data_info, card)
+                         train=history.summary(), params=params, **{"evaluations": history.evals, **extra})
+    return _SavedRun(folder, path, model_info, data_info, card, adapter_folder)

@@ -20,15 +20,17 @@ import sys
 
 import torch
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+__all__ = ["best_device", "describe", "resolve_precision"]
+
+_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def local_rank() -> int:
+def _local_rank() -> int:
     """This process's GPU index on its machine under torchrun / accelerate launch (LOCAL_RANK), else 0."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def num_processes() -> int:
+def _num_processes() -> int:
     """How many processes this run has (WORLD_SIZE under torchrun / accelerate launch), else 1."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -36,13 +38,13 @@ def num_processes() -> int:
 def best_device() -> torch.device:
     """This process's best device: its own GPU under torchrun (cuda:LOCAL_RANK), else cuda, mps or cpu."""
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
+        return torch.device("cuda", _local_rank() % max(1, torch.cuda.device_count()))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
 
 
-def cpu_supports_bf16() -> bool:
+def _cpu_supports_bf16() -> bool:
     """True when oneDNN has native bf16 kernels (AVX512-BF16 / AMX), where bf16 autocast is fast."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -50,26 +52,26 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def gpu_capability(device: torch.device | None = None) -> tuple[int, int]:
+def _gpu_capability(device: torch.device | None = None) -> tuple[int, int]:
     """The CUDA compute capability of `device` (e.g. (7, 5) for a T4, (8, 0) for an A100)."""
     index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
     return tuple(torch.cuda.get_device_capability(index))
 
 
-def gpu_supports_bf16(device: torch.device | None = None) -> bool:
+def _gpu_supports_bf16(device: torch.device | None = None) -> bool:
     """Native bf16 on this GPU: compute capability 8+ (or ROCm). Not `torch.cuda.is_bf16_supported()`
     as called by default: that also says True where bf16 is only emulated (T4, V100), which is slow."""
     if torch.version.hip:
         return True
-    return gpu_capability(device)[0] >= 8
+    return _gpu_capability(device)[0] >= 8
 
 
-def supports_bf16(device: torch.device) -> bool:
+def _supports_bf16(device: torch.device) -> bool:
     """Native bf16 on `device` (a CUDA GPU of capability 8+, or a CPU with AVX512-BF16 / AMX)."""
     if device.type == "cuda":
-        return gpu_supports_bf16(device)
+        return _gpu_supports_bf16(device)
     if device.type == "cpu":
-        return cpu_supports_bf16()
+        return _cpu_supports_bf16()
     return False
 
 
@@ -79,29 +81,29 @@ def resolve_precision(precision: str = "auto", device: torch.device | None = Non
 
     `allow_fp16=False` for models that overflow in fp16 (T5): they get bf16 or fp32.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if precision not in _PRECISIONS:
+        raise ValueError(f"PRECISION must be one of {', '.join(_PRECISIONS)}, got {precision!r}.")
     device = device or best_device()
     if precision == "fp16" and not allow_fp16:
         raise ValueError("This model overflows in fp16 (T5 does); use PRECISION='bf16' (where the hardware "
                          "has it) or 'fp32'.")
     if precision == "fp16" and device.type == "cpu":
         raise ValueError("fp16 needs a GPU; on a CPU use PRECISION='bf16' (if supported) or 'fp32'.")
-    if precision == "bf16" and device.type == "cuda" and not supports_bf16(device):
-        capability = ".".join(map(str, gpu_capability(device)))
+    if precision == "bf16" and device.type == "cuda" and not _supports_bf16(device):
+        capability = ".".join(map(str, _gpu_capability(device)))
         raise ValueError(f"PRECISION='bf16': this GPU (compute capability {capability}) only emulates bf16, slowly; "
                          + ("use PRECISION='fp16' (loss-scaled) or 'fp32'." if allow_fp16 else
                             "use PRECISION='fp32' (this model overflows in fp16)."))
     if precision != "auto":
         return precision
-    if supports_bf16(device):
+    if _supports_bf16(device):
         return "bf16"
     if device.type == "cuda" and allow_fp16:
         return "fp16"
     return "fp32"
 
 
-def autocast(device: torch.device, precision: str):
+def _autocast(device: torch.device, precision: str):
     """An autocast context for bf16/fp16, a no-op for fp32."""
     if precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
@@ -109,26 +111,26 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """A batch on `device`. Asynchronous copies only on CUDA: on MPS `non_blocking` copies have
     corrupted data in several torch releases, and on a CPU there is nothing to overlap."""
     non_blocking = device.type == "cuda"
     return {k: v.to(device, non_blocking=non_blocking) for k, v in batch.items()}
 
 
-def model_device(model) -> torch.device:
+def _model_device(model) -> torch.device:
     """Where the model's weights are (the first parameter's device)."""
     return next(model.parameters()).device
 
 
-def place_model(model, device: torch.device | None = None) -> torch.device:
+def _place_model(model, device: torch.device | None = None) -> torch.device:
     """Put a freshly loaded model on `device` (default: the best one) before using it, as `hp.train`
     does, so a baseline is computed where the training runs, not on the CPU it was loaded to. Models
     placed by `device_map` (4-bit QLoRA bases) stay where they are."""
     if getattr(model, "hf_device_map", None) or getattr(getattr(model, "base_model", None), "hf_device_map", None):
-        return model_device(model)
+        return _model_device(model)
     device = device or best_device()
-    if model_device(model) != device:
+    if _model_device(model) != device:
         model.to(device)
     return device
 
@@ -149,7 +151,7 @@ def describe() -> str:
             f"torch {torch.__version__} | python {sys.version.split()[0]}")
 
 
-def peak_memory_mb(device: torch.device) -> float:
+def _peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated on `device`, or the process's peak resident memory on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -157,7 +159,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
-def is_main_process() -> bool:
+def _is_main_process() -> bool:
     """False in the non-zero ranks of a multi-process run (torchrun / accelerate launch set RANK):
     files are written once, by rank 0."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -23,8 +23,10 @@ import torch
 
 from . import device as dev
 from ._batching import PadCollator, padding_bounded_batches
-from .artifacts import WORKBOOK_FILE
-from .models import LOAD_DTYPE, quiet_peft
+from .artifacts import _WORKBOOK_FILE
+from .models import _LOAD_DTYPE, _quiet_peft
+
+__all__ = ["TextClassifier", "load", "parse_pair_text"]
 
 
 def _model_folder(path: str | Path) -> Path:
@@ -37,21 +39,21 @@ def _model_folder(path: str | Path) -> Path:
                             "OUTPUT_DIR, its model/ folder, or a folder written by save_pretrained.")
 
 
-class FolderError(ValueError):
+class _FolderError(ValueError):
     """A folder this workbook cannot serve: one line saying what it holds and what to do."""
 
 
-def read_info(folder: str | Path) -> dict[str, Any]:
+def _read_info(folder: str | Path) -> dict[str, Any]:
     """The folder's `workbook.json`; for a folder the workbook did not write, what its own files say."""
-    file = Path(folder) / WORKBOOK_FILE
-    return json.loads(file.read_text()) if file.exists() else infer_info(folder)
+    file = Path(folder) / _WORKBOOK_FILE
+    return json.loads(file.read_text()) if file.exists() else _infer_info(folder)
 
 
 _ADAPTER_TASKS = {"SEQ_CLS": "text-classification", "CAUSAL_LM": "summarization-causal",
                   "SEQ_2_SEQ_LM": "summarization-seq2seq"}
 
 
-def infer_info(folder: str | Path) -> dict[str, Any]:
+def _infer_info(folder: str | Path) -> dict[str, Any]:
     """Task and settings of a plain `save_pretrained` (or peft adapter) folder, from its config files.
 
     `config.architectures` decides (…ForSequenceClassification, …ForCausalLM, …ForConditionalGeneration);
@@ -63,8 +65,8 @@ def infer_info(folder: str | Path) -> dict[str, Any]:
         adapter = json.loads(adapter_file.read_text())
         task = _ADAPTER_TASKS.get(str(adapter.get("task_type")))
         if task is None:
-            raise FolderError(f"{folder} holds a peft adapter for task_type {adapter.get('task_type')!r}; the workbook "
-                              f"serves {', '.join(_ADAPTER_TASKS)} adapters.")
+            raise _FolderError(f"{folder} holds a peft adapter for task_type {adapter.get('task_type')!r}; the "
+                               f"workbook serves {', '.join(_ADAPTER_TASKS)} adapters.")
         info = {"task": task, "base_model_path": adapter.get("base_model_name_or_path")}
         config_dir = info["base_model_path"]
     else:
@@ -77,7 +79,7 @@ def infer_info(folder: str | Path) -> dict[str, Any]:
         config = None
     if "task" not in info:
         if config is None:
-            raise FolderError(f"{folder} has no readable config.json; point at a folder written by save_pretrained.")
+            raise _FolderError(f"{folder} has no readable config.json; point at a folder written by save_pretrained.")
         arch = " ".join(config.architectures or [])
         if "ForSequenceClassification" in arch:
             info["task"] = "text-classification"
@@ -86,14 +88,14 @@ def infer_info(folder: str | Path) -> dict[str, Any]:
         elif "ForConditionalGeneration" in arch and getattr(config, "is_encoder_decoder", False):
             info["task"] = "summarization-seq2seq"
         else:
-            raise FolderError(f"{folder} holds a {arch or config.model_type} model with no task head the workbook "
-                              "serves (a sequence classifier, a causal LM or a seq2seq LM).")
-    from .models import model_max_length
-    from .textgen import DEFAULT_PROMPT
+            raise _FolderError(f"{folder} holds a {arch or config.model_type} model with no task head the workbook "
+                               "serves (a sequence classifier, a causal LM or a seq2seq LM).")
+    from .models import _model_max_length
+    from .textgen import _DEFAULT_PROMPT
 
-    limit = model_max_length(config) if config is not None else 512
+    limit = _model_max_length(config) if config is not None else 512
     if info["task"] == "summarization-causal":
-        info.update(max_length=min(limit, 2048), prompt_template=DEFAULT_PROMPT, generation={"max_new_tokens": 128})
+        info.update(max_length=min(limit, 2048), prompt_template=_DEFAULT_PROMPT, generation={"max_new_tokens": 128})
     elif info["task"] == "summarization-seq2seq":
         is_t5 = getattr(config, "model_type", "") in ("t5", "mt5", "umt5")
         info.update(prefix="summarize: " if is_t5 else "", max_source_length=min(limit, 512),
@@ -111,16 +113,16 @@ def _check_base_model(folder: Path, info: dict[str, Any], base_model: str | None
 
     base = base_model or info.get("base_model_path")
     if not base:
-        raise FolderError(f"{folder} holds a LoRA adapter but names no base model; pass --base-model (a folder "
-                          "or Hub id) or set base_model_path in its workbook.json.")
+        raise _FolderError(f"{folder} holds a LoRA adapter but names no base model; pass --base-model (a folder "
+                           "or Hub id) or set base_model_path in its workbook.json.")
     base = str(base)
     if Path(base).expanduser().is_dir() or _in_hf_cache(base):
         return str(Path(base).expanduser()) if Path(base).expanduser().is_dir() else base
     if not base.startswith((".", "/", "~")) and hub.hub_available():
         return base
-    raise FolderError(f"{folder} is a LoRA adapter for base model {base!r}, which is not on this machine (no Hub "
-                      f"access, not in the HF cache); download it where the Hub is reachable (hf download {base} "
-                      "--local-dir models/base) and pass --base-model models/base.")
+    raise _FolderError(f"{folder} is a LoRA adapter for base model {base!r}, which is not on this machine (no Hub "
+                       f"access, not in the HF cache); download it where the Hub is reachable (hf download {base} "
+                       "--local-dir models/base) and pass --base-model models/base.")
 
 
 @dataclass
@@ -171,7 +173,7 @@ class TextClassifier:
         """
         single = isinstance(texts, (str, dict)) or (isinstance(texts, tuple) and len(texts) == 2
                                                     and all(isinstance(t, str) for t in texts))
-        items = [split_pair(t) for t in ([texts] if single else list(texts))]
+        items = [_split_pair(t) for t in ([texts] if single else list(texts))]
         results: list[dict[str, Any] | None] = [None] * len(items)
         for with_pair in (False, True):  # a tokenizer call takes pairs for all its texts or for none
             index = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pair]
@@ -202,7 +204,7 @@ class TextClassifier:
         out: list[dict[str, Any] | None] = [None] * len(rows)
         for batch in padding_bounded_batches([len(r["input_ids"]) for r in rows], batch_size):
             enc = {k: v.to(self.device) for k, v in collate([rows[i] for i in batch]).items()}
-            with dev.autocast(self.device, self.precision):
+            with dev._autocast(self.device, self.precision):
                 logits = self.model(**enc).logits.float().cpu()
             for i, row, raw in zip(batch, (logits / self.temperature).softmax(-1), logits.softmax(-1)):
                 best = int(row.argmax())
@@ -222,7 +224,7 @@ def parse_pair_text(text: str) -> tuple[str, str] | None:
     return None
 
 
-def split_pair(item) -> tuple[str, str | None]:
+def _split_pair(item) -> tuple[str, str | None]:
     """(text, text_pair or None) from a text, a `(text, text_pair)` tuple or a dict with those keys."""
     if isinstance(item, str):
         return item, None
@@ -237,13 +239,13 @@ def split_pair(item) -> tuple[str, str | None]:
     return text, pair
 
 
-SUMMARIZATION_TASKS = ("summarization-causal", "summarization-seq2seq")
+_SUMMARIZATION_TASKS = ("summarization-causal", "summarization-seq2seq")
 
 # What a caller may ask of a summarizer per call (the server's "parameters", `summarize(**overrides)`). Wider values
 # cost minutes of the one model for nothing a summary needs. max_new_tokens: 1 to `max_new_tokens_limit`
 # (MAX_NEW_TOKENS, or what the model's positions leave); min_new_tokens: 0 to max_new_tokens.
-MAX_NEW_TOKENS = 512
-GENERATION_LIMITS: dict[str, tuple[Any, Any, str]] = {  # name: (lowest, highest, note); int bounds: whole numbers
+_MAX_NEW_TOKENS = 512
+_GENERATION_LIMITS: dict[str, tuple[Any, Any, str]] = {  # name: (lowest, highest, note); int bounds: whole numbers
     "num_beams": (1, 8, " (1: greedy)"),
     "no_repeat_ngram_size": (0, 20, " (0: off)"),
     "repetition_penalty": (1.0, 10.0, " (1.0: off)"),
@@ -273,12 +275,12 @@ def _number(name: str, value: Any, low: float, high: float, why: str = "") -> fl
     return float(value)
 
 
-class GenerationStopped(RuntimeError):
+class _GenerationStopped(RuntimeError):
     """Generation ended part-way because its `stop` callable gave a reason (the reason is the message)."""
 
 
 @contextlib.contextmanager
-def stoppable(model, stop):
+def _stoppable(model, stop):
     """While inside, every forward pass of `model` first asks `stop()`; a reason raises `GenerationStopped`.
 
     `generate` makes one forward pass per new token, so work ends within a token of `stop` saying so, where
@@ -292,7 +294,7 @@ def stoppable(model, stop):
     def check(_module, _args):
         reason = stop()
         if reason:
-            raise GenerationStopped(reason)
+            raise _GenerationStopped(reason)
 
     handle = inner.register_forward_pre_hook(check)
     try:
@@ -302,7 +304,7 @@ def stoppable(model, stop):
 
 
 @dataclass
-class Summarizer:
+class _Summarizer:
     """A fine-tuned summarizer (causal LM with a prompt template, or seq2seq with a prefix).
 
     Generation settings come from the folder's `workbook.json` and can be overridden per call.
@@ -341,19 +343,19 @@ class Summarizer:
     def max_new_tokens_limit(self) -> int:
         """The most tokens one summary may ask for: MAX_NEW_TOKENS, or fewer where the model's positions end
         first (a causal LM's prompt and summary share them); never fewer than the folder was saved with."""
-        from .models import model_max_length
+        from .models import _model_max_length
         from .textgen import GenerationSettings
 
         saved = int(self._saved_settings().get("max_new_tokens", GenerationSettings.max_new_tokens))
-        positions = model_max_length(self.model.config)
+        positions = _model_max_length(self.model.config)
         if self.task == "summarization-causal":
             positions -= int(self.info["max_length"]) - saved  # the prompt's share
-        return max(saved, min(MAX_NEW_TOKENS, positions))
+        return max(saved, min(_MAX_NEW_TOKENS, positions))
 
     def generation_limits(self) -> dict[str, list]:
         """Each per-call setting's allowed range [lowest, highest], as the server's /health shows it."""
         return {"max_new_tokens": [1, self.max_new_tokens_limit], "min_new_tokens": [0, "max_new_tokens"],
-                **{name: [low, high] for name, (low, high, _) in GENERATION_LIMITS.items()}}
+                **{name: [low, high] for name, (low, high, _) in _GENERATION_LIMITS.items()}}
 
     def check_generation(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """Per-call settings, each checked against its documented range (GENERATION_LIMITS): one caller must not
@@ -369,7 +371,7 @@ class Summarizer:
         if "max_new_tokens" in out:
             out["max_new_tokens"] = _whole("max_new_tokens", out["max_new_tokens"], 1, self.max_new_tokens_limit)
         most = int(out.get("max_new_tokens", saved["max_new_tokens"]))
-        rules = {**GENERATION_LIMITS, "min_new_tokens": (0, most, " (at most max_new_tokens)")}
+        rules = {**_GENERATION_LIMITS, "min_new_tokens": (0, most, " (at most max_new_tokens)")}
         for name in sorted(set(out) & set(rules) - {"max_new_tokens"}):
             low, high, why = rules[name]
             check = _whole if isinstance(low, int) else _number
@@ -382,11 +384,11 @@ class Summarizer:
         """Token ids the model reads for each text, and whether the text had to be cut."""
         from . import textgen
 
-        cleaned = [textgen.normalize_source(t, sep_marker=self.info.get("sep_marker"),
+        cleaned = [textgen.clean_text(t, sep_marker=self.info.get("sep_marker"),
                                             sep_as=self.info.get("sep_as", "\n\n"), clean=self.info.get("clean", False))
                    for t in texts]
         if self.task == "summarization-causal":
-            fmt = textgen.PromptFormat(self.info.get("prompt_template", textgen.DEFAULT_PROMPT),
+            fmt = textgen.PromptFormat(self.info.get("prompt_template", textgen._DEFAULT_PROMPT),
                                        self.info.get("target_prefix", " "))
             budget = int(self.info["max_length"]) - int(self.settings().max_new_tokens)
             return textgen.encode_prompts(self.tokenizer, cleaned, fmt, budget)
@@ -407,7 +409,7 @@ class Summarizer:
         texts = [texts] if single else list(texts)
         settings = self.settings(**overrides)
         ids, truncated = self.encode(texts)
-        with stoppable(self.model, stop):
+        with _stoppable(self.model, stop):
             summaries = textgen.generate(self.model, self.tokenizer, ids, settings=settings, batch_size=batch_size,
                                          precision=self.precision, device=self.device, progress=False)
         results = [{"summary": s, "truncated": bool(t)} for s, t in zip(summaries, truncated)]
@@ -458,27 +460,27 @@ def _from_pretrained(auto, folder: Path):
         hf_logging.set_verbosity(verbosity)
     problem = _mismatch_message(folder, model.config, report)
     if problem:
-        raise FolderError(problem)
+        raise _FolderError(problem)
     ids = sorted(getattr(model.config, "id2label", None) or {})
     if "ForSequenceClassification" in " ".join(model.config.architectures or []) and ids != list(range(len(ids))):
-        raise FolderError(f"{folder / 'config.json'}: id2label must number its labels 0 to {len(ids) - 1}, found ids "
-                          f"{ids}; number them from 0 in the order of the model's outputs.")
+        raise _FolderError(f"{folder / 'config.json'}: id2label must number its labels 0 to {len(ids) - 1}, found ids "
+                           f"{ids}; number them from 0 in the order of the model's outputs.")
     return model
 
 
-def _load_error(folder: Path, err: BaseException) -> FolderError:
+def _load_error(folder: Path, err: BaseException) -> _FolderError:
     """One line for a folder that failed to load: what is wrong with which file, and what to do."""
-    if isinstance(err, FolderError):
+    if isinstance(err, _FolderError):
         return err
     if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
         found = re.search(r"GLOBAL (\S+)", str(err))
-        return FolderError(f"{_weights_file(folder, '.bin')} is refused: it is a pickle holding Python objects "
-                           f"besides tensors{f' ({found.group(1)})' if found else ''}, which could run code, so "
-                           "nothing in it was loaded or run. Get the model as model.safetensors from its source "
-                           "(or a pickle of plain tensors) and remove the .bin file.")
+        return _FolderError(f"{_weights_file(folder, '.bin')} is refused: it is a pickle holding Python objects "
+                            f"besides tensors{f' ({found.group(1)})' if found else ''}, which could run code, so "
+                            "nothing in it was loaded or run. Get the model as model.safetensors from its source "
+                            "(or a pickle of plain tensors) and remove the .bin file.")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
-                       "tokenizer files, as save_pretrained writes them for model and tokenizer.")
+    return _FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
+                        "tokenizer files, as save_pretrained writes them for model and tokenizer.")
 
 
 def _load_generative(folder: Path, task: str, info: dict[str, Any]):
@@ -490,8 +492,8 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        with quiet_peft():
-            base = auto.from_pretrained(info["base_model_path"], dtype=LOAD_DTYPE)  # not its saved half dtype
+        with _quiet_peft():
+            base = auto.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE)  # not its saved half dtype
             model = PeftModel.from_pretrained(base, folder)
     else:
         model = _from_pretrained(auto, folder)
@@ -507,8 +509,8 @@ def _load_classifier(folder: Path, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"], dtype=LOAD_DTYPE)
-        with quiet_peft():
+        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE)
+        with _quiet_peft():
             model = PeftModel.from_pretrained(base, folder)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, folder)
@@ -529,27 +531,27 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
 
     hub.hub_available()  # one short probe; offline mode from here on when the Hub is out of reach
     folder = _model_folder(path)
-    info = read_info(folder)
+    info = _read_info(folder)
     if (folder / "adapter_config.json").exists():
         info["base_model_path"] = _check_base_model(folder, info, base_model)
     device = torch.device(device) if device is not None else dev.best_device()
     task = info.get("task", "text-classification")
-    if task not in ("text-classification", *SUMMARIZATION_TASKS):
-        raise FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
-                          f"known tasks: text-classification, {', '.join(SUMMARIZATION_TASKS)}.")
+    if task not in ("text-classification", *_SUMMARIZATION_TASKS):
+        raise _FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
+                           f"known tasks: text-classification, {', '.join(_SUMMARIZATION_TASKS)}.")
     try:
-        if task in SUMMARIZATION_TASKS:
+        if task in _SUMMARIZATION_TASKS:
             model, tokenizer = _load_generative(folder, task, info)
         else:
             model, tokenizer = _load_classifier(folder, info)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         raise _load_error(folder, err) from err
-    kind = Summarizer if task in SUMMARIZATION_TASKS else TextClassifier
+    kind = _Summarizer if task in _SUMMARIZATION_TASKS else TextClassifier
     return kind(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device, precision=precision)
 
 
-def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",
-                chunk_rows: int = 1024, batch_size: int | None = None, progress: bool = True, raw: bool = False):
+def _score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",
+                 chunk_rows: int = 1024, batch_size: int | None = None, progress: bool = True, raw: bool = False):
     """Score every row of a table with a loaded model; returns the table with new columns.
 
     A classifier adds `predicted_label`, `predicted_score`, `prob_<label>` for each label (calibrated with the
@@ -561,7 +563,7 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
     """
     from tqdm.auto import tqdm
 
-    from .data import build_text, check_columns, text_columns
+    from ._readers import build_text, check_columns, text_columns
 
     needed = text_columns(text_col) + (text_columns(text_pair_col) if text_pair_col else [])
     check_columns(frame, needed, "the input")
@@ -596,7 +598,7 @@ def score_table(model, frame, *, text_col: str, text_pair_col: str | None = None
             _fill_row(columns, i, r, names)
         bar.update(len(index))
     bar.close()
-    out, given = frame.copy(), new_column_names(frame.columns, list(columns))
+    out, given = frame.copy(), _new_column_names(frame.columns, list(columns))
     for name, values in columns.items():
         out[given[name]] = values
     out.attrs["predicted_columns"] = given  # what `workbook predict` reads its counts and metrics from
@@ -616,7 +618,7 @@ def _fill_row(columns: dict[str, list[Any]], i: int, result: dict[str, Any], lab
             columns[f"raw_prob_{label}"][i] = result["raw_probabilities"][label]
 
 
-def new_column_names(existing, wanted: list[str]) -> dict[str, str]:
+def _new_column_names(existing, wanted: list[str]) -> dict[str, str]:
     """A free name for each new column: the input's own columns are never overwritten; a clash gets a suffix
     (`predicted_label_new`, then `_new2`, ...), and the note says so."""
     taken, given = {str(c) for c in existing}, {}
@@ -633,17 +635,17 @@ def new_column_names(existing, wanted: list[str]) -> dict[str, str]:
     return given
 
 
-OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".xlsx")
+_OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".parquet", ".xlsx")
 
 
-def check_output(path: str | Path, source: str | Path | None = None) -> Path:
+def _check_output(path: str | Path, source: str | Path | None = None) -> Path:
     """Where a scored table may go, checked before the model loads (not after minutes of scoring): a known
     suffix, an existing folder that can be written, and never the input itself or a file inside an input
     folder (it would be read as part of the input next time). ValueError says which and what to do."""
     import os
 
     out = Path(path).expanduser()
-    if out.suffix.lower() not in OUTPUT_SUFFIXES or out.is_dir():
+    if out.suffix.lower() not in _OUTPUT_SUFFIXES or out.is_dir():
         raise ValueError(f"Cannot write {out}: name the output .csv, .tsv, .jsonl, .parquet or .xlsx"
                          + (" (that is a folder: name a file in it)." if out.is_dir() else "."))
     if not out.parent.is_dir():
@@ -660,14 +662,14 @@ def check_output(path: str | Path, source: str | Path | None = None) -> Path:
     return out
 
 
-def write_table(frame, path: str | Path | None) -> None:
+def _write_table(frame, path: str | Path | None) -> None:
     """A scored table to CSV / TSV / JSON lines / parquet / .xlsx by the file's suffix; None: CSV on stdout."""
     import sys
 
     if path is None:
         frame.to_csv(sys.stdout, index=False)
         return
-    path = check_output(path)
+    path = _check_output(path)
     writers = {".csv": lambda: frame.to_csv(path, index=False),
                ".tsv": lambda: frame.to_csv(path, index=False, sep="\t"),
                ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),

@@ -9,6 +9,9 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["calibrate", "check_against_majority", "classification_metrics_fn", "classification_report", "error_slices",
+           "headline", "majority_baseline", "ordinal_metrics_fn", "rouge_per_example", "summary_metrics"]
+
 
 def classification_report(labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str],
                           probabilities: np.ndarray | None = None) -> dict[str, Any]:
@@ -67,7 +70,7 @@ def check_against_majority(accuracy: float, majority: dict[str, Any]) -> str:
     return f"test accuracy {accuracy:.3f} vs {bar:.3f} for always answering {label!r} (the majority-class baseline)"
 
 
-def ordinal_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
+def _ordinal_metrics(labels: Sequence[int], predictions: Sequence[int]) -> dict[str, float]:
     """For ordered classes (stars): off-by-one accuracy and mean absolute error in classes.
 
     Predicting 4 stars for a 5-star review is a smaller mistake than predicting 1; accuracy
@@ -82,13 +85,13 @@ def ordinal_metrics_fn(label_names: Sequence[str]) -> Callable[[np.ndarray, np.n
     base = classification_metrics_fn(label_names)
 
     def compute(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        return {**base(logits, labels), **ordinal_metrics(labels, logits.argmax(-1))}
+        return {**base(logits, labels), **_ordinal_metrics(labels, logits.argmax(-1))}
     return compute
 
 
 # --------------------------------------------------------------------------- summarization
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
+_ROUGE_KEYS = ("rouge1", "rouge2", "rougeL")
 
 
 def rouge_per_example(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True
@@ -98,17 +101,17 @@ def rouge_per_example(predictions: Sequence[str], references: Sequence[str], *, 
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must pair up.")
-    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
-    return [{k: 100 * s[k].fmeasure for k in ROUGE_KEYS} for s in
+    scorer = rouge_scorer.RougeScorer(list(_ROUGE_KEYS), use_stemmer=use_stemmer)
+    return [{k: 100 * s[k].fmeasure for k in _ROUGE_KEYS} for s in
             (scorer.score(ref, pred) for pred, ref in zip(predictions, references))]
 
 
-def rouge(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True) -> dict[str, float]:
+def _rouge(predictions: Sequence[str], references: Sequence[str], *, use_stemmer: bool = True) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 over the examples, 0-100 (the scale papers report)."""
     per = rouge_per_example(predictions, references, use_stemmer=use_stemmer)
     if not per:
         raise ValueError("No predictions to score.")
-    return {k: round(float(np.mean([p[k] for p in per])), 4) for k in ROUGE_KEYS}
+    return {k: round(float(np.mean([p[k] for p in per])), 4) for k in _ROUGE_KEYS}
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
@@ -116,7 +119,7 @@ def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
     return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
 
 
-def repetition_rate(texts: Sequence[str], n: int = 3) -> float:
+def _repetition_rate(texts: Sequence[str], n: int = 3) -> float:
     """Share of word n-grams that repeat an earlier n-gram of the same text, pooled over texts (0-1).
 
     0 means no n-gram is said twice; a model stuck in a loop ("the paper is the paper is ...")
@@ -132,14 +135,14 @@ def repetition_rate(texts: Sequence[str], n: int = 3) -> float:
 
 def summary_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """ROUGE-1/2/L (0-100), the share of repeated 3-grams and the mean length in words."""
-    return {**rouge(predictions, references),
-            "repeated_3grams": round(repetition_rate(predictions, 3), 4),
+    return {**_rouge(predictions, references),
+            "repeated_3grams": round(_repetition_rate(predictions, 3), 4),
             "mean_words": round(float(np.mean([len(p.split()) for p in predictions])), 2)}
 
 
 # --------------------------------------------------------------------------- calibration
 
-def softmax(logits, temperature: float = 1.0) -> np.ndarray:
+def _softmax(logits, temperature: float = 1.0) -> np.ndarray:
     """Probabilities from logits divided by `temperature` (1: the model's own; above 1 softer, below 1 sharper).
 
     Dividing every logit of a row by the same positive number never changes which one is largest, so the
@@ -150,7 +153,7 @@ def softmax(logits, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def reliability_bins(probabilities, labels, n_bins: int = 15) -> list[dict[str, float]]:
+def _reliability_bins(probabilities, labels, n_bins: int = 15) -> list[dict[str, float]]:
     """Rows grouped by their top probability into `n_bins` equal-width bins (0-1/15, ..., 14/15-1): each bin's
     range, mean confidence, accuracy and row count. Empty bins are left out. What a reliability diagram draws."""
     probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
@@ -166,22 +169,22 @@ def reliability_bins(probabilities, labels, n_bins: int = 15) -> list[dict[str, 
     return bins
 
 
-def expected_calibration_error(probabilities, labels, n_bins: int = 15) -> float:
+def _expected_calibration_error(probabilities, labels, n_bins: int = 15) -> float:
     """ECE (Guo et al. 2017): the gap between confidence and accuracy in each confidence bin, weighted by the
     bin's share of rows. 0 means "90% sure" is right 90% of the time; 0.1 means off by 10 points on average."""
-    bins = reliability_bins(probabilities, labels, n_bins)
+    bins = _reliability_bins(probabilities, labels, n_bins)
     total = sum(b["count"] for b in bins)
     return float(sum(b["count"] / total * abs(b["accuracy"] - b["confidence"]) for b in bins)) if total else 0.0
 
 
-def negative_log_likelihood(probabilities, labels) -> float:
+def _negative_log_likelihood(probabilities, labels) -> float:
     """Mean -log p(true label): the loss temperature scaling minimizes; it punishes confident mistakes hardest."""
     probs = np.asarray(probabilities, dtype=np.float64)
     picked = probs[np.arange(len(probs)), np.asarray(labels)]
     return float(-np.log(np.clip(picked, 1e-12, None)).mean())
 
 
-def fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
+def _fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
     """The one temperature T that makes softmax(logits / T) fit `labels` best (lowest NLL), by LBFGS.
 
     Fit it on the validation split, never on test. T > 1 softens an over-confident model (fine-tuned
@@ -192,7 +195,7 @@ def fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
     x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"fit_temperature needs logits of shape (rows, classes) and one label per row; got logits "
+        raise ValueError(f"Temperature scaling needs logits of shape (rows, classes) and one label per row; got logits "
                          f"{tuple(x.shape)} and {len(y)} labels.")
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -208,7 +211,7 @@ def fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
 
 
 @dataclass
-class Calibration:
+class _Calibration:
     """Temperature scaling, fitted on validation and judged on test: ECE, NLL and accuracy before and after."""
 
     temperature: float
@@ -224,7 +227,7 @@ class Calibration:
 
     def probabilities(self, logits) -> np.ndarray:
         """Calibrated probabilities: softmax(logits / temperature)."""
-        return softmax(logits, self.temperature)
+        return _softmax(logits, self.temperature)
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -237,16 +240,16 @@ class Calibration:
                 f"{self.accuracy_after:.4f} ({same})")
 
 
-def calibrate(validation_logits, validation_labels, test_logits, test_labels, *, n_bins: int = 15) -> Calibration:
+def calibrate(validation_logits, validation_labels, test_logits, test_labels, *, n_bins: int = 15) -> _Calibration:
     """Fit a temperature on the validation logits and report what it does on the test split."""
-    temperature = fit_temperature(validation_logits, validation_labels)
+    temperature = _fit_temperature(validation_logits, validation_labels)
     labels = np.asarray(test_labels)
-    raw, scaled = softmax(test_logits), softmax(test_logits, temperature)
-    return Calibration(
+    raw, scaled = _softmax(test_logits), _softmax(test_logits, temperature)
+    return _Calibration(
         temperature=temperature, n_bins=n_bins, validation_rows=len(validation_labels), test_rows=len(labels),
-        ece_before=expected_calibration_error(raw, labels, n_bins),
-        ece_after=expected_calibration_error(scaled, labels, n_bins),
-        nll_before=negative_log_likelihood(raw, labels), nll_after=negative_log_likelihood(scaled, labels),
+        ece_before=_expected_calibration_error(raw, labels, n_bins),
+        ece_after=_expected_calibration_error(scaled, labels, n_bins),
+        nll_before=_negative_log_likelihood(raw, labels), nll_after=_negative_log_likelihood(scaled, labels),
         accuracy_before=float((raw.argmax(-1) == labels).mean()),
         accuracy_after=float((scaled.argmax(-1) == labels).mean()))
 
@@ -254,7 +257,7 @@ def calibrate(validation_logits, validation_labels, test_logits, test_labels, *,
 # --------------------------------------------------------------------------- where the errors are
 
 @dataclass
-class ErrorSlices:
+class _ErrorSlices:
     """Where a classifier fails: metrics by text length and by label, the most common confusions, and for
     each of those the examples it got wrong most confidently (`error_slices` builds it)."""
 
@@ -302,7 +305,7 @@ def _confusion_pairs(labels, predictions, label_names, top: int):
 
 def error_slices(texts: Sequence[str], labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str],
                  *, probabilities: np.ndarray | None = None, length_buckets: int = 4, top_pairs: int = 3,
-                 examples_per_pair: int = 3) -> ErrorSlices:
+                 examples_per_pair: int = 3) -> _ErrorSlices:
     """Slice the test results to see where the model fails (one accuracy hides it all): by text length in
     words (quantile buckets), by true label, the `top_pairs` confusions with the most mistakes, and for each
     the `examples_per_pair` wrong answers given with the highest confidence (from `probabilities`: pass the
@@ -330,4 +333,4 @@ def error_slices(texts: Sequence[str], labels: Sequence[int], predictions: Seque
     wrong = [frame[(frame["label"] == r.true) & (frame["predicted"] == r.predicted)]
              .sort_values("confidence", ascending=False).head(examples_per_pair) for r in pairs.itertuples()]
     mistakes = (pd.concat(wrong, ignore_index=True) if wrong else frame.head(0))
-    return ErrorSlices(float((labels == predictions).mean()), by_length, by_label, pairs, mistakes)
+    return _ErrorSlices(float((labels == predictions).mean()), by_length, by_label, pairs, mistakes)

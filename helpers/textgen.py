@@ -24,8 +24,11 @@ import torch
 from . import device as dev
 from ._batching import PadCollator, sorted_batches
 
-IGNORE_INDEX = -100
-DEFAULT_PROMPT = "Reviews of a paper:\n{source}\n\nMeta-review (TL;DR):"
+__all__ = ["GenerationSettings", "PromptFormat", "clean_text", "describe_example", "encode_prompts", "generate",
+           "tokenize_causal_lm", "tokenize_seq2seq"]
+
+_IGNORE_INDEX = -100
+_DEFAULT_PROMPT = "Reviews of a paper:\n{source}\n\nMeta-review (TL;DR):"
 
 
 # --------------------------------------------------------------------------- text clean-up
@@ -33,22 +36,23 @@ DEFAULT_PROMPT = "Reviews of a paper:\n{source}\n\nMeta-review (TL;DR):"
 _SEED_CLEANING = re.compile(r"[^a-zA-Z0-9\s]")
 
 
-def clean_chars(text: str) -> str:
-    """The original project's cleaning: keep only `[a-zA-Z0-9\\s]`.
+def clean_text(text: str, *, sep_marker: str | None = "<sep>", sep_as: str = "\n\n", clean: bool = False,
+               squeeze: bool = True) -> str:
+    """A source or target made ready to tokenize: each `sep_marker` (between reviews) becomes `sep_as`;
+    `clean=True` applies the original project's cleaning (keep only `[a-zA-Z0-9\\s]`); `squeeze` collapses
+    the spaces in each line and runs of blank lines, and strips the ends.
 
-    It makes text uniform, but it also deletes punctuation, so sentence ends, numbers like 0.5,
-    hyphenated words and accents are lost, and the model learns to write without punctuation
-    that its pre-training knew. Off by default; an option for comparison.
+    The original cleaning makes text uniform, but it also deletes punctuation, so sentence ends, numbers
+    like 0.5, hyphenated words and accents are lost, and the model learns to write without punctuation
+    that its pre-training knew. Off by default; an option for comparison. That cleaning alone, the text
+    otherwise as it was: `clean_text(text, sep_marker=None, squeeze=False, clean=True)`.
     """
-    return _SEED_CLEANING.sub("", text)
-
-
-def normalize_source(text: str, *, sep_marker: str | None = "<sep>", sep_as: str = "\n\n", clean: bool = False) -> str:
-    """Replace the `<sep>` markers between reviews by `sep_as`, squeeze spaces, optionally `clean_chars`."""
     if sep_marker:
         text = text.replace(sep_marker, sep_as)
     if clean:
-        text = clean_chars(text)
+        text = _SEED_CLEANING.sub("", text)
+    if not squeeze:
+        return text
     lines = [" ".join(line.split()) for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -59,7 +63,7 @@ def normalize_source(text: str, *, sep_marker: str | None = "<sep>", sep_as: str
 class PromptFormat:
     """`template` holds `{source}`; the target follows it after `target_prefix` and ends with EOS."""
 
-    template: str = DEFAULT_PROMPT
+    template: str = _DEFAULT_PROMPT
     target_prefix: str = " "
 
     def __post_init__(self):
@@ -77,7 +81,7 @@ class PromptFormat:
 
 
 @dataclass
-class Preprocessed:
+class _Preprocessed:
     """Tokenized rows plus what preprocessing did to them."""
 
     dataset: Any  # datasets.Dataset with input_ids, labels (+ bookkeeping columns)
@@ -123,7 +127,7 @@ def encode_prompts(tokenizer, sources: Sequence[str], fmt: PromptFormat, max_pro
 
 
 def tokenize_causal_lm(dataset, tokenizer, *, fmt: PromptFormat | None = None, max_length: int = 1024,
-                       max_target_length: int = 256) -> Preprocessed:
+                       max_target_length: int = 256) -> _Preprocessed:
     """Rows `prompt + target + EOS` with labels -100 on the prompt (and, later, on padding).
 
     Targets are never cut: a row whose target (with EOS) is longer than `max_target_length`
@@ -143,7 +147,7 @@ def tokenize_causal_lm(dataset, tokenizer, *, fmt: PromptFormat | None = None, m
     rows = {"input_ids": [], "labels": [], "prompt_length": [], "source_truncated": []}
     for i, prompt, cut in zip(keep, prompts, truncated):
         rows["input_ids"].append(prompt + target_ids[i])
-        rows["labels"].append([IGNORE_INDEX] * len(prompt) + target_ids[i])
+        rows["labels"].append([_IGNORE_INDEX] * len(prompt) + target_ids[i])
         rows["prompt_length"].append(len(prompt))
         rows["source_truncated"].append(cut)
     import datasets
@@ -151,13 +155,13 @@ def tokenize_causal_lm(dataset, tokenizer, *, fmt: PromptFormat | None = None, m
     extra = {c: [dataset[c][i] for i in keep] for c in ("source", "target", "id") if c in dataset.column_names}
     dropped = len(sources) - len(keep)
     reason = f"target longer than MAX_TARGET_LENGTH={max_target_length}"
-    return Preprocessed(datasets.Dataset.from_dict({**extra, **rows}), rows_in=len(sources),
-                        dropped={reason: dropped} if dropped else {},
-                        sources_truncated=sum(truncated))
+    return _Preprocessed(datasets.Dataset.from_dict({**extra, **rows}), rows_in=len(sources),
+                         dropped={reason: dropped} if dropped else {},
+                         sources_truncated=sum(truncated))
 
 
 def tokenize_seq2seq(dataset, tokenizer, *, prefix: str = "summarize: ", max_source_length: int = 512,
-                     max_target_length: int = 64) -> Preprocessed:
+                     max_target_length: int = 64) -> _Preprocessed:
     """Encoder input `prefix + source` and `labels` = target, each cut to its length (EOS kept last)."""
     eos = tokenizer.eos_token_id
 
@@ -182,8 +186,8 @@ def tokenize_seq2seq(dataset, tokenizer, *, prefix: str = "summarize: ", max_sou
     import datasets
 
     extra = {c: list(dataset[c]) for c in ("source", "target", "id") if c in dataset.column_names}
-    return Preprocessed(datasets.Dataset.from_dict({**extra, **rows}), rows_in=len(sources),
-                        sources_truncated=sum(rows["source_truncated"]), targets_truncated=targets_cut)
+    return _Preprocessed(datasets.Dataset.from_dict({**extra, **rows}), rows_in=len(sources),
+                         sources_truncated=sum(rows["source_truncated"]), targets_truncated=targets_cut)
 
 
 def describe_example(tokenizer, input_ids: Sequence[int], labels: Sequence[int], *, width: int = 300) -> str:
@@ -192,11 +196,11 @@ def describe_example(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
         text = tokenizer.decode(list(ids), skip_special_tokens=False)
         return repr(text if len(text) <= width else text[: width // 2] + " ... " + text[-width // 2:])
 
-    if len(labels) == len(input_ids) and any(v == IGNORE_INDEX for v in labels):  # causal LM: one sequence
-        masked = [t for t, v in zip(input_ids, labels) if v == IGNORE_INDEX]
-        learned = [v for v in labels if v != IGNORE_INDEX]
+    if len(labels) == len(input_ids) and any(v == _IGNORE_INDEX for v in labels):  # causal LM: one sequence
+        masked = [t for t, v in zip(input_ids, labels) if v == _IGNORE_INDEX]
+        learned = [v for v in labels if v != _IGNORE_INDEX]
         k = len(masked)
-        boundary = [f"{tokenizer.convert_ids_to_tokens(int(t))!r}:{'-100' if v == IGNORE_INDEX else v}"
+        boundary = [f"{tokenizer.convert_ids_to_tokens(int(t))!r}:{'-100' if v == _IGNORE_INDEX else v}"
                     for t, v in list(zip(input_ids, labels))[max(0, k - 3): k + 3]]
         return "\n".join([
             f"sequence: {len(input_ids)} tokens = prompt {k} (labels -100, no loss) + target {len(learned)} (loss)",
@@ -204,7 +208,7 @@ def describe_example(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
             f"target (learned): {show(learned)}",
             f"around the boundary (token:label): {' '.join(boundary)}",
         ])
-    learned = [v for v in labels if v != IGNORE_INDEX]
+    learned = [v for v in labels if v != _IGNORE_INDEX]
     return "\n".join([f"encoder input ({len(input_ids)} tokens): {show(input_ids)}",
                       f"labels ({len(learned)} tokens, decoder learns them): {show(learned)}"])
 
@@ -260,7 +264,7 @@ def _generation_kwargs(model, tokenizer, settings: GenerationSettings | None, ov
     return kwargs
 
 
-def generation_config(model, tokenizer, settings: GenerationSettings | None = None, **overrides):
+def _generation_config(model, tokenizer, settings: GenerationSettings | None = None, **overrides):
     """A `transformers.GenerationConfig`: the model's own (decoder start token, ...) updated with the
     workbook's decoding settings, pad and EOS, and for seq2seq models padding suppressed."""
     import copy
@@ -296,19 +300,19 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
     ids = _as_ids(tokenizer, inputs)
     if not ids:
         return []
-    device = dev.place_model(model, device)
+    device = dev._place_model(model, device)
     precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
-    config = generation_config(model, tokenizer, settings, **overrides)
+    config = _generation_config(model, tokenizer, settings, **overrides)
     collate = PadCollator(config.pad_token_id, padding_side="right" if _is_encoder_decoder(model) else "left")
     was_training = model.training
     model.eval()
     texts: list[str | None] = [None] * len(ids)
     try:
-        with dev.autocast(device, precision):
+        with dev._autocast(device, precision):
             for batch_ids in progress_bar(sorted_batches([len(x) for x in ids], batch_size), desc=desc, leave=False,
                                   disable=not progress):
                 batch = collate([{"input_ids": ids[i]} for i in batch_ids])
-                batch = dev.to_device(batch, device)
+                batch = dev._to_device(batch, device)
                 out = model.generate(**batch, generation_config=config)
                 for i, text in zip(batch_ids, _decode(tokenizer, model, out, batch["input_ids"].shape[1])):
                     texts[i] = text
@@ -318,17 +322,17 @@ def generate(model, tokenizer, inputs: Sequence[str] | Sequence[Sequence[int]], 
 
 
 @torch.inference_mode()
-def generate_one_by_one(model, tokenizer, inputs, *, settings: GenerationSettings | None = None,
-                        precision: str = "fp32", allow_fp16: bool = True, device: torch.device | None = None,
-                        **overrides) -> list[str]:
+def _generate_one_by_one(model, tokenizer, inputs, *, settings: GenerationSettings | None = None,
+                         precision: str = "fp32", allow_fp16: bool = True, device: torch.device | None = None,
+                         **overrides) -> list[str]:
     """The naive way (one `model.generate` call per input): the reference the benchmark compares to."""
     ids = _as_ids(tokenizer, inputs)
-    device = dev.place_model(model, device)
+    device = dev._place_model(model, device)
     precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
     kwargs = _generation_kwargs(model, tokenizer, settings, overrides)
     model.eval()
     texts = []
-    with dev.autocast(device, precision):
+    with dev._autocast(device, precision):
         for row in ids:
             input_ids = torch.tensor([row], device=device)
             out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)

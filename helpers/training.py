@@ -31,14 +31,16 @@ from . import device as dev
 from ._batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
 from ._fastpaths import PARTS, CpuFastPaths
 
-CHECKPOINT_PREFIX = "checkpoint-"
+__all__ = ["EvalResult", "History", "TrainConfig", "TrainingInterrupted", "evaluate", "train"]
+
+_CHECKPOINT_PREFIX = "checkpoint-"
 
 
-class BatchTooLargeError(RuntimeError):
+class _BatchTooLargeError(RuntimeError):
     """A training batch does not fit in memory; the message says how to make it fit."""
 
 
-def is_out_of_memory(err: BaseException) -> bool:
+def _is_out_of_memory(err: BaseException) -> bool:
     """CUDA OOM, a CPU allocation failure, or Python's MemoryError."""
     if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
         return True
@@ -51,10 +53,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     checkpoint and how to continue (`workbook run` reads it back for its one-line report)."""
 
 
-INTERRUPTED_AT = "Interrupted at step {step} of {total}."
+_INTERRUPTED_AT = "Interrupted at step {step} of {total}."
 
 
-class NonFiniteLossError(RuntimeError):
+class _NonFiniteLossError(RuntimeError):
     """Training produced NaN/inf; the message names the step, likely causes and the last good checkpoint."""
 
 
@@ -108,12 +110,12 @@ class History:
     best_metric: float | None = None
     metric_for_best: str = "loss"
     stopped_early: bool = False
-    pruned_at_step: int | None = None  # a sweep's Optuna pruner stopped this run (helpers.tracking)
+    pruned_at_step: int | None = None  # a callback stopped this run (hp.train(callbacks=...): a sweep's pruner)
     resumed_from: str | None = None
     precision: str = "fp32"
     device: str = "cpu"
     num_processes: int = 1
-    fast_paths: str = ""  # the CPU fast paths used (helpers.speedups), "" when none
+    fast_paths: str = ""  # the CPU fast paths used (helpers/_fastpaths.py), "" when none
     plan: dict[str, Any] | None = None  # hp.plan's prediction for this run, with how the run compared (hp.train(plan=))
 
     @property
@@ -171,16 +173,16 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
 
     rows = as_rows(data)
     collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model))
-    device = dev.place_model(model, device)
+    device = dev._place_model(model, device)
     precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
     batches = sorted_batches(rows.lengths, batch_size)[:max_batches]
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     losses, logits_parts, label_parts, index = [], [], [], []
-    with torch.inference_mode(), dev.autocast(device, precision):
+    with torch.inference_mode(), dev._autocast(device, precision):
         for ids in progress_bar(batches, desc=desc, leave=False, disable=not progress):
-            batch = dev.to_device(collate_fn([rows[i] for i in ids]), device)
+            batch = dev._to_device(collate_fn([rows[i] for i in ids]), device)
             out = model(**batch)
             if getattr(out, "loss", None) is not None:
                 losses.append(out.loss.float() * len(ids))
@@ -211,30 +213,30 @@ def _pad_id(pad_token_id: int | None, model) -> int:
 
 # --------------------------------------------------------------------------- checkpoints
 
-def list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
+def _list_checkpoints(checkpoint_dir: str | Path) -> list[Path]:
     """Complete checkpoints, oldest first (a checkpoint is complete once its state.json exists)."""
     root = Path(checkpoint_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+    found = [p for p in root.glob(f"{_CHECKPOINT_PREFIX}*") if p.is_dir() and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(_CHECKPOINT_PREFIX):]))
 
 
-def latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
-    found = list_checkpoints(checkpoint_dir)
+def _latest_checkpoint(checkpoint_dir: str | Path) -> Path | None:
+    found = _list_checkpoints(checkpoint_dir)
     return found[-1] if found else None
 
 
-class CheckpointError(RuntimeError):
+class _CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used; the message names the file and what to do."""
 
 
-class UnsafeCheckpointError(CheckpointError):
+class _UnsafeCheckpointError(_CheckpointError):
     """A checkpoint file holding more than tensors and plain values: reading it could run code."""
 
 
-RNG_FILE = "rng-rank{}.pt"  # one file per process: each GPU has its own generator
-LEGACY_RNG_FILE = "rng.pt"  # written before per-process files (numpy arrays inside)
+_RNG_FILE = "rng-rank{}.pt"  # one file per process: each GPU has its own generator
+_LEGACY_RNG_FILE = "rng.pt"  # written before per-process files (numpy arrays inside)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -264,10 +266,10 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available():
         # one generator (this process's); a legacy file held every GPU's: take this process's own
-        torch.cuda.set_rng_state(cuda[dev.local_rank() % len(cuda)] if isinstance(cuda, (list, tuple)) else cuda)
+        torch.cuda.set_rng_state(cuda[dev._local_rank() % len(cuda)] if isinstance(cuda, (list, tuple)) else cuda)
 
 
-def load_checkpoint_file(path: Path, *, map_location=None, legacy_numpy: bool = False) -> Any:
+def _load_checkpoint_file(path: Path, *, map_location=None, legacy_numpy: bool = False) -> Any:
     """A checkpoint file read with `weights_only=True`: tensors and plain values only, so a run folder
     someone handed you can never run code when resumed. Anything else is refused, naming the file.
     `legacy_numpy` also admits numpy arrays (data only), which older `rng.pt` files hold."""
@@ -280,12 +282,12 @@ def load_checkpoint_file(path: Path, *, map_location=None, legacy_numpy: bool = 
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         what = str(err).split("WeightsUnpickler error:")[-1].strip().splitlines()[0][:120]
-        raise UnsafeCheckpointError(
+        raise _UnsafeCheckpointError(
             f"{path} holds more than tensors and plain values ({what}): loading it could run code, so it is not "
             "read. Resume only checkpoints this workbook wrote, or start fresh (OVERWRITE=True).") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} cannot be read ({str(err).splitlines()[0][:100]}): the file is damaged or "
-                              "incomplete.") from None
+        raise _CheckpointError(f"{path} cannot be read ({str(err).splitlines()[0][:100]}): the file is damaged or "
+                               "incomplete.") from None
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -312,19 +314,19 @@ def _state_mb(*objects) -> float:
     return sum(size(o) for o in objects) / 2**20
 
 
-def _write_error(folder: Path, err: BaseException, needed_mb: float) -> CheckpointError:
+def _write_error(folder: Path, err: BaseException, needed_mb: float) -> _CheckpointError:
     """A failed checkpoint write, in words: a full disk says so, with the space it needed."""
     import errno
 
     free_mb = shutil.disk_usage(folder if folder.exists() else folder.parent).free / 2**20
     full = getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or free_mb < needed_mb
-    kept = latest_checkpoint(folder)
+    kept = _latest_checkpoint(folder)
     tail = f" The last complete checkpoint, {kept}, is kept." if kept else ""
     if full:
-        return CheckpointError(f"no space left on the disk of {folder} (needed about {needed_mb:.0f} MB, "
-                               f"{free_mb:.0f} MB free): free some space, or set OUTPUT_DIR on a larger disk, "
-                               f"then resume.{tail}")
-    return CheckpointError(f"could not write a checkpoint in {folder} ({str(err).splitlines()[0][:120]}).{tail}")
+        return _CheckpointError(f"no space left on the disk of {folder} (needed about {needed_mb:.0f} MB, "
+                                f"{free_mb:.0f} MB free): free some space, or set OUTPUT_DIR on a larger disk, "
+                                f"then resume.{tail}")
+    return _CheckpointError(f"could not write a checkpoint in {folder} ({str(err).splitlines()[0][:120]}).{tail}")
 
 
 def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler, state: dict, keep: int,
@@ -332,8 +334,8 @@ def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler
     """Write into a temporary folder, then rename: a killed write never looks like a checkpoint.
     Every part loads with `weights_only=True` (tensors and plain values; the rest in state.json)."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{CHECKPOINT_PREFIX}{step}"
-    tmp = root / f".tmp-{CHECKPOINT_PREFIX}{step}"
+    final = root / f"{_CHECKPOINT_PREFIX}{step}"
+    tmp = root / f".tmp-{_CHECKPOINT_PREFIX}{step}"
     shutil.rmtree(tmp, ignore_errors=True)
     optimizer_state = optimizer.state_dict()
     try:
@@ -342,7 +344,7 @@ def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         for rank, rng in enumerate(rng_states):
-            torch.save(rng, tmp / RNG_FILE.format(rank))
+            torch.save(rng, tmp / _RNG_FILE.format(rank))
         (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the checkpoint complete
     except (OSError, RuntimeError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -350,21 +352,21 @@ def _save_checkpoint(root: Path, step: int, *, model_state, optimizer, scheduler
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
+    for old in _list_checkpoints(root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
 _LIBC_TRIM = None
-TRIM_EVERY_STEPS = 100  # on CPUs, also give freed heap memory back at least this often
+_TRIM_EVERY_STEPS = 100  # on CPUs, also give freed heap memory back at least this often
 
 
-def trim_host_memory() -> None:
+def _trim_host_memory() -> None:
     """Give freed heap memory back to the OS (glibc `malloc_trim`). Dynamic padding allocates tensors
     of ever-different sizes; without this the resident memory of a CPU run creeps up by hundreds of MB
     of freed-but-kept blocks. Not free: the freed pages are faulted back in by the next steps (about 4%
     of a step's time when done every 10 steps), so the loop trims just before the largest batches,
-    which set the peak, and every `TRIM_EVERY_STEPS` steps. A no-op off glibc."""
+    which set the peak, and every `_TRIM_EVERY_STEPS` steps. A no-op off glibc."""
     global _LIBC_TRIM
     if _LIBC_TRIM is None:
         try:
@@ -377,7 +379,7 @@ def trim_host_memory() -> None:
         _LIBC_TRIM(0)
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def _reset_peak_memory(device: torch.device) -> None:
     """Start measuring peak memory from now, so a run's peak is its own: CUDA's allocator statistics, and
     on a Linux CPU the process's resident high-water mark (VmHWM, reset by writing 5 to
     /proc/self/clear_refs, Linux 4.0+). Elsewhere the CPU peak stays the process's lifetime peak."""
@@ -388,17 +390,17 @@ def reset_peak_memory(device: torch.device) -> None:
             Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory since `reset_peak_memory`: GPU memory allocated, or the process's resident high-water
+def _peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since `_reset_peak_memory`: GPU memory allocated, or the process's resident high-water
     mark on a CPU (VmHWM; `ru_maxrss` where /proc is missing, which cannot be reset)."""
     if device.type == "cpu":
-        hwm = resident_memory_mb("VmHWM")
+        hwm = _resident_memory_mb("VmHWM")
         if hwm is not None:
             return hwm
-    return dev.peak_memory_mb(device)
+    return dev._peak_memory_mb(device)
 
 
-def resident_memory_mb(field_name: str = "VmRSS") -> float | None:
+def _resident_memory_mb(field_name: str = "VmRSS") -> float | None:
     """This process's resident memory now ("VmRSS") or its high-water mark ("VmHWM"), from /proc (Linux)."""
     try:
         text = Path("/proc/self/status").read_text()
@@ -410,7 +412,7 @@ def resident_memory_mb(field_name: str = "VmRSS") -> float | None:
     return None
 
 
-def evaluation_steps(total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> list[int]:
+def _evaluation_steps(total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> list[int]:
     """The optimizer steps after which the loop evaluates, as `evaluate_and_checkpoint_if_due`, `end_epoch`
     and `finish` decide (every `eval_every_steps`, each epoch's end, and the last step), early stopping aside."""
     steps: set[int] = set()
@@ -439,15 +441,9 @@ def _run_bar(run_left: Callable[[], float | None], *, tqdm_class=None, **kwargs)
     return RunBar(bar_format=bar_format, unit="step", **kwargs)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 # --------------------------------------------------------------------------- the loop
 
-def train_device(name: str | None) -> torch.device:
+def _train_device(name: str | None) -> torch.device:
     """The device `TrainConfig.device` asks for (None: the best available), refused when absent."""
     if name is None:
         return dev.best_device()
@@ -473,29 +469,16 @@ def _fresh_accelerator(**kwargs):
 
     # In one process the device is chosen again too (PartialState keeps the first run's otherwise: a run
     # asking for the CPU after a GPU run would train on the GPU); a multi-process group is kept.
-    AcceleratorState._reset_state(reset_partial_state=dev.num_processes() == 1)
+    AcceleratorState._reset_state(reset_partial_state=dev._num_processes() == 1)
     GradientState._reset_state()
     return Accelerator(**kwargs)
 
 
 class _NoFastPaths(contextlib.nullcontext):
-    """What the loop calls when the CPU fast paths are off: the accelerator's clipping."""
-
-    def __init__(self, accelerator):
-        super().__init__()
-        self.accelerator = accelerator
-
-    def clip_grad_norm_(self, parameters, max_norm: float):
-        return self.accelerator.clip_grad_norm_(parameters, max_norm)
+    """The CPU fast paths when they are off (or on a GPU): nothing to switch on."""
 
     def describe(self) -> str:
         return ""
-
-    def step(self, optimizer, *, sync: bool = True) -> None:
-        optimizer.step()
-
-    def dense_optimizer_state(self):
-        return contextlib.nullcontext()
 
 
 def _is_better(value: float, best: float | None, greater_is_better: bool) -> bool:
@@ -504,7 +487,7 @@ def _is_better(value: float, best: float | None, greater_is_better: bool) -> boo
     return value > best if greater_is_better else value < best
 
 
-def make_optimizer(model, lr: float, weight_decay: float, device: torch.device):
+def _make_optimizer(model, lr: float, weight_decay: float, device: torch.device):
     """AdamW without decay on biases and LayerNorm weights; the fused kernel where torch has one."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -557,9 +540,10 @@ class TrainConfig:
     seed: int = _opt(42, "seeds initialization, dropout and the data order")
     progress: bool = _opt(True, "tqdm bars and a line per evaluation")
     cpu_fast_paths: bool | Collection[str] = _opt(
-        False, 'CPU only, opt-in: cheaper dropout masks, bf16 attention, row-sparse embedding gradients (True: all; '
-               'or a subset of "dropout", "attention", "embedding"). On real data they gave 1.09x, below the '
-               '1.15x that would make them the default (docs/benchmarks.md); see helpers/speedups.py')
+        True, 'on a CPU: integer dropout masks and bf16 attention with dropout (True: both; False: neither; or a '
+              'subset of "dropout", "attention"); never on GPUs/MPS. Same math, equal accuracy, 1.25x on an AMX CPU '
+              '(attention ~1.16x, dropout ~1.07x); 1.09x on an fp32-only CPU, measured with a since-removed third '
+              'path (docs/benchmarks.md, helpers/_fastpaths.py)')
     auto_batch_backoff: bool = _opt(False, "out of memory: halve the batch, double grad_accum_steps, start over")
     stop_after_steps: int | None = _opt(None, "end the run at this step as an interruption would (for tests)")
 
@@ -580,7 +564,8 @@ class TrainConfig:
 
 def train(model, train_data, eval_data=None, config: TrainConfig | None = None, *,
           compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-          pad_token_id: int | None = None, collate_fn: Callable | None = None, plan=None, **options) -> History:
+          pad_token_id: int | None = None, collate_fn: Callable | None = None, plan=None,
+          callbacks: list[Callable[[int, dict, bool], bool | None]] | None = None, **options) -> History:
     """Fine-tune `model` on tokenized `train_data` (evaluating on `eval_data`); returns a `History`.
 
     The loop (notebook 01 shows it plainly first): for each batch, `model(**batch).loss`, backward,
@@ -594,37 +579,40 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
     tokenizer's; `collate_fn` replaces the padding collator. Options: a `TrainConfig`, keywords, or both.
     `plan`: what `hp.plan` predicted for this run; the History keeps it beside what the run really used
     (metrics.json "train" -> "plan"), and the progress bar's time left uses its evaluation time.
+    `callbacks`: functions `f(step, record, last)` called on the main process after each evaluation (`record`:
+    the evaluation's metrics, `last`: the final evaluation), e.g. `run.on_evaluation` (MLflow, a sweep's
+    pruner); any that returns True stops training there (`history.pruned_at_step`).
     """
     cfg = (config or TrainConfig()).replace(**options)
     record = plan.to_dict() if hasattr(plan, "to_dict") else (dict(plan) if plan else None)
     history = _train_checked(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
                              pad_token_id=pad_token_id, collate_fn=collate_fn,
-                             eval_pass_s=(record or {}).get("eval_pass_s"))
+                             eval_pass_s=(record or {}).get("eval_pass_s"), callbacks=callbacks)
     if record is not None:
-        history.plan = plan_versus_run(record, history)
+        history.plan = _plan_versus_run(record, history)
     return history
 
 
 def _train_checked(model, train_data, eval_data, cfg: TrainConfig, **data_options) -> History:
-    """One run, or runs with out-of-memory back-off; an out-of-memory error becomes `BatchTooLargeError`."""
-    if cfg.auto_batch_backoff and dev.num_processes() > 1:
-        raise ValueError(f"AUTO_BATCH_BACKOFF works in one process only: with {dev.num_processes()} processes one "
+    """One run, or runs with out-of-memory back-off; an out-of-memory error becomes `_BatchTooLargeError`."""
+    if cfg.auto_batch_backoff and dev._num_processes() > 1:
+        raise ValueError(f"AUTO_BATCH_BACKOFF works in one process only: with {dev._num_processes()} processes one "
                          "rank would retry alone while the others wait for it forever. Set TRAIN_BATCH_SIZE and "
                          "GRAD_ACCUM_STEPS yourself (find them in one process first), or AUTO_BATCH_BACKOFF=False.")
     if not cfg.auto_batch_backoff:
         try:
-            return train_once(model, train_data, eval_data, cfg, **data_options)
+            return _train_once(model, train_data, eval_data, cfg, **data_options)
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
-            if not is_out_of_memory(err):
+            if not _is_out_of_memory(err):
                 raise
             advice = _oom_advice(cfg, err)
             model.zero_grad(set_to_none=True)  # the failed step's gradients live on the model itself
             _release_failed_step(err)
-            raise BatchTooLargeError(advice) from err
+            raise _BatchTooLargeError(advice) from err
     return _train_with_backoff(model, train_data, eval_data, cfg, **data_options)
 
 
-def plan_versus_run(plan: dict[str, Any], history: History) -> dict[str, Any]:
+def _plan_versus_run(plan: dict[str, Any], history: History) -> dict[str, Any]:
     """The plan's figures (plan.json has them all) with how the run compared: real / predicted peak memory
     and wall time, judged only when the run did what was planned (the same batch, all the planned steps,
     not resumed)."""
@@ -674,11 +662,11 @@ def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_o
         tries.append(batch_size)
         run = cfg.replace(train_batch_size=batch_size, grad_accum_steps=cfg.grad_accum_steps * first // batch_size)
         try:
-            return train_once(model, train_data, eval_data, run, **data_options)
+            return _train_once(model, train_data, eval_data, run, **data_options)
         except MemoryError as err:  # Python's own: in the words accelerate recognises
             raise RuntimeError(f"DefaultCPUAllocator: can't allocate memory ({err})") from err
         except Exception as err:  # noqa: BLE001 - free the failed try's memory before the next one
-            if is_out_of_memory(err):
+            if _is_out_of_memory(err):
                 model.zero_grad(set_to_none=True)
                 traceback.clear_frames(err.__traceback__)
             raise
@@ -687,8 +675,8 @@ def _train_with_backoff(model, train_data, eval_data, cfg: TrainConfig, **data_o
         history = attempt()
     except RuntimeError as err:
         if "No executable batch size found" in str(err):
-            raise BatchTooLargeError("Not even TRAIN_BATCH_SIZE=1 fits in memory; use a smaller MAX_LENGTH or "
-                                     "a smaller model.") from err
+            raise _BatchTooLargeError("Not even TRAIN_BATCH_SIZE=1 fits in memory; use a smaller MAX_LENGTH or "
+                                      "a smaller model.") from err
         raise
     history.batch_backoffs = len(tries) - 1
     return history
@@ -718,16 +706,17 @@ def _release_failed_step(err: BaseException) -> None:
     _free_memory()
 
 
-def train_once(model, train_data, eval_data, cfg: TrainConfig, *,
-               compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
-               pad_token_id: int | None = None, collate_fn: Callable | None = None,
-               eval_pass_s: float | None = None) -> History:
+def _train_once(model, train_data, eval_data, cfg: TrainConfig, *,
+                compute_metrics: Callable[[np.ndarray, np.ndarray], dict] | None = None,
+                pad_token_id: int | None = None, collate_fn: Callable | None = None,
+                eval_pass_s: float | None = None, callbacks: list[Callable] | None = None) -> History:
     """The loop, step by step (each step a method of `_Loop` below). `eval_pass_s`: a planned evaluation's
     time, for the progress bar's time left until the first evaluation has been timed."""
-    with model_kept_as_given(model):                                   # forward restored, even on errors
+    with _model_kept_as_given(model):                                   # forward restored, even on errors
         loop = _Loop(model, train_data, eval_data, cfg, compute_metrics=compute_metrics,
                      pad_token_id=pad_token_id, collate_fn=collate_fn)  # prepare: device, data, optimizer
         loop.eval_pass_hint = eval_pass_s
+        loop.callbacks = list(callbacks or [])                         # after each evaluation (main process)
         loop.resume()                                                  # from the newest checkpoint, if asked
         with loop.fast_paths, loop.interruptible():                    # CPU fast paths; Ctrl-C said plainly
             while not loop.stop:
@@ -745,7 +734,7 @@ def train_once(model, train_data, eval_data, cfg: TrainConfig, *,
 
 
 @contextlib.contextmanager
-def model_kept_as_given(model):
+def _model_kept_as_given(model):
     """Give the model back as it came. With mixed precision, Accelerate wraps `model.forward` in an
     autocast (an instance attribute); its `unwrap_model(keep_fp32_wrapper=False)` also strips
     transformers' own forward decorators (then `model(ids, return_dict=False)` raises TypeError), and
@@ -765,7 +754,7 @@ def model_kept_as_given(model):
 
 
 class _Loop:
-    """The state of one training run and its steps. `train_once` reads as the algorithm; the details of
+    """The state of one training run and its steps. `_train_once` reads as the algorithm; the details of
     each step live in the method of the same name."""
 
     def __init__(self, model, train_data, eval_data, cfg: TrainConfig, *, compute_metrics, pad_token_id, collate_fn):
@@ -779,7 +768,7 @@ class _Loop:
         self.cfg, self.compute_metrics = cfg, compute_metrics
         self.greater_is_better = cfg.greater_is_better if cfg.greater_is_better is not None else (
             cfg.metric_for_best != "loss")
-        device_guess = train_device(cfg.device)
+        device_guess = _train_device(cfg.device)
         self.precision = dev.resolve_precision(cfg.precision, device_guess, allow_fp16=cfg.allow_fp16)
         self.accelerator = acc = _fresh_accelerator(
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
@@ -797,7 +786,7 @@ class _Loop:
         set_seed(cfg.seed)
         self._prepare_data(model, train_data, eval_data, pad_token_id, collate_fn)
         model.train()
-        optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay, self.device)
+        optimizer = _make_optimizer(model, cfg.lr, cfg.weight_decay, self.device)
         self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, self.loader)
         self.steps_per_epoch = steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum_steps))
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(steps_per_epoch * cfg.num_epochs)
@@ -817,8 +806,9 @@ class _Loop:
         self.step_loss, self.micro = torch.zeros((), device=self.device), 0
         self.stop = self.interrupted = False
         self.largest_batch, self.last_trim = 0, 0
-        self.fast_paths = _NoFastPaths(acc)  # the CPU fast paths are set up after resume (they read the optimizer)
+        self.fast_paths = _NoFastPaths()  # the CPU fast paths are set up when the clock starts (after resume)
         self.eval_pass_hint: float | None = None  # a planned evaluation's seconds (hp.plan), for the time left
+        self.callbacks: list[Callable] = []  # hp.train(callbacks=...): called after each evaluation
 
     def _prepare_data(self, model, train_data, eval_data, pad_token_id, collate_fn) -> None:
         """Rows as a `TokenStore`, a length-grouped sampler, a padding collator, a DataLoader."""
@@ -837,20 +827,20 @@ class _Loop:
                                                   generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def _fast_paths(self):
-        cfg, acc = self.cfg, self.accelerator
-        if cfg.cpu_fast_paths and self.device.type == "cpu":
-            parts = PARTS if cfg.cpu_fast_paths is True else tuple(cfg.cpu_fast_paths)
-            return CpuFastPaths(self.unwrapped, self.optimizer.optimizer, parts=parts,
-                                sparse_embedding=acc.num_processes == 1, clip=acc.clip_grad_norm_)
-        return _NoFastPaths(acc)
+        """The CPU fast paths (helpers/_fastpaths.py): on by default on a CPU, never on a GPU or MPS."""
+        wanted = self.cfg.cpu_fast_paths
+        if wanted and self.device.type == "cpu":
+            parts = PARTS if wanted is True else (wanted,) if isinstance(wanted, str) else tuple(wanted)
+            return CpuFastPaths(self.unwrapped, parts=parts)
+        return _NoFastPaths()
 
     # ---- resume
     def resume(self) -> None:
         """Continue from a checkpoint: model, optimizer, scheduler, RNG, history and the data position.
 
         Not `accelerator.save_state` / `load_state`: checkpoints here are written atomically (a run
-        killed mid-write never leaves a checkpoint that looks complete), carry the dense optimizer state
-        whatever fast paths ran, and record the history and data position; the SIGKILL test checks
+        killed mid-write never leaves a checkpoint that looks complete), carry the optimizer state (the
+        same with or without the CPU fast paths), and record the history and data position; the SIGKILL test checks
         that a resumed run is bit-identical to an uninterrupted one."""
         cfg, acc = self.cfg, self.accelerator
         if not cfg.resume:
@@ -859,7 +849,7 @@ class _Loop:
         if isinstance(cfg.resume, bool) and self.ckpt_root is None:
             raise ValueError("resume=True needs checkpoint_dir (where the checkpoints are).")
         asked = isinstance(cfg.resume, bool)
-        candidates = list(reversed(list_checkpoints(self.ckpt_root))) if asked else [Path(cfg.resume)]
+        candidates = list(reversed(_list_checkpoints(self.ckpt_root))) if asked else [Path(cfg.resume)]
         if not candidates:
             acc.print(f"resume: no complete checkpoint in {self.ckpt_root}; starting from scratch")
             self._start_clock()
@@ -868,12 +858,12 @@ class _Loop:
             try:
                 parts = self._read_checkpoint(ckpt)
                 break
-            except UnsafeCheckpointError:
+            except _UnsafeCheckpointError:
                 raise
-            except CheckpointError as err:  # damaged (truncated, disk trouble): fall back to the one before
+            except _CheckpointError as err:  # damaged (truncated, disk trouble): fall back to the one before
                 if ckpt == candidates[-1]:
-                    raise CheckpointError(f"{err} No earlier complete checkpoint to fall back on: start fresh "
-                                          "(OVERWRITE=True).") from None
+                    raise _CheckpointError(f"{err} No earlier complete checkpoint to fall back on: start fresh "
+                                           "(OVERWRITE=True).") from None
                 acc.print(f"resume: {err} Falling back to the previous complete checkpoint.")
         self._apply_checkpoint(ckpt, parts)
         acc.print(f"resumed from {ckpt} at step {self.history.global_step}")
@@ -886,26 +876,26 @@ class _Loop:
         try:
             state = json.loads((ckpt / "state.json").read_text())
         except (OSError, ValueError) as err:
-            raise CheckpointError(f"{ckpt / 'state.json'} cannot be read ({err}).") from None
+            raise _CheckpointError(f"{ckpt / 'state.json'} cannot be read ({err}).") from None
         if state.get("total_steps") != self.total_steps or state.get("train_rows") != len(self.train_rows):
             raise ValueError(
                 f"Checkpoint {ckpt} belongs to a different run (steps {state.get('total_steps')} vs "
                 f"{self.total_steps}, rows {state.get('train_rows')} vs {len(self.train_rows)}); resume with the "
                 "same parameters, or start fresh in a new OUTPUT_DIR.")
-        return {"state": state, "model": load_checkpoint_file(ckpt / "model.pt", map_location=self.device),
-                "optimizer": load_checkpoint_file(ckpt / "optimizer.pt", map_location=self.device),
-                "scheduler": load_checkpoint_file(ckpt / "scheduler.pt"), "rng": self._read_rng(ckpt, state)}
+        return {"state": state, "model": _load_checkpoint_file(ckpt / "model.pt", map_location=self.device),
+                "optimizer": _load_checkpoint_file(ckpt / "optimizer.pt", map_location=self.device),
+                "scheduler": _load_checkpoint_file(ckpt / "scheduler.pt"), "rng": self._read_rng(ckpt, state)}
 
     def _read_rng(self, ckpt: Path, state: dict) -> dict[str, Any] | None:
         """This process's saved generators: its own file (one per process), or an older checkpoint's
         single rng.pt. A process the checkpoint did not have (it came from fewer GPUs) gets None."""
-        own = ckpt / RNG_FILE.format(self.accelerator.process_index)
+        own = ckpt / _RNG_FILE.format(self.accelerator.process_index)
         if own.exists():
-            return load_checkpoint_file(own)
-        if (ckpt / LEGACY_RNG_FILE).exists():
-            return load_checkpoint_file(ckpt / LEGACY_RNG_FILE, legacy_numpy=True)
-        if not list(ckpt.glob(RNG_FILE.format("*"))):
-            raise CheckpointError(f"{ckpt} has no random-generator state ({RNG_FILE.format(0)}): it is incomplete.")
+            return _load_checkpoint_file(own)
+        if (ckpt / _LEGACY_RNG_FILE).exists():
+            return _load_checkpoint_file(ckpt / _LEGACY_RNG_FILE, legacy_numpy=True)
+        if not list(ckpt.glob(_RNG_FILE.format("*"))):
+            raise _CheckpointError(f"{ckpt} has no random-generator state ({_RNG_FILE.format(0)}): it is incomplete.")
         return None
 
     def _apply_checkpoint(self, ckpt: Path, parts: dict[str, Any]) -> None:
@@ -930,10 +920,10 @@ class _Loop:
         best_path = self.ckpt_root / "best_model.pt" if self.ckpt_root else None
         if best_path is not None and best_path.exists() and self.history.best_step is not None:
             try:
-                self.best_state = load_checkpoint_file(best_path, map_location="cpu")
-            except UnsafeCheckpointError:
+                self.best_state = _load_checkpoint_file(best_path, map_location="cpu")
+            except _UnsafeCheckpointError:
                 raise
-            except CheckpointError as err:
+            except _CheckpointError as err:
                 acc.print(f"resume: {err} The best model so far is forgotten; the next evaluation sets a new one.")
                 self.history.best_step = self.history.best_metric = None
 
@@ -942,19 +932,20 @@ class _Loop:
 
         self.first_step, self.evals_before = self.history.global_step, len(self.history.evals)
         self.run_start, self.eval_s_before, self.ckpt_s = time.perf_counter(), self.history.eval_wall_s, 0.0
-        self.eval_at = evaluation_steps(self.total_steps, self.steps_per_epoch, self.cfg) if self.eval_rows else []
+        self.eval_at = _evaluation_steps(self.total_steps, self.steps_per_epoch, self.cfg) if self.eval_rows else []
         self.bar = _run_bar(self.run_left_s, total=self.total_steps, initial=self.history.global_step, desc="train",
                             disable=not (self.cfg.progress and self.accelerator.is_main_process), mininterval=1.0,
                             dynamic_ncols=True)
         if self.device.type == "cpu":
-            trim_host_memory()  # heap freed by earlier cells is not this run's memory: give it back first
-        reset_peak_memory(self.device)
+            _trim_host_memory()  # heap freed by earlier cells is not this run's memory: give it back first
+        _reset_peak_memory(self.device)
         self.stop = self.history.global_step >= self.total_steps
         self.last_trim = self.history.global_step
         self.fast_paths = self._fast_paths()
         self.history.fast_paths = self.fast_paths.describe()
         if self.history.fast_paths and self.cfg.progress and self.accelerator.is_main_process:
-            tqdm.write(f"CPU fast paths (opt-in; cpu_fast_paths=False turns them off): {self.history.fast_paths}")
+            tqdm.write(f"CPU fast paths (on by default on a CPU; cpu_fast_paths=False turns them off): "
+                       f"{self.history.fast_paths}")
         self.optimizer.zero_grad(set_to_none=True)  # start clean: no gradients left from before the run
         if self.accelerator.scaler is not None:  # fp16: the scale a skipped step would back off from
             self.last_scale = self.accelerator.scaler.get_scale()
@@ -998,9 +989,9 @@ class _Loop:
         if self.device.type != "cpu":
             return
         tokens = batch["input_ids"].numel()
-        if tokens >= self.largest_batch or self.history.global_step - self.last_trim >= TRIM_EVERY_STEPS:
+        if tokens >= self.largest_batch or self.history.global_step - self.last_trim >= _TRIM_EVERY_STEPS:
             self.largest_batch, self.last_trim = max(self.largest_batch, tokens), self.history.global_step
-            trim_host_memory()
+            _trim_host_memory()
 
     def train_step(self, batch) -> bool:
         """Forward, backward, clip, optimizer and scheduler step; True when an optimizer step happened."""
@@ -1011,8 +1002,8 @@ class _Loop:
             self.step_loss += loss.detach()
             self.micro += 1
             if acc.sync_gradients and self.cfg.max_grad_norm:
-                self.fast_paths.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
-            self.fast_paths.step(self.optimizer, sync=acc.sync_gradients)
+                acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.batches_done += 1
         history.total_examples += batch["input_ids"].shape[0] * acc.num_processes
@@ -1110,7 +1101,7 @@ class _Loop:
             stacked = self.accelerator.reduce(stacked, reduction="mean")
         for step, value, lr_value in zip(self.pending_steps, stacked.cpu().tolist(), self.lr_buffer):
             if not math.isfinite(value):
-                raise NonFiniteLossError(self._nan_message(step, value))
+                raise _NonFiniteLossError(self._nan_message(step, value))
             self.history.steps.append(step)
             self.history.train_loss.append(value)
             self.history.learning_rate.append(lr_value)
@@ -1121,7 +1112,7 @@ class _Loop:
 
     def _nan_message(self, step: int, value: float) -> str:
         lr = self.cfg.lr
-        last = latest_checkpoint(self.ckpt_root) if self.ckpt_root else None
+        last = _latest_checkpoint(self.ckpt_root) if self.ckpt_root else None
         kept = f" The last good checkpoint, {last}, stays on disk." if last else ""
         return (f"Loss became {value} at step {step}. Likely causes: learning rate too high (LR={lr}), fp16 "
                 f"overflow (use PRECISION='bf16' or 'fp32'), or bad inputs (labels out of range). Fix: start over "
@@ -1164,19 +1155,20 @@ class _Loop:
         return self.tracked(record) or stop
 
     def tracked(self, record: dict) -> bool:
-        """The evaluation to the notebook run's tracker (MLflow, a sweep's Optuna trial): True when the
-        sweep's pruner says stop, decided on the main process and shared with the others."""
-        from . import _mlflow as tracking
-
-        last = self.history.global_step >= self.total_steps  # pruning then would save nothing
-        pruned = self.accelerator.is_main_process and tracking.evaluation(record["step"], record, last=last)
+        """The evaluation to `hp.train(callbacks=...)`, called on the main process only: True when any of them
+        says stop (e.g. a sweep's pruner through `run.on_evaluation`), shared with the other processes."""
+        last = self.history.global_step >= self.total_steps  # stopping then would save nothing
+        stop = False
+        if self.accelerator.is_main_process:
+            for callback in self.callbacks:  # every one sees every evaluation, even after one said stop
+                stop = bool(callback(record["step"], dict(record), last)) or stop
         if self.accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
-            pruned = bool(broadcast_object_list([pruned])[0])
-        if pruned:
+            stop = bool(broadcast_object_list([stop])[0])
+        if stop:
             self.history.pruned_at_step = record["step"]
-        return pruned
+        return stop
 
     def save_checkpoint(self, epoch: int, batches_done: int) -> None:
         start = time.perf_counter()
@@ -1188,10 +1180,9 @@ class _Loop:
                      "evals_without_improvement": self.evals_without_improvement, "total_steps": self.total_steps,
                      "train_rows": len(self.train_rows), "seed": self.cfg.seed, "num_processes": acc.num_processes,
                      "scaler": acc.scaler.state_dict() if acc.scaler is not None else None}
-            with self.fast_paths.dense_optimizer_state():  # checkpoints look the same with or without fast paths
-                _save_checkpoint(self.ckpt_root, self.history.global_step, model_state=self.unwrapped.state_dict(),
-                                 optimizer=self.optimizer, scheduler=self.scheduler, state=state,
-                                 keep=self.cfg.keep_checkpoints, rng_states=rng_states)
+            _save_checkpoint(self.ckpt_root, self.history.global_step, model_state=self.unwrapped.state_dict(),
+                             optimizer=self.optimizer, scheduler=self.scheduler, state=state,
+                             keep=self.cfg.keep_checkpoints, rng_states=rng_states)
         self.ckpt_s += time.perf_counter() - start
 
     @contextlib.contextmanager
@@ -1204,8 +1195,8 @@ class _Loop:
             raise
         except KeyboardInterrupt:
             self.bar.close()
-            line = INTERRUPTED_AT.format(step=self.history.global_step, total=self.total_steps)
-            last = latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
+            line = _INTERRUPTED_AT.format(step=self.history.global_step, total=self.total_steps)
+            last = _latest_checkpoint(self.ckpt_root) if self.ckpt_root is not None else None
             if self.ckpt_root is None:
                 line += " No checkpoints are kept (checkpoint_dir=None): running again starts over."
             elif last is None:
@@ -1236,7 +1227,7 @@ class _Loop:
         history.stopped_early = bool(cfg.early_stopping_patience is not None
                                      and self.evals_without_improvement >= cfg.early_stopping_patience)
         history.samples_per_s = history.total_examples / history.train_wall_s if history.train_wall_s > 0 else 0.0
-        history.peak_mem_mb = peak_memory_mb(self.device)
+        history.peak_mem_mb = _peak_memory_mb(self.device)
         if acc.scaler is not None:
             history.loss_scale = float(acc.scaler.get_scale())
         if history.skipped_steps:

@@ -15,9 +15,9 @@ LABELS = ["negative", "neutral", "positive"]
 
 @pytest.fixture(scope="session")
 def standin_dir():
-    from helpers.models import standin_encoder_dir
+    from helpers.models import _standin_encoder_dir
 
-    return standin_encoder_dir()
+    return _standin_encoder_dir()
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +43,9 @@ def tiny_data(tiny_encoder_dir):
     from transformers import AutoTokenizer
 
     import helpers as hp
+    from helpers._readers import sample_path
 
-    loaded = hp.data.load_labeled_data(hp.data.sample_path("financial_phrasebank"), text_col="sentence",
+    loaded = hp.data.load_labeled_data(sample_path("financial_phrasebank"), text_col="sentence",
                                        label_col="label", columns=["label", "sentence"], label_names=LABELS)
     splits = hp.data.stratified_split(loaded.dataset, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_encoder_dir)

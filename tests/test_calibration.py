@@ -27,7 +27,7 @@ def _overconfident(n: int, seed: int, scale: float = 4.0):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 1, (n, 3))
     logits[np.arange(n), rng.integers(0, 3, n)] += 1.5
-    labels = np.array([rng.choice(3, p=p) for p in metrics.softmax(logits)])
+    labels = np.array([rng.choice(3, p=p) for p in metrics._softmax(logits)])
     return logits * scale, labels
 
 
@@ -48,18 +48,18 @@ def test_temperature_scaling_halves_the_ece_of_an_overconfident_model_and_keeps_
 def test_ece_and_reliability_bins_by_hand():
     probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
-    bins = metrics.reliability_bins(probs, labels, n_bins=15)
+    bins = metrics._reliability_bins(probs, labels, n_bins=15)
     assert [(b["count"], b["accuracy"]) for b in bins] == [(2, 1.0), (2, 0.5)]
     assert bins[1]["confidence"] == pytest.approx(0.95)
     # 2/4 * |1.0 - 0.6| + 2/4 * |0.5 - 0.95|
-    assert metrics.expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.45)
+    assert metrics._expected_calibration_error(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.45)
     with pytest.raises(ValueError, match="one label per row"):
-        metrics.fit_temperature(np.zeros((3, 2)), [0, 1])
+        metrics._fit_temperature(np.zeros((3, 2)), [0, 1])
 
 
 def test_the_reliability_diagram_plots_before_and_after(tmp_path):
     logits, labels = _overconfident(300, seed=3)
-    ax = hp.plots.reliability_diagram(labels, {"raw": metrics.softmax(logits), "T=4": metrics.softmax(logits, 4)},
+    ax = hp.plots.reliability_diagram(labels, {"raw": metrics._softmax(logits), "T=4": metrics._softmax(logits, 4)},
                                       path=tmp_path / "r.png")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0] == "perfectly calibrated" and legend[1].startswith("raw (ECE 0.") and len(legend) == 3
@@ -73,9 +73,9 @@ def calibrated_dir(tmp_path_factory, tiny_encoder_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("calibrated"), model,
-                                   AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
-                                   info={"max_length": 32, "temperature": TEMPERATURE})
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("calibrated"), model,
+                                    AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
+                                    info={"max_length": 32, "temperature": TEMPERATURE})
 
 
 def _notebook_probabilities(folder):
@@ -90,7 +90,7 @@ def _notebook_probabilities(folder):
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     logits = hp.evaluate(model, data, pad_token_id=tokenizer.pad_token_id, precision="fp32",
                          device=torch.device("cpu"), progress=False).logits
-    return metrics.softmax(logits, TEMPERATURE), metrics.softmax(logits)
+    return metrics._softmax(logits, TEMPERATURE), metrics._softmax(logits)
 
 
 def _vectors(results, key="probabilities"):
@@ -99,7 +99,7 @@ def _vectors(results, key="probabilities"):
 
 def test_the_temperature_round_trips_and_inference_gives_the_notebooks_calibrated_probabilities(calibrated_dir):
     assert json.loads((calibrated_dir / "workbook.json").read_text())["temperature"] == TEMPERATURE
-    assert "softmax(logits / 0.25)" in hp.artifacts.calibration_note({"temperature": TEMPERATURE})  # the card
+    assert "softmax(logits / 0.25)" in hp.artifacts._calibration_note({"temperature": TEMPERATURE})  # the card
     model = hp.inference.load(calibrated_dir, device="cpu")
     assert model.temperature == TEMPERATURE
     calibrated, raw = _notebook_probabilities(calibrated_dir)
@@ -113,7 +113,7 @@ def test_the_temperature_round_trips_and_inference_gives_the_notebooks_calibrate
     assert not np.allclose(calibrated, raw, atol=1e-3)  # the temperature really changed what users see
     import pandas as pd
 
-    table = hp.inference.score_table(model, pd.DataFrame({"text": TEXTS}), text_col="text", progress=False, raw=True)
+    table = hp.inference._score_table(model, pd.DataFrame({"text": TEXTS}), text_col="text", progress=False, raw=True)
     np.testing.assert_allclose(table[[f"prob_{n}" for n in model.labels]].to_numpy(float), calibrated, atol=1e-5)
     np.testing.assert_allclose(table[[f"raw_prob_{n}" for n in model.labels]].to_numpy(float), raw, atol=1e-5)
 
@@ -172,7 +172,8 @@ def test_score_py_answers_calibrated_and_raw_on_request(calibrated_dir, tmp_path
     calibrated, raw = _notebook_probabilities(calibrated_dir)
     folder = tmp_path / "model"
     shutil.copytree(calibrated_dir, folder)
-    shutil.copyfile(Path(hp.__file__).with_name("score_template.py"), folder / "score.py")  # the current template
+    template = Path(workbook.serve.__file__).with_name("score_template.py")  # the current template
+    shutil.copyfile(template, folder / "score.py")
     code = (f"import json, score; print(json.dumps([score.predict_sentiment({TEXTS!r}), "
             f"score.predict_sentiment({TEXTS[0]!r}, raw=True), score.predict({{'texts': {TEXTS!r}, 'raw': True}})]))")
     out = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=600)

@@ -10,7 +10,7 @@ import torch
 
 import helpers as hp
 from helpers import training
-from helpers.training import CheckpointError, UnsafeCheckpointError, list_checkpoints
+from helpers.training import _CheckpointError, _list_checkpoints, _UnsafeCheckpointError
 
 FAST = dict(train_batch_size=16, eval_batch_size=64, lr=1e-2, precision="fp32", progress=False, seed=3)
 MARKER = Path("/tmp/finetune-workbook-planted-code-ran")
@@ -29,7 +29,7 @@ def _cut_run(tmp_path, tiny_encoder_dir, tiny_data, steps=8):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
     hp.train(model, tiny_data["train"], max_steps=12, save_every_steps=4, checkpoint_dir=tmp_path,
              stop_after_steps=steps, **FAST)
-    return list_checkpoints(tmp_path)
+    return _list_checkpoints(tmp_path)
 
 
 def _resume(tmp_path, tiny_encoder_dir, tiny_data):
@@ -45,7 +45,7 @@ def test_a_planted_object_in_a_checkpoint_never_runs(part, tmp_path, tiny_encode
     MARKER.unlink(missing_ok=True)
     last = _cut_run(tmp_path, tiny_encoder_dir, tiny_data)[-1]
     torch.save({"state": _Planted()}, last / part)
-    with pytest.raises(UnsafeCheckpointError) as err:
+    with pytest.raises(_UnsafeCheckpointError) as err:
         _resume(tmp_path, tiny_encoder_dir, tiny_data)
     message = str(err.value)
     assert str(last / part) in message and "could run code" in message and "\n" not in message
@@ -68,7 +68,7 @@ def test_the_only_checkpoint_damaged_says_which_file_and_what_to_do(tmp_path, ti
     checkpoints = _cut_run(tmp_path, tiny_encoder_dir, tiny_data, steps=5)
     assert [c.name for c in checkpoints] == ["checkpoint-4"]
     (checkpoints[0] / "model.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(CheckpointError, match=r"model\.pt cannot be read .*damaged or incomplete.*OVERWRITE=True"):
+    with pytest.raises(_CheckpointError, match=r"model\.pt cannot be read .*damaged or incomplete.*OVERWRITE=True"):
         _resume(tmp_path, tiny_encoder_dir, tiny_data)
 
 
@@ -84,14 +84,14 @@ def test_a_full_disk_is_named_and_leaves_no_partial_files(tmp_path, tiny_encoder
 
     monkeypatch.setattr(training.torch, "save", disk_full)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
-    with pytest.raises(CheckpointError) as err:
+    with pytest.raises(_CheckpointError) as err:
         hp.train(model, tiny_data["train"], max_steps=12, save_every_steps=4, checkpoint_dir=tmp_path, resume=True,
                  **FAST)
     monkeypatch.setattr(training.torch, "save", real_save)
     message = str(err.value)
     assert "no space left" in message and "needed about" in message and "checkpoint-4" in message
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")] == []
-    assert list_checkpoints(tmp_path) == checkpoints  # the last complete one is kept
+    assert _list_checkpoints(tmp_path) == checkpoints  # the last complete one is kept
 
 
 def test_best_model_write_failure_removes_its_partial_file(tmp_path, monkeypatch):
@@ -100,16 +100,16 @@ def test_best_model_write_failure_removes_its_partial_file(tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(training.torch, "save", disk_full)
-    with pytest.raises(CheckpointError, match="no space left"):
+    with pytest.raises(_CheckpointError, match="no space left"):
         training._atomic_torch_save({"w": torch.zeros(4)}, tmp_path / "best_model.pt")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_resume_of_a_finished_run_keeps_it_finished(tmp_path):
     params = {"LR": 1e-3, "RESUME": False}
-    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params=params)
+    hp.artifacts._prepare_output_dir(tmp_path, notebook="01_x", params=params)
     (tmp_path / "metrics.json").write_text("{}")
     run_file = tmp_path / "run.json"
     run_file.write_text(json.dumps({**json.loads(run_file.read_text()), "finished": True}))
-    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params={**params, "RESUME": True}, resume=True)
+    hp.artifacts._prepare_output_dir(tmp_path, notebook="01_x", params={**params, "RESUME": True}, resume=True)
     assert json.loads(run_file.read_text())["finished"] is True  # until the resumed run writes new results

@@ -41,7 +41,7 @@ def adapter_dir(tmp_path_factory, plain_t5_dir):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    with hp.models.quiet_peft():  # peft's deprecation warning about transformers, not under test here
+    with hp.models._quiet_peft():  # peft's deprecation warning about transformers, not under test here
         model = get_peft_model(AutoModelForSeq2SeqLM.from_pretrained(plain_t5_dir),
                                LoraConfig(task_type=TaskType.SEQ_2_SEQ_LM, r=4, target_modules=["q", "v"]))
     folder = tmp_path_factory.mktemp("adapter")
@@ -60,9 +60,9 @@ def topic_pair_dir(tmp_path_factory, tiny_encoder_dir):
         label2id={n: i for i, n in enumerate(TOPICS)}, ignore_mismatched_sizes=True)
     info = {"max_length": 32, "labels": TOPICS, "text_pair": True,
             "base_model": {"requested": "<img src=x onerror=alert(1)>", "used": "/tmp/x", "standin": True}}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("pairs"), model,
-                                   AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
-                                   info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("pairs"), model,
+                                    AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
+                                    info=info)
 
 
 @pytest.mark.parametrize("which", ["plain_t5_dir", "plain_neox_dir"])
@@ -84,7 +84,7 @@ def test_adapter_folder_whose_base_is_unreachable_is_refused_in_one_line_within_
     # the promise timed here is that the refusal itself waits on no network.
     import peft  # noqa: F401
 
-    from helpers import data, inference, serve  # noqa: F401
+    from helpers import data, inference  # noqa: F401
     start = time.perf_counter()
     assert cli.main(["predict", str(adapter_dir), "Some text."]) == 2
     err = capsys.readouterr().err
@@ -139,7 +139,7 @@ def test_score_py_follows_the_servers_rules(topic_pair_dir):
 def clf_client(tiny_encoder_dir, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = hp.artifacts.save_model(
+    folder = hp.artifacts._save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
         info={"max_length": 16, "base_model": {"requested": "ProsusAI/finbert", "used": "x", "standin": True}})

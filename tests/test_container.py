@@ -98,21 +98,21 @@ def base_image(engine):
 def folders(tmp_path_factory, tiny_encoder_dir):
     """(classifier, summarizer) folders: the nbmake smoke runs of notebooks 01 and 05 when there, else tiny
     folders saved here."""
-    from helpers.notebook import default_output_dir
+    from helpers.notebook import _default_output_dir
 
     runs = os.environ.get("WORKBOOK_RUNS_DIR")
     if runs:
-        found = [default_output_dir(name, smoke=True, runs_dir=runs)
+        found = [_default_output_dir(name, smoke=True, runs_dir=runs)
                  for name in ("01_finbert_financial_sentiment", "05_t5_lora_xsum")]
         if all((f / "model" / "config.json").exists() for f in found):
             return found[0], found[1]
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    clf = hp.artifacts.save_model(
+    clf = hp.artifacts._save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 32})
     g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-    t5 = hp.artifacts.save_model(
+    t5 = hp.artifacts._save_model(
         tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
         info={"prefix": "summarize: ", "max_source_length": 64,
               "generation": textgen.GenerationSettings(max_new_tokens=12, no_repeat_ngram_size=2).to_dict()})

@@ -168,10 +168,10 @@ def test_predict_reads_class_folders_and_scores_against_their_names(tmp_path, ca
 
     from workbook import cli
 
-    model_dir = hp.artifacts.save_model(tmp_path / "model",
-                                        AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
-                                        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
-                                        info={"max_length": 32})
+    model_dir = hp.artifacts._save_model(tmp_path / "model",
+                                         AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
+                                         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
+                                         info={"max_length": 32})
     root = tmp_path / "reviews"
     for label, text in (("negative", "Sales fell {}."), ("neutral", "Talks go on {}."), ("positive", "Profit up {}.")):
         (root / label).mkdir(parents=True)

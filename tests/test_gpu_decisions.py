@@ -21,7 +21,7 @@ import torch
 import helpers as hp
 from helpers import device as dev
 from helpers import training
-from helpers.training import list_checkpoints
+from helpers.training import _list_checkpoints
 
 LABELS = ["negative", "neutral", "positive"]
 FAST = dict(train_batch_size=16, eval_batch_size=64, lr=1e-2, precision="fp32", progress=False, seed=3)
@@ -104,9 +104,9 @@ def _pretend_cuda_runs_on_cpu(monkeypatch):
         return real_to(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.Module, "to", record_to)
-    monkeypatch.setattr(dev, "to_device", lambda batch, device: batch)
+    monkeypatch.setattr(dev, "_to_device", lambda batch, device: batch)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(dev, "autocast", lambda device, precision: torch.autocast("cpu", enabled=False))
+    monkeypatch.setattr(dev, "_autocast", lambda device, precision: torch.autocast("cpu", enabled=False))
     return moves
 
 
@@ -148,7 +148,7 @@ def test_batches_are_copied_asynchronously_only_to_cuda():
             return self
 
     for kind in ("cuda", "mps", "cpu"):
-        dev.to_device({"input_ids": Fake()}, torch.device(kind))
+        dev._to_device({"input_ids": Fake()}, torch.device(kind))
     assert calls == [("cuda", True), ("mps", False), ("cpu", False)]
 
 
@@ -234,7 +234,7 @@ def test_fp16_resume_is_exact_with_the_scaler_checkpointed(cpu_fp16, tmp_path, t
 
     hp.train(_fresh(tiny_encoder_dir), tiny_data["train"], checkpoint_dir=tmp_path / "cut", stop_after_steps=9,
              **kwargs)
-    state = json.loads((list_checkpoints(tmp_path / "cut")[-1] / "state.json").read_text())
+    state = json.loads((_list_checkpoints(tmp_path / "cut")[-1] / "state.json").read_text())
     assert state["scaler"]["scale"] < cpu_fp16["init_scale"]  # it backed off: the state is worth keeping
     resumed_model = _fresh(tiny_encoder_dir)
     resumed = hp.train(resumed_model, tiny_data["train"], checkpoint_dir=tmp_path / "cut", resume=True, **kwargs)
@@ -249,7 +249,7 @@ def test_fp16_resume_is_exact_with_the_scaler_checkpointed(cpu_fp16, tmp_path, t
 def test_checkpoints_hold_one_random_state_per_process_and_load_without_pickled_code(tmp_path, tiny_model,
                                                                                       tiny_data):
     hp.train(tiny_model, tiny_data["train"], max_steps=4, save_every_steps=2, checkpoint_dir=tmp_path, **FAST)
-    ckpt = list_checkpoints(tmp_path)[-1]
+    ckpt = _list_checkpoints(tmp_path)[-1]
     assert (ckpt / "rng-rank0.pt").exists() and not (ckpt / "rng.pt").exists()
     for part in ("model.pt", "optimizer.pt", "scheduler.pt", "rng-rank0.pt"):
         torch.load(ckpt / part, weights_only=True)  # tensors and plain values only
@@ -262,7 +262,7 @@ def test_a_checkpoint_from_more_processes_resumes(tmp_path, tiny_encoder_dir, ti
     full_model = _fresh(tiny_encoder_dir)
     hp.train(full_model, tiny_data["train"], **kwargs)
     hp.train(_fresh(tiny_encoder_dir), tiny_data["train"], checkpoint_dir=tmp_path, stop_after_steps=4, **kwargs)
-    ckpt = list_checkpoints(tmp_path)[-1]
+    ckpt = _list_checkpoints(tmp_path)[-1]
     for rank in (1, 2, 3):  # the other processes' generators (different states)
         torch.save({**torch.load(ckpt / "rng-rank0.pt", weights_only=True),
                     "torch": torch.Generator().manual_seed(rank).get_state()}, ckpt / f"rng-rank{rank}.pt")
@@ -276,7 +276,7 @@ def test_a_process_the_checkpoint_did_not_have_is_seeded_and_says_so(tmp_path, t
                                                                      monkeypatch, capsys):
     kwargs = dict(max_steps=8, save_every_steps=4, **FAST)
     hp.train(_fresh(tiny_encoder_dir), tiny_data["train"], checkpoint_dir=tmp_path, stop_after_steps=4, **kwargs)
-    ckpt = list_checkpoints(tmp_path)[-1]
+    ckpt = _list_checkpoints(tmp_path)[-1]
     (ckpt / "rng-rank0.pt").rename(ckpt / "rng-rank1.pt")  # as if this process were rank 1 of a bigger run...
     monkeypatch.setattr(training._Loop, "_read_rng",
                         lambda self, c, s: None if (c / "rng-rank1.pt").exists() else {})  # ...that had no rank 0
@@ -290,7 +290,7 @@ def test_an_older_checkpoint_with_numpy_random_state_still_resumes(tmp_path, tin
     full_model = _fresh(tiny_encoder_dir)
     hp.train(full_model, tiny_data["train"], **kwargs)
     hp.train(_fresh(tiny_encoder_dir), tiny_data["train"], checkpoint_dir=tmp_path, stop_after_steps=4, **kwargs)
-    ckpt = list_checkpoints(tmp_path)[-1]
+    ckpt = _list_checkpoints(tmp_path)[-1]
     new = torch.load(ckpt / "rng-rank0.pt", weights_only=True)
     n = new["numpy"]
     legacy = {"python": new["python"], "torch": new["torch"],
@@ -320,7 +320,7 @@ def test_two_processes_write_a_state_each_and_one_process_resumes_them(tmp_path)
 
     run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         out=tmp_path / "two.json", extra=("--stop-after-steps", "4"))
-    last = list_checkpoints(ckpt)[-1]
+    last = _list_checkpoints(ckpt)[-1]
     assert last.name == "checkpoint-4"
     assert (last / "rng-rank0.pt").exists() and (last / "rng-rank1.pt").exists()
     assert json.loads((last / "state.json").read_text())["num_processes"] == 2
@@ -466,4 +466,4 @@ def test_each_run_in_one_process_chooses_its_device_again(monkeypatch):
 
 def test_a_gpu_index_is_refused_with_the_way_to_pick_one():
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
-        training.train_device("cuda:1")
+        training._train_device("cuda:1")

@@ -20,10 +20,10 @@ from workbook import cli
 def clf_dir(tmp_path_factory, tiny_encoder_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("clf"),
-                                   AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
-                                   AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
-                                   info={"max_length": 32})
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("clf"),
+                                    AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
+                                    AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
+                                    info={"max_length": 32})
 
 
 def _digest(path) -> str:
@@ -158,14 +158,14 @@ def test_labels_edited_in_config_json_are_refused_in_one_line(clf_dir, tmp_path,
     line = _one_line_error(capsys)
     assert "config.json names 4 labels" in line and "model.safetensors was trained for 3" in line
     assert "id2label" in line
-    with pytest.raises(hp.inference.FolderError, match="names 4 labels"):
+    with pytest.raises(hp.inference._FolderError, match="names 4 labels"):
         workbook.serve.create_app(folder, device="cpu")
 
 
 def test_weights_that_do_not_fit_a_summarizers_config_are_refused_in_one_line(tmp_path, capsys):
     g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-    folder = hp.artifacts.save_model(tmp_path, g.model, g.tokenizer, task="summarization-seq2seq",
-                                     info={"prefix": "summarize: ", "max_source_length": 64})
+    folder = hp.artifacts._save_model(tmp_path, g.model, g.tokenizer, task="summarization-seq2seq",
+                                      info={"prefix": "summarize: ", "max_source_length": 64})
     config = json.loads((folder / "config.json").read_text())
     config["d_ff"] = config["d_ff"] * 2
     (folder / "config.json").write_text(json.dumps(config))
@@ -209,7 +209,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(clf_dir, tmp_p
     line = _one_line_error(capsys)
     assert "pytorch_model.bin is refused" in line and "could run code" in line and "model.safetensors" in line
     assert "weights_only=False" not in line
-    with pytest.raises(hp.inference.FolderError, match="is refused"):
+    with pytest.raises(hp.inference._FolderError, match="is refused"):
         workbook.serve.create_app(folder, device="cpu")
     assert not marker.exists()
 

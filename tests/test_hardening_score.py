@@ -36,8 +36,8 @@ def t5_dir(tmp_path_factory):
     g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
     info = {"prefix": "summarize: ", "max_source_length": 64,
             "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
-                                   info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
+                                    info=info)
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +45,18 @@ def causal_dir(tmp_path_factory):
     """A causal LM whose prompt leaves few positions for the summary: max_new_tokens is capped below 512."""
     g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
     hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
-    positions = hp.models.model_max_length(g.model.config)
-    info = {"prompt_template": textgen.DEFAULT_PROMPT, "max_length": positions - 48,
+    positions = hp.models._model_max_length(g.model.config)
+    info = {"prompt_template": textgen._DEFAULT_PROMPT, "max_length": positions - 48,
             "generation": textgen.GenerationSettings(max_new_tokens=8).to_dict()}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("causal"), g.model, g.tokenizer,
-                                   task="summarization-causal", info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("causal"), g.model, g.tokenizer,
+                                    task="summarization-causal", info=info)
 
 
 @pytest.fixture(scope="module")
 def clf_dir(tmp_path_factory, tiny_encoder_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    return hp.artifacts.save_model(
+    return hp.artifacts._save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
 
@@ -65,7 +65,7 @@ def clf_dir(tmp_path_factory, tiny_encoder_dir):
 def pair_dir(tmp_path_factory, tiny_encoder_dir):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    return hp.artifacts.save_model(
+    return hp.artifacts._save_model(
         tmp_path_factory.mktemp("pairs"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
         info={"max_length": 32, "text_pair": True})
@@ -81,8 +81,8 @@ def summarizers(t5_dir, causal_dir):
 # --------------------------------------------------------------------------- the copies stay equal
 
 def test_score_py_limits_are_the_servers():
-    assert score_template.MAX_NEW_TOKENS == inference.MAX_NEW_TOKENS
-    assert score_template.GENERATION_LIMITS == inference.GENERATION_LIMITS
+    assert score_template.MAX_NEW_TOKENS == inference._MAX_NEW_TOKENS
+    assert score_template.GENERATION_LIMITS == inference._GENERATION_LIMITS
     assert score_template.GENERATION_DEFAULTS == textgen.GenerationSettings().to_dict()
 
 

@@ -23,8 +23,8 @@ def t5_dir(tmp_path_factory):
     g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
     info = {"prefix": "summarize: ", "max_source_length": 64,
             "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
-                                   info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
+                                    info=info)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def summ(t5_dir):
 def clf(tiny_encoder_dir, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = hp.artifacts.save_model(
+    folder = hp.artifacts._save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
     return workbook.serve.create_app(folder, device="cpu").test_client()
@@ -46,7 +46,7 @@ def clf(tiny_encoder_dir, tmp_path_factory):
 def pair_clf(tiny_encoder_dir, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = hp.artifacts.save_model(
+    folder = hp.artifacts._save_model(
         tmp_path_factory.mktemp("pairs"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification",
         info={"max_length": 32, "text_pair": True})
@@ -111,10 +111,10 @@ def test_the_cap_follows_the_models_positions(tmp_path):
     """A causal LM whose prompt and summary share 2048 positions: max_new_tokens is capped by what is left."""
     g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
     hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
-    info = {"prompt_template": textgen.DEFAULT_PROMPT, "max_length": 2000,
+    info = {"prompt_template": textgen._DEFAULT_PROMPT, "max_length": 2000,
             "generation": textgen.GenerationSettings(max_new_tokens=16).to_dict()}
-    model = hp.inference.load(hp.artifacts.save_model(tmp_path, g.model, g.tokenizer, task="summarization-causal",
-                                                      info=info), device="cpu")
+    model = hp.inference.load(hp.artifacts._save_model(tmp_path, g.model, g.tokenizer, task="summarization-causal",
+                                                       info=info), device="cpu")
     assert model.max_new_tokens_limit == 2048 - (2000 - 16)
     with pytest.raises(ValueError, match=r"max_new_tokens must be a whole number from 1 to 64; got 65"):
         model.settings(max_new_tokens=65)
@@ -142,7 +142,7 @@ def test_stop_ends_generation_within_a_token(t5_dir):
         calls.append(1)
         return "enough" if len(calls) > 3 else None
 
-    with pytest.raises(hp.inference.GenerationStopped, match="enough"):
+    with pytest.raises(hp.inference._GenerationStopped, match="enough"):
         model.summarize(TEXT, max_new_tokens=512, min_new_tokens=512, stop=stop)
     assert len(calls) == 4
     assert model.summarize(TEXT)["summary"]  # the hook is gone afterwards
@@ -169,7 +169,7 @@ class WaitingSummarizer:
                 self.reason = stop() if stop else None
                 if self.reason:
                     self.stopped.set()
-                    raise hp.inference.GenerationStopped(self.reason)
+                    raise hp.inference._GenerationStopped(self.reason)
                 time.sleep(0.01)
         return [{"summary": "done", "truncated": False} for _ in items]
 

@@ -93,8 +93,8 @@ def test_ctrl_c_in_training_says_the_step_and_the_checkpoint(tmp_path, tiny_mode
     assert note.startswith("Interrupted at step 11 of 24. The last checkpoint is ") and "RESUME=True" in note
     assert str(tmp_path / "checkpoint-8") in note
     assert isinstance(err.value, KeyboardInterrupt)  # callers that stop on Ctrl-C still do
-    assert hp.notebook.interrupted_step(["\x1b[0;31mTrainingInterrupted\x1b[0m: " + note]) == (11, 24)
-    assert hp.notebook.interrupted_step(["KeyboardInterrupt"]) is None
+    assert hp.notebook._interrupted_step(["\x1b[0;31mTrainingInterrupted\x1b[0m: " + note]) == (11, 24)
+    assert hp.notebook._interrupted_step(["KeyboardInterrupt"]) is None
 
 
 def test_the_resume_command_repeats_the_options_for_the_notebooks_left(monkeypatch):
@@ -108,8 +108,8 @@ def test_the_resume_command_repeats_the_options_for_the_notebooks_left(monkeypat
     assert shlex.split(command) == ["workbook", "run", "02", "03", "--lr", "3e-05", "--epochs", "2",
                                     "-p", "LABEL_NAMES", "a b,c", "--smoke", "--runs-dir", "/tmp/my runs", "--resume"]
     assert "--resume" not in cli._resume_command(args, [second], False)  # start over: the same command
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "helpers" / "cli.py")])  # python -m workbook.cli run ...
-    assert shlex.split(cli._resume_command(args, [second], True))[:4] == [sys.executable, "-m", "workbook.cli", "run"]
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "workbook" / "__main__.py")])  # python -m workbook run ...
+    assert shlex.split(cli._resume_command(args, [second], True))[:4] == [sys.executable, "-m", "workbook", "run"]
 
 
 # --------------------------------------------------------------------------- a tiny notebook, a real kernel
@@ -160,8 +160,8 @@ def test_ctrl_c_mid_training_says_where_and_the_printed_command_resumes(tmp_path
     out_dir = runs / "smoke" / "01_finbert_financial_sentiment"
     proc = _start([str(WORKBOOK), "run", "01", "--smoke", "--epochs", "3", "-p", "MAX_TRAIN_SAMPLES", "64",
                    "-p", "TRACKING", "False", "--runs-dir", str(runs)], log)
-    _wait_for(lambda: hp.training.latest_checkpoint(out_dir / "checkpoints") is not None, proc, log)
-    first = hp.training.latest_checkpoint(out_dir / "checkpoints")
+    _wait_for(lambda: hp.training._latest_checkpoint(out_dir / "checkpoints") is not None, proc, log)
+    first = hp.training._latest_checkpoint(out_dir / "checkpoints")
     out = _ctrl_c(proc, log)
 
     assert proc.returncode == 130, out

@@ -38,19 +38,44 @@ def test_a_model_folder_relative_to_the_project_is_found_from_notebooks(monkeypa
 
 
 def _namespace(**values):
-    defaults = hp.notebook.notebook_defaults(NB01)
+    defaults = hp.notebook._notebook_defaults(NB01)
     return {**defaults, **values}
 
 
 def test_smoke_changes_only_what_the_user_did_not_set(tmp_path):
     ns = _namespace(SMOKE=True, NUM_EPOCHS=2, OUTPUT_DIR=str(tmp_path / "out"),
                     In=["import helpers", "# Parameters\nNUM_EPOCHS = 2\nSMOKE = True\n"])
-    run = hp.notebook.start(NB01, ns, smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1, "TRAIN_BATCH_SIZE": 16})
-    assert ns["NUM_EPOCHS"] == 2 and run.params["NUM_EPOCHS"] == 2  # set by the user: kept, recorded
-    assert ns["MAX_TRAIN_SAMPLES"] == 192 and ns["TRAIN_BATCH_SIZE"] == 16
+    before = dict(ns)
+    run = hp.notebook.check_parameters(NB01, ns, smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1,
+                                                        "TRAIN_BATCH_SIZE": 16})
+    assert ns == before and not (tmp_path / "out").exists()  # a pure reading: nothing written, no folder
+    assert run.params["NUM_EPOCHS"] == 2  # set by the user: kept, recorded
+    assert run.params["MAX_TRAIN_SAMPLES"] == 192 and run.params["TRAIN_BATCH_SIZE"] == 16
+    assert run.params["SMOKE"] is True and run.params["OUTPUT_DIR"] == tmp_path / "out" == run.output_dir
     assert run.smoke_changed == {"MAX_TRAIN_SAMPLES": 192, "TRAIN_BATCH_SIZE": 16}
-    assert run.params["TRAIN_BATCH_SIZE"] == 16 and "NUM_EPOCHS" in run.set_by_user
+    assert "TRAIN_BATCH_SIZE" in run.params and "NUM_EPOCHS" in run.set_by_user
+    said = str(run)
+    assert "papermill set: NUM_EPOCHS=2" in said and "smoke sizes: MAX_TRAIN_SAMPLES=192, TRAIN_BATCH_SIZE=16" in said
+    assert run.claim_output_dir() == tmp_path / "out"
     assert json.loads((tmp_path / "out" / "run.json").read_text())["params"]["TRAIN_BATCH_SIZE"] == 16
+
+
+def test_check_parameters_reads_the_sweeps_variables_once_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBOOK_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv(hp.notebook._SMOKE_ENV, raising=False)
+    monkeypatch.setenv("WORKBOOK_TRIAL", json.dumps({"storage": "sqlite:///x.db", "study": "s", "trial": 3,
+                                                     "metric": "macro_f1"}))
+    monkeypatch.setenv("WORKBOOK_RUN_GROUP", json.dumps({"group": "lr-5e-05", "parent": "abc"}))
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "sweep-01-lr")
+    ns = _namespace(TRACKING=False)
+    before = dict(ns)
+    run = hp.notebook.check_parameters(NB01, ns)
+    assert ns == before and not (tmp_path / "runs").exists()
+    assert run.output_dir == run.params["OUTPUT_DIR"] == tmp_path / "runs" / NB01  # the default folder, a Path
+    assert run.sweep_trial["trial"] == 3 and run.run_group["parent"] == "abc" and run.experiment == "sweep-01-lr"
+    said = str(run)
+    assert "sweep trial: 3 of study 's'" in said and "seed group: lr-5e-05 (WORKBOOK_RUN_GROUP)" in said
+    assert "MLflow experiment: sweep-01-lr" in said and "WORKBOOK_RUNS_DIR=" in said
 
 
 def test_a_smoke_run_after_a_full_run_has_its_own_folder_and_is_not_refused(tmp_path, monkeypatch):
@@ -58,28 +83,32 @@ def test_a_smoke_run_after_a_full_run_has_its_own_folder_and_is_not_refused(tmp_
     OUTPUT_DIR is runs/smoke/<notebook>/, so the full run (other parameters) neither refuses it nor is touched;
     pointed at the full run's folder on purpose, it is still refused."""
     monkeypatch.setenv("WORKBOOK_RUNS_DIR", str(tmp_path / "runs"))
-    monkeypatch.delenv(hp.notebook.SMOKE_ENV, raising=False)
-    full_dir, smoke_dir = hp.notebook.default_output_dir(NB01), hp.notebook.default_output_dir(NB01, smoke=True)
+    monkeypatch.delenv(hp.notebook._SMOKE_ENV, raising=False)
+    full_dir, smoke_dir = hp.notebook._default_output_dir(NB01), hp.notebook._default_output_dir(NB01, smoke=True)
     assert full_dir == tmp_path / "runs" / NB01 and smoke_dir == tmp_path / "runs" / "smoke" / NB01
-    full = hp.notebook.start(NB01, _namespace(TRACKING=False))
+    full = hp.notebook.check_parameters(NB01, _namespace(TRACKING=False))
+    full.claim_output_dir()
     assert full.output_dir == full_dir and not full.smoke
     hp.artifacts.write_metrics(full_dir, notebook=NB01, test={"accuracy": 0.9}, params=full.params)
     before = (full_dir / "metrics.json").read_text()
 
-    monkeypatch.setenv(hp.notebook.SMOKE_ENV, "1")  # nbmake cannot set parameters: SMOKE=None asks the environment
-    smoke = hp.notebook.start(NB01, _namespace(TRACKING=False), smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1})
+    monkeypatch.setenv(hp.notebook._SMOKE_ENV, "1")  # nbmake cannot set parameters: SMOKE=None asks the environment
+    smoke = hp.notebook.check_parameters(NB01, _namespace(TRACKING=False),
+                                         smoke={"MAX_TRAIN_SAMPLES": 192, "NUM_EPOCHS": 1})
+    smoke.claim_output_dir()
     assert smoke.smoke and smoke.output_dir == smoke_dir != full_dir
     assert smoke.params != full.params  # other parameters: in one folder this run would have been refused
     assert json.loads((smoke_dir / "run.json").read_text())["params"]["MAX_TRAIN_SAMPLES"] == 192
     assert (full_dir / "metrics.json").read_text() == before  # the full run is untouched
 
-    with pytest.raises(hp.artifacts.OutputDirInUseError, match="other parameters"):  # the guard still holds
-        hp.notebook.start(NB01, _namespace(TRACKING=False, OUTPUT_DIR=str(full_dir)), smoke={"MAX_TRAIN_SAMPLES": 192})
+    with pytest.raises(hp.artifacts._OutputDirInUseError, match="other parameters"):  # the guard still holds
+        hp.notebook.check_parameters(NB01, _namespace(TRACKING=False, OUTPUT_DIR=str(full_dir)),
+                                     smoke={"MAX_TRAIN_SAMPLES": 192}).claim_output_dir()
 
 
 def test_the_runner_puts_smoke_runs_beside_full_runs_not_into_them(tmp_path, monkeypatch):
     """`workbook run --smoke` and WORKBOOK_SMOKE=1: executed copy, OUTPUT_DIR and summary under runs/smoke/."""
-    monkeypatch.delenv(hp.notebook.SMOKE_ENV, raising=False)
+    monkeypatch.delenv(hp.notebook._SMOKE_ENV, raising=False)
     path = runner.find_notebook("01")
     seen = []
 
@@ -93,7 +122,7 @@ def test_the_runner_puts_smoke_runs_beside_full_runs_not_into_them(tmp_path, mon
     runs = tmp_path / "runs"
     full = runner.run_notebook(path, {}, runs_dir=runs)
     smoke = runner.run_notebook(path, {"SMOKE": True}, runs_dir=runs)
-    monkeypatch.setenv(hp.notebook.SMOKE_ENV, "1")
+    monkeypatch.setenv(hp.notebook._SMOKE_ENV, "1")
     from_env = runner.run_notebook(path, {}, runs_dir=runs)
     assert full.output_dir == (runs / path.stem).resolve() and full.executed == runs / path.name
     assert smoke.output_dir == from_env.output_dir == (runs / "smoke" / path.stem).resolve()
@@ -117,7 +146,7 @@ def test_the_runner_puts_smoke_runs_beside_full_runs_not_into_them(tmp_path, mon
 def test_unusable_values_are_refused_before_anything_loads(tmp_path, name, value, needle):
     ns = _namespace(**{name: value}, OUTPUT_DIR=str(tmp_path / "out"))
     with pytest.raises(ParameterError) as err:
-        hp.notebook.start(NB01, ns)
+        hp.notebook.check_parameters(NB01, ns)
     assert needle in str(err.value) and f"{name}={value!r}" in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()  # refused before the folder was claimed
     with pytest.raises(runner.RunnerError, match=name):  # `workbook run` refuses before papermill starts
@@ -126,18 +155,20 @@ def test_unusable_values_are_refused_before_anything_loads(tmp_path, name, value
 
 def test_an_injected_unknown_parameter_is_refused_with_a_suggestion(tmp_path):
     ns = _namespace(LRR=3e-5, OUTPUT_DIR=str(tmp_path / "o"), In=["# Parameters\nLRR = 3e-05\n"])
-    with pytest.raises(hp.notebook.UnknownParameterError, match=r"LRR \(did you mean LR\?\)"):
-        hp.notebook.start(NB01, ns)
+    with pytest.raises(hp.notebook._UnknownParameterError, match=r"LRR \(did you mean LR\?\)"):
+        hp.notebook.check_parameters(NB01, ns)
     rerun = _namespace(OUTPUT_DIR=str(tmp_path / "p"), LABELS=["a"], POOL=3)  # names the notebook set later
-    hp.notebook.start(NB01, rerun)  # re-running the cell in JupyterLab is fine
+    again = hp.notebook.check_parameters(NB01, rerun)  # re-running the cell in JupyterLab is fine
+    rerun.update(again.params)  # what the cell's `globals().update(run.params)` does
+    assert hp.notebook.check_parameters(NB01, rerun).params == again.params
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "a-file"])
 def test_an_output_dir_that_cannot_be_written_is_one_clear_line(tmp_path, where):
     (tmp_path / "file").write_text("x")
     folder = tmp_path / "file" / "out" if where == "under-a-file" else tmp_path / "file"
-    with pytest.raises(hp.artifacts.OutputDirInUseError) as err:
-        hp.artifacts.prepare_output_dir(folder, notebook="01_x", params={})
+    with pytest.raises(hp.artifacts._OutputDirInUseError) as err:
+        hp.artifacts._prepare_output_dir(folder, notebook="01_x", params={})
     assert "choose" in str(err.value) and "OUTPUT_DIR" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -145,11 +176,11 @@ def test_the_nan_advice_works_when_followed(tmp_path):
     """The NaN message says: lower LR with OVERWRITE=True. A resume with another LR is refused, so the
     advice must not be 'resume'; following it in the same OUTPUT_DIR must be accepted."""
     params = {"LR": 0.5, "SEED": 0}
-    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params=params)
+    hp.artifacts._prepare_output_dir(tmp_path, notebook="01_x", params=params)
     (tmp_path / "checkpoints" / "checkpoint-4").mkdir(parents=True)  # the run died after a checkpoint
-    with pytest.raises(hp.artifacts.OutputDirInUseError):
-        hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, resume=True)
-    hp.artifacts.prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, overwrite=True)
+    with pytest.raises(hp.artifacts._OutputDirInUseError):
+        hp.artifacts._prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, resume=True)
+    hp.artifacts._prepare_output_dir(tmp_path, notebook="01_x", params={**params, "LR": 0.05}, overwrite=True)
 
 
 def test_summary_keeps_the_whole_error_with_its_fix(tmp_path):

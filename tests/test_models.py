@@ -9,19 +9,19 @@ import pytest
 
 import helpers as hp
 from helpers._offline import hub
-from helpers.models import ModelNotAvailableError
+from helpers.models import _ModelNotAvailableError
 
 
 def test_unreachable_model_falls_back_to_the_announced_standin(capsys):
     source = hp.models.resolve_model("ProsusAI/finbert")
     assert source.standin and source.how == "stand-in"
-    assert (hp.models.standin_encoder_dir() / "config.json").exists()
+    assert (hp.models._standin_encoder_dir() / "config.json").exists()
     out = capsys.readouterr().out
     assert "OFFLINE STAND-IN MODEL" in out and "ProsusAI/finbert" in out
 
 
 def test_no_standin_allowed_is_a_clear_error():
-    with pytest.raises(ModelNotAvailableError) as err:
+    with pytest.raises(_ModelNotAvailableError) as err:
         hp.models.resolve_model("ProsusAI/finbert", allow_standin=False)
     message = str(err.value)
     assert "MODEL_NAME" in message and "ALLOW_STANDIN=True" in message and "\n" not in message
@@ -29,9 +29,9 @@ def test_no_standin_allowed_is_a_clear_error():
 
 def test_local_folder_wins_and_bad_folders_are_explained(tmp_path, tiny_encoder_dir):
     assert hp.models.resolve_model(str(tiny_encoder_dir)).how == "local folder"
-    with pytest.raises(ModelNotAvailableError, match="no config.json"):
+    with pytest.raises(_ModelNotAvailableError, match="no config.json"):
         hp.models.resolve_model(str(tmp_path))
-    with pytest.raises(ModelNotAvailableError, match="not found"):
+    with pytest.raises(_ModelNotAvailableError, match="not found"):
         hp.models.resolve_model("./no-such-model")
 
 
@@ -83,5 +83,5 @@ def test_other_labels_get_a_new_head(tiny_encoder_dir):
     clf = hp.models.load_classifier(str(tiny_encoder_dir), ["bad", "good"])
     assert clf.new_head and clf.id2label == {0: "bad", 1: "good"}
     assert clf.model.config.num_labels == 2
-    count = hp.models.count_parameters(clf.model)
+    count = hp.models._count_parameters(clf.model)
     assert count.trainable == count.total > 0 and "trainable parameters" in str(count)

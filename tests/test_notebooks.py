@@ -27,20 +27,20 @@ def _default_run(name, tmp_path):
     import os
     from pathlib import Path
 
-    from helpers.notebook import default_output_dir
+    from helpers.notebook import _default_output_dir
 
     path = runner.find_notebook(name)
     runs = os.environ.get("WORKBOOK_RUNS_DIR")
-    metrics = default_output_dir(path.stem, smoke=True, runs_dir=Path(runs or "/nonexistent")) / "metrics.json"
+    metrics = _default_output_dir(path.stem, smoke=True, runs_dir=Path(runs or "/nonexistent")) / "metrics.json"
     if runs and hp_smoke() and metrics.exists():
         return runner.RunResult(path.stem, "ok", 0.0, None, metrics.parent, json.loads(metrics.read_text()))
     return _run(name, tmp_path)
 
 
 def hp_smoke() -> bool:
-    from helpers.notebook import smoke_from_env
+    from helpers.notebook import _smoke_from_env
 
-    return smoke_from_env(None)
+    return _smoke_from_env(None)
 
 
 @pytest.fixture(scope="module")

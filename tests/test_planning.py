@@ -68,7 +68,7 @@ def test_the_run_layout_is_the_loops_own(tiny_data):
     shape = {"hidden": 32, "heads": 2, "layers": 2, "decoder_layers": 0, "vocab": 0, "enc_dec": False,
              "lora": False, "checkpointing": False}
     cfg = hp.TrainConfig(train_batch_size=16, grad_accum_steps=3, num_epochs=2, seed=3)
-    layout = planning.run_layout(rows, cfg, shape, pad_multiple=None, measure_steps=4)
+    layout = planning._run_layout(rows, cfg, shape, pad_multiple=None, measure_steps=4)
     sampler = batching.LengthGroupedBatchSampler(rows.lengths, 16, seed=3)
     assert layout.steps_per_epoch == 6 and layout.total_steps == 12 and len(layout.step_costs) == 12
     assert layout.measured[0] == sampler.batches()[:3]  # the loop's first step, holding the longest row
@@ -86,33 +86,33 @@ def test_evaluation_steps_are_where_the_loop_evaluates(tiny_model, tiny_data, op
     cfg = hp.TrainConfig(**{**FAST, **options})
     history = hp.train(tiny_model, tiny_data["train"], tiny_data["validation"], cfg)
     assert [e["step"] for e in history.evals] == expected
-    assert training.evaluation_steps(history.global_step, 16, cfg) == expected
+    assert training._evaluation_steps(history.global_step, 16, cfg) == expected
 
 
 def test_the_estimate_counts_what_the_run_holds(tiny_model, tiny_data):
-    shape = planning.model_shape(tiny_model)
+    shape = planning._model_shape(tiny_model)
     assert (shape["hidden"], shape["layers"], shape["heads"]) == (32, 2, 2)
     trainable = sum(p.numel() for p in tiny_model.parameters()) * 4 / 2**20
-    layout = planning.run_layout(batching.as_rows(tiny_data["train"]), hp.TrainConfig(**FAST), shape,
-                                 pad_multiple=None, measure_steps=4)
-    sizes = planning.estimate(tiny_model, layout, shape, device=torch.device("cpu"), precision="fp32",
-                              lm_head=False, best_copy=True)
+    layout = planning._run_layout(batching.as_rows(tiny_data["train"]), hp.TrainConfig(**FAST), shape,
+                                  pad_multiple=None, measure_steps=4)
+    sizes = planning._estimate(tiny_model, layout, shape, device=torch.device("cpu"), precision="fp32",
+                               lm_head=False, best_copy=True)
     assert sizes["gradients"] == pytest.approx(trainable, abs=0.1) and sizes["optimizer"] == pytest.approx(
         2 * trainable, abs=0.1)
     assert sizes["peak"] == pytest.approx(sum(v for k, v in sizes.items() if k not in ("peak", "weights")), abs=0.5)
-    full = planning.activation_mb((16, 64, 0), shape, half=False, lm_head=False)
-    assert planning.activation_mb((16, 64, 0), {**shape, "lora": True}, half=False, lm_head=False) < full
-    assert planning.activation_mb((16, 64, 0), {**shape, "checkpointing": True}, half=False, lm_head=False) < full
-    assert planning.activation_mb((16, 64, 0), shape, half=True, lm_head=False) == pytest.approx(full / 2)
-    assert planning.activation_mb((16, 64, 0), {**shape, "vocab": 1000}, half=False, lm_head=True) > full
+    full = planning._activation_mb((16, 64, 0), shape, half=False, lm_head=False)
+    assert planning._activation_mb((16, 64, 0), {**shape, "lora": True}, half=False, lm_head=False) < full
+    assert planning._activation_mb((16, 64, 0), {**shape, "checkpointing": True}, half=False, lm_head=False) < full
+    assert planning._activation_mb((16, 64, 0), shape, half=True, lm_head=False) == pytest.approx(full / 2)
+    assert planning._activation_mb((16, 64, 0), {**shape, "vocab": 1000}, half=False, lm_head=True) > full
 
 
 def test_fit_line_stays_sensible_under_noise():
-    assert planning.fit_line([100, 200], [1.0, 2.0]) == pytest.approx((0.0, 0.01), abs=1e-9)
-    fixed, per = planning.fit_line([100, 200, 150], [1.5, 2.5, 2.0])
+    assert planning._fit_line([100, 200], [1.0, 2.0]) == pytest.approx((0.0, 0.01), abs=1e-9)
+    fixed, per = planning._fit_line([100, 200, 150], [1.5, 2.5, 2.0])
     assert fixed == pytest.approx(0.5) and per == pytest.approx(0.01)
-    assert planning.fit_line([100, 200], [2.0, 1.0]) == (1.5, 0.0)  # noise tilted it: a constant
-    assert planning.fit_line([100, 100], [1.0, 3.0]) == (0.0, 0.02)  # one cost: proportional
+    assert planning._fit_line([100, 200], [2.0, 1.0]) == (1.5, 0.0)  # noise tilted it: a constant
+    assert planning._fit_line([100, 100], [1.0, 3.0]) == (0.0, 0.02)  # one cost: proportional
 
 
 # --------------------------------------------------------------------------- refusing, and advice that works
@@ -137,7 +137,7 @@ def wide_model():
                                                     max_position_embeddings=256, num_labels=3))
 
 
-@pytest.mark.skipif(training.resident_memory_mb("VmHWM") is None, reason="needs /proc (Linux) for the CPU peak")
+@pytest.mark.skipif(training._resident_memory_mb("VmHWM") is None, reason="needs /proc (Linux) for the CPU peak")
 def test_a_run_over_the_memory_limit_is_refused_and_the_advice_fits(wide_model, long_rows):
     big = dict(num_epochs=1, precision="fp32", progress=False, seed=0, eval_batch_size=64)
     small = hp.plan(wide_model, long_rows, train_batch_size=8, **big)
@@ -147,7 +147,7 @@ def test_a_run_over_the_memory_limit_is_refused_and_the_advice_fits(wide_model, 
     params = {"TRAIN_BATCH_SIZE": 64, "GRAD_ACCUM_STEPS": 1, "MAX_LENGTH": 256, "PRECISION": "fp32"}
     refused = hp.plan(wide_model, long_rows, train_batch_size=64, memory_limit_mb=limit, params=params, **big)
     assert not refused.fits and "does NOT fit" in refused.verdict
-    with pytest.raises(planning.PlanError, match="TRAIN_BATCH_SIZE=") as err:
+    with pytest.raises(planning._PlanError, match="TRAIN_BATCH_SIZE=") as err:
         refused.check()
     batch, accum = map(int, re.search(r"TRAIN_BATCH_SIZE=(\d+) with GRAD_ACCUM_STEPS=(\d+)", str(err.value)).groups())
     assert batch * accum == 64 and batch < 64
@@ -162,7 +162,7 @@ def test_a_run_over_the_time_limit_is_refused_with_what_to_change(tiny_model, ti
     plan = hp.plan(tiny_model, tiny_data["train"], tiny_data["validation"], num_epochs=3, params=params,
                    time_limit_min=1e-4, **FAST)
     assert plan.fits and not plan.in_time and "over the time limit" in plan.verdict
-    with pytest.raises(planning.PlanError, match="over the time limit"):
+    with pytest.raises(planning._PlanError, match="over the time limit"):
         plan.check()
     estimate_only = hp.plan(tiny_model, tiny_data["train"], num_epochs=3, time_limit_min=1e-4, measure_steps=0,
                             **FAST)
@@ -170,15 +170,15 @@ def test_a_run_over_the_time_limit_is_refused_with_what_to_change(tiny_model, ti
 
 
 def test_the_time_advice_names_changes_that_end_in_time():
-    names = planning.advice_names({"NUM_EPOCHS": 3, "MAX_TRAIN_SAMPLES": None, "MAX_LENGTH": 128,
-                                   "EVAL_EVERY_STEPS": 10})
+    names = planning._advice_names({"NUM_EPOCHS": 3, "MAX_TRAIN_SAMPLES": None, "MAX_LENGTH": 128,
+                                    "EVAL_EVERY_STEPS": 10})
     cfg = hp.TrainConfig(num_epochs=3, eval_every_steps=10)
-    advice = planning.time_advice(wall=300, train_s=240, eval_total=60, limit_s=150, cfg=cfg, rows=3000, names=names,
-                                  length_share=(64, 0.02, 0.8), eval_pass_s=5, epoch_evals=3)
+    advice = planning._time_advice(wall=300, train_s=240, eval_total=60, limit_s=150, cfg=cfg, rows=3000, names=names,
+                                   length_share=(64, 0.02, 0.8), eval_pass_s=5, epoch_evals=3)
     assert advice == ["NUM_EPOCHS=1: about 1 min 40 s", "MAX_TRAIN_SAMPLES=843: about 2 min 07 s"]  # fewer evals
     # (4 min 15 s) or MAX_LENGTH=64 (4 min 12 s) would still take too long: not offered
-    nothing = planning.time_advice(wall=300, train_s=240, eval_total=60, limit_s=10, cfg=cfg, rows=3000,
-                                   names=names, length_share=None)
+    nothing = planning._time_advice(wall=300, train_s=240, eval_total=60, limit_s=10, cfg=cfg, rows=3000,
+                                    names=names, length_share=None)
     assert nothing[0].startswith("no single change ends it within 8.5 s")
 
 
@@ -205,16 +205,16 @@ def test_limits_are_checked():
 
 # --------------------------------------------------------------------------- the loop: peak and time left
 
-@pytest.mark.skipif(training.resident_memory_mb("VmHWM") is None, reason="needs /proc (Linux)")
+@pytest.mark.skipif(training._resident_memory_mb("VmHWM") is None, reason="needs /proc (Linux)")
 def test_the_cpu_peak_is_the_runs_own():
     block = np.ones(300 * 2**20 // 8)  # 300 MB, then freed: an earlier peak
     del block
-    training.trim_host_memory()
-    training.reset_peak_memory(torch.device("cpu"))
-    now = training.resident_memory_mb("VmRSS")
-    if training.peak_memory_mb(torch.device("cpu")) > now + 100:
+    training._trim_host_memory()
+    training._reset_peak_memory(torch.device("cpu"))
+    now = training._resident_memory_mb("VmRSS")
+    if training._peak_memory_mb(torch.device("cpu")) > now + 100:
         pytest.skip("this kernel cannot reset the resident high-water mark (/proc/self/clear_refs)")
-    assert training.peak_memory_mb(torch.device("cpu")) < now + 50
+    assert training._peak_memory_mb(torch.device("cpu")) < now + 50
 
 
 def test_the_bar_shows_the_time_left_with_evaluations(tiny_model, tiny_data):

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import helpers as hp
 from helpers import _mlflow, artifacts
 from workbook import cli, compare, runner, sweep, tracking
 
@@ -20,26 +21,30 @@ def store(tmp_path, monkeypatch):
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", tracking.TRIAL_ENV, tracking.GROUP_ENV):
         monkeypatch.delenv(name, raising=False)
     yield tmp_path / "runs"
-    if _mlflow._current is not None:
-        _mlflow._current.abandon()
-    _mlflow._current = None
+    for tracker in list(_mlflow._open):
+        tracker.abandon()
 
 
 def _fake_notebook(calls: list, means: dict[float, float], noise: float):
     """Stands in for papermill: a tracked run whose validation macro-F1 is `means[LR]` moved by the seed
-    (seed 42: -noise, 43: 0, 44: +noise), written as a finished notebook writes it."""
+    (seed 42: -noise, 43: 0, 44: +noise), written as a finished notebook writes it. As in the notebook,
+    `check_parameters` reads the sweep's WORKBOOK_RUN_GROUP and MLFLOW_EXPERIMENT_NAME, the Run tracks."""
 
     def run(path, params, *, runs_dir, executed, log_output):
         calls.append(params)
         out = runner.Path(params["OUTPUT_DIR"])
         score = means[params["LR"]] + noise * (params["SEED"] - 43)
-        tracker = _mlflow.begin(NB01, params, out)
-        tracker.evaluation(10, {"loss": 1.0, "macro_f1": score - 0.05})
-        tracker.evaluation(20, {"loss": 0.8, "macro_f1": score})
-        artifacts.write_metrics(out, notebook=NB01, test={"accuracy": score + 0.02, "macro_f1": score - 0.01},
-                                train={"wall_s": 1.0}, params=params)
+        run = hp.notebook.check_parameters(NB01, {**hp.notebook._notebook_defaults(NB01), **params})
+        assert run.run_group["group"] in str(run) and run.experiment == "sweep-01-lr"
+        run.start_tracking()
+        evals = [{"step": 10, "loss": 1.0, "macro_f1": score - 0.05}, {"step": 20, "loss": 0.8, "macro_f1": score}]
+        for record in evals:
+            run.on_evaluation(record["step"], record, record["step"] == 20)
+        path = artifacts.write_metrics(out, notebook=NB01, test={"accuracy": score + 0.02, "macro_f1": score - 0.01},
+                                       train={"wall_s": 1.0}, params=params, evaluations=evals)
+        run.finish_tracking(path)
         (out / "run.json").write_text(json.dumps({"params": params, "finished": True}))
-        return runner.RunResult(path.stem, "ok", 1.0, executed, out, artifacts.read_metrics(out))
+        return runner.RunResult(path.stem, "ok", 1.0, executed, out, artifacts._read_metrics(out))
 
     return run
 

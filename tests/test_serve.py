@@ -30,18 +30,18 @@ def classifier_dir(tmp_path_factory, tiny_encoder_dir):
 
     out = tmp_path_factory.mktemp("clf")
     model = AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir)
-    return hp.artifacts.save_model(out, model, AutoTokenizer.from_pretrained(tiny_encoder_dir),
-                                   task="text-classification", info={"max_length": 32})
+    return hp.artifacts._save_model(out, model, AutoTokenizer.from_pretrained(tiny_encoder_dir),
+                                    task="text-classification", info={"max_length": 32})
 
 
 @pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory):
     g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
     hp.models.ensure_pad_token(g.tokenizer, g.model, use_eos=True)
-    info = {"prompt_template": textgen.DEFAULT_PROMPT, "max_length": 256, "sep_marker": "<sep>",
+    info = {"prompt_template": textgen._DEFAULT_PROMPT, "max_length": 256, "sep_marker": "<sep>",
             "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("causal"), g.model, g.tokenizer,
-                                   task="summarization-causal", info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("causal"), g.model, g.tokenizer,
+                                    task="summarization-causal", info=info)
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,8 @@ def seq2seq_dir(tmp_path_factory):
     info = {"prefix": "summarize: ", "max_source_length": 64,
             "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4,
                                                      no_repeat_ngram_size=1).to_dict()}
-    return hp.artifacts.save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer,
-                                   task="summarization-seq2seq", info=info)
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer,
+                                    task="summarization-seq2seq", info=info)
 
 
 def _score_py(folder, code: str):
@@ -324,7 +324,7 @@ def test_predictions_from_a_stand_in_say_so_on_the_command_line_and_in_score_py(
     assert json.loads(out.out)[0]["label"] and "stand-in" in out.err and "ProsusAI/finbert" in out.err
     assert cli.main(["predict", str(classifier_dir), HEADLINES[0]]) == 0
     assert "stand-in" not in capsys.readouterr().err  # a real base model: no note
-    shutil.copy(Path(hp.__file__).parent / "score_template.py", standin / "score.py")
+    shutil.copy(Path(workbook.serve.__file__).parent / "score_template.py", standin / "score.py")
     proc = subprocess.run([sys.executable, "-c", "import score; print(score.predict_sentiment('Profit rose.'))"],
                           cwd=standin, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "offline stand-in for ProsusAI/finbert" in proc.stderr

@@ -76,7 +76,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read():
 def real_client(tiny_encoder_dir, tmp_path_factory):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    folder = hp.artifacts.save_model(
+    folder = hp.artifacts._save_model(
         tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
         AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
     return workbook.serve.create_app(folder, device="cpu").test_client()

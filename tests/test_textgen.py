@@ -69,7 +69,7 @@ def test_standin_is_built_once_then_loaded_from_its_folder(tmp_path, monkeypatch
 
 def test_labels_are_masked_on_the_prompt_of_a_real_example(pythia):
     tok = pythia.tokenizer
-    source = textgen.normalize_source(REAL_REVIEWS)
+    source = textgen.clean_text(REAL_REVIEWS)
     assert "<sep>" not in source and "\n\n" in source
     pre = textgen.tokenize_causal_lm(_pairs([source], [REAL_META]), tok, max_length=1024, max_target_length=256)
     row = pre.dataset[0]
@@ -143,23 +143,23 @@ def test_batched_generation_matches_one_by_one(which, request):
         inputs = ["summarize: " + s for s in sources]
     settings = textgen.GenerationSettings(max_new_tokens=12, min_new_tokens=4)
     batched = textgen.generate(g.model, g.tokenizer, inputs, settings=settings, batch_size=4, progress=False)
-    naive = textgen.generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings)
+    naive = textgen._generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings)
     assert batched == naive and any(batched)
 
 
 def test_rouge_and_repetition_metrics():
     m = hp.metrics
-    assert m.rouge(["the cat sat on the mat"], ["the cat sat on the mat"]) == {"rouge1": 100.0, "rouge2": 100.0,
-                                                                               "rougeL": 100.0}
-    assert m.rouge(["dogs bark"], ["the cat sat"])["rouge1"] == 0.0
-    assert m.rouge(["the cats were sitting"], ["the cat sat"], use_stemmer=True)["rouge1"] > \
-        m.rouge(["the cats were sitting"], ["the cat sat"], use_stemmer=False)["rouge1"]
-    assert m.repetition_rate(["a b c d e f"]) == 0.0
-    assert m.repetition_rate(["the paper is the paper is the paper is"]) == pytest.approx(4 / 7)
+    assert m._rouge(["the cat sat on the mat"], ["the cat sat on the mat"]) == {"rouge1": 100.0, "rouge2": 100.0,
+                                                                                "rougeL": 100.0}
+    assert m._rouge(["dogs bark"], ["the cat sat"])["rouge1"] == 0.0
+    assert m._rouge(["the cats were sitting"], ["the cat sat"], use_stemmer=True)["rouge1"] > \
+        m._rouge(["the cats were sitting"], ["the cat sat"], use_stemmer=False)["rouge1"]
+    assert m._repetition_rate(["a b c d e f"]) == 0.0
+    assert m._repetition_rate(["the paper is the paper is the paper is"]) == pytest.approx(4 / 7)
     scores = m.summary_metrics(["the paper is good", "x"], ["the paper is good", "y"])
     assert set(scores) == {"rouge1", "rouge2", "rougeL", "repeated_3grams", "mean_words"}
     with pytest.raises(ValueError, match="must pair up"):
-        m.rouge(["a"], ["a", "b"])
+        m._rouge(["a"], ["a", "b"])
 
 
 def test_load_text_pairs_from_a_jsonl_file_with_other_columns(tmp_path):
@@ -168,22 +168,22 @@ def test_load_text_pairs_from_a_jsonl_file_with_other_columns(tmp_path):
             {"reviews": REAL_REVIEWS, "meta": REAL_META, "id": 7},
             {"reviews": "Other reviews.", "meta": "Other.", "id": 8}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    loaded = hp.data.load_text_pairs(path, source_col="reviews", target_col="meta", id_col="id")
+    loaded = hp.data._load_text_pairs(path, source_col="reviews", target_col="meta", id_col="id")
     assert loaded.dataset.column_names == ["source", "target", "id"] and len(loaded.dataset) == 2
     assert loaded.report.dropped == {"empty source": 1, "duplicate (same source and target)": 1}
     assert loaded.dataset[0]["id"] == "7"
     with pytest.raises(hp.data.DataError, match="no column 'text'.*set SOURCE_COL / TARGET_COL"):
-        hp.data.load_text_pairs(path)
+        hp.data._load_text_pairs(path)
 
 
 def test_a_saved_summarizer_loads_back_and_summarizes_the_same(pythia, tmp_path):
     fmt = textgen.PromptFormat()
     info = {"prompt_template": fmt.template, "max_length": 1024, "sep_marker": "<sep>",
             "generation": textgen.GenerationSettings(max_new_tokens=10, min_new_tokens=3).to_dict()}
-    folder = hp.artifacts.save_model(tmp_path, pythia.model, pythia.tokenizer, task="summarization-causal", info=info)
+    folder = hp.artifacts._save_model(tmp_path, pythia.model, pythia.tokenizer, task="summarization-causal", info=info)
     summarizer = hp.inference.load(folder, device="cpu")
-    assert isinstance(summarizer, hp.inference.Summarizer)
-    ids, _ = textgen.encode_prompts(pythia.tokenizer, [textgen.normalize_source(REAL_REVIEWS)], fmt, 1024 - 10)
+    assert isinstance(summarizer, hp.inference._Summarizer)
+    ids, _ = textgen.encode_prompts(pythia.tokenizer, [textgen.clean_text(REAL_REVIEWS)], fmt, 1024 - 10)
     expected = textgen.generate(pythia.model, pythia.tokenizer, ids, max_new_tokens=10, min_new_tokens=3,
                                 progress=False)[0]
     result = summarizer.summarize(REAL_REVIEWS)
@@ -200,9 +200,9 @@ def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_pat
     base_dir = t5.source.used
     model = hp.models.add_lora(hp.models.load_generator(base_dir, kind="seq2seq").model,
                            LoraConfig(task_type="SEQ_2_SEQ_LM", r=8, lora_alpha=16, target_modules=["q", "v"]))
-    counts = hp.models.count_parameters(model)
+    counts = hp.models._count_parameters(model)
     assert 0 < counts.trainable < 0.1 * counts.total
-    rows = hp.data.load_text_pairs("auto", sample="xsum", source_col="document").dataset.select(range(48))
+    rows = hp.data._load_text_pairs("auto", sample="xsum", source_col="document").dataset.select(range(48))
     data = textgen.tokenize_seq2seq(rows, t5.tokenizer, max_source_length=96, max_target_length=24).dataset
     history = hp.train(model, data, num_epochs=2, train_batch_size=8, lr=1e-2, precision="fp32", progress=False,
                        eval_each_epoch=False, log_every_steps=1)
@@ -212,14 +212,14 @@ def test_lora_adapter_and_merged_model_reload_to_identical_summaries(t5, tmp_pat
     settings = textgen.GenerationSettings(max_new_tokens=12, min_new_tokens=6, no_repeat_ngram_size=1)
     info = {"prefix": "summarize: ", "max_source_length": 96, "sep_marker": None, "base_model_path": base_dir,
             "generation": settings.to_dict()}
-    adapter_dir = hp.artifacts.save_model(tmp_path, model, t5.tokenizer, task="summarization-seq2seq", info=info,
-                                          subdir="adapter")
+    adapter_dir = hp.artifacts._save_model(tmp_path, model, t5.tokenizer, task="summarization-seq2seq", info=info,
+                                           subdir="adapter")
     assert (adapter_dir / "adapter_config.json").exists() and not (adapter_dir / "config.json").exists()
-    with hp.models.quiet_peft():
+    with hp.models._quiet_peft():
         merged = PeftModel.from_pretrained(hp.models.load_generator(base_dir, kind="seq2seq").model,
                                            adapter_dir).merge_and_unload()
-    model_dir = hp.artifacts.save_model(tmp_path, merged, t5.tokenizer, task="summarization-seq2seq", info=info)
-    assert hp.artifacts.folder_size_mb(adapter_dir) < hp.artifacts.folder_size_mb(model_dir)
+    model_dir = hp.artifacts._save_model(tmp_path, merged, t5.tokenizer, task="summarization-seq2seq", info=info)
+    assert hp.artifacts._folder_size_mb(adapter_dir) < hp.artifacts._folder_size_mb(model_dir)
 
     texts = [r["document"] for r in helpers._offline.samples.xsum_rows(10, seed=11)]
     from_adapter = hp.inference.load(adapter_dir, device="cpu").summarize(texts)

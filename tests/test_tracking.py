@@ -8,7 +8,10 @@ import os
 import pytest
 
 from helpers import _mlflow, artifacts
+from helpers.notebook import Run
 from workbook import compare, runner, sweep, tracking
+
+NB01 = "01_finbert_financial_sentiment"
 
 
 @pytest.fixture
@@ -19,26 +22,31 @@ def store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv(tracking.TRIAL_ENV, raising=False)
     yield tmp_path / "runs"
-    if _mlflow._current is not None:
-        _mlflow._current.abandon()
-    _mlflow._current = None
+    for tracker in list(_mlflow._open):
+        tracker.abandon()
 
 
 def _finish_a_run(out, evals, *, standin=True, params=None):
-    """What a notebook does, minus the model: start (tracking begins), evaluations, plots, write_metrics."""
-    tracker = _mlflow.begin("01_finbert_financial_sentiment", params or {"LR": 5e-5, "NUM_EPOCHS": 2}, out)
+    """What a notebook does, minus the model: start tracking, evaluations (hp.train's callback), plots,
+    metrics.json (files only), then finish tracking with it."""
+    run = Run(NB01, params or {"LR": 5e-5, "NUM_EPOCHS": 2}, False, out)
+    run.start_tracking()
     for step, metrics in evals:
-        tracker.evaluation(step, metrics)
+        assert run.on_evaluation(step, metrics, False) is False
     (out / "plots").mkdir(parents=True, exist_ok=True)
     (out / "plots" / "history.png").write_bytes(b"\x89PNG fake")
     (out / "model").mkdir(exist_ok=True)
-    artifacts.write_metrics(out, notebook="01_finbert_financial_sentiment", test={"accuracy": 0.81, "macro_f1": 0.77},
-                            baseline={"accuracy": 0.3, "majority_accuracy": 0.6},
-                            model={"requested": "ProsusAI/finbert", "used": "/x/minilm", "standin": standin},
-                            data={"used": "all-data.csv", "fingerprint": "abc123"},
-                            train={"wall_s": 12.5, "samples_per_s": 40.0, "num_processes": 1},
-                            params=params or {"LR": 5e-5, "NUM_EPOCHS": 2})
-    return tracker
+    path = artifacts.write_metrics(out, notebook=NB01, test={"accuracy": 0.81, "macro_f1": 0.77},
+                                   baseline={"accuracy": 0.3, "majority_accuracy": 0.6},
+                                   model={"requested": "ProsusAI/finbert", "used": "/x/minilm", "standin": standin},
+                                   data={"used": "all-data.csv", "fingerprint": "abc123"},
+                                   train={"wall_s": 12.5, "samples_per_s": 40.0, "num_processes": 1},
+                                   params=params or {"LR": 5e-5, "NUM_EPOCHS": 2},
+                                   evaluations=[{"step": s, **m} for s, m in evals])
+    assert _mlflow._open == ([run._tracker] if run._tracker.client is not None else [])  # writing closed nothing
+    run.finish_tracking(path)
+    assert _mlflow._open == []
+    return run._tracker
 
 
 def test_a_tracked_run_holds_its_params_evaluations_final_metrics_tags_and_plots(store, tmp_path):
@@ -46,36 +54,66 @@ def test_a_tracked_run_holds_its_params_evaluations_final_metrics_tags_and_plots
     tracker = _finish_a_run(out, [(10, {"loss": 0.9, "macro_f1": 0.5}), (20, {"loss": 0.7, "macro_f1": 0.7})])
     client = tracking.client()
     run = client.get_run(tracker.run_id)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["workbook.status"] == "finished"
     assert run.data.params == {"LR": "5e-05", "NUM_EPOCHS": "2"}
     history = client.get_metric_history(tracker.run_id, "val_macro_f1")
     assert [(m.step, m.value) for m in history] == [(10, 0.5), (20, 0.7)]
     metrics = run.data.metrics
     assert metrics["test_accuracy"] == 0.81 and metrics["baseline_majority_accuracy"] == 0.6
+    assert [m.step for m in client.get_metric_history(tracker.run_id, "test_accuracy")] == [20]
     assert metrics["train_samples_per_s"] == 40.0 and "train_num_processes" not in metrics
     tags = run.data.tags
     assert tags["workbook.standin"] == "true" and tags["workbook.data_fingerprint"] == "abc123"
     assert tags["workbook.model_dir"] == str((out / "model").resolve())
-    assert client.get_experiment(run.info.experiment_id).name == "01_finbert_financial_sentiment"
+    assert client.get_experiment(run.info.experiment_id).name == NB01
     assert {a.path for a in client.list_artifacts(tracker.run_id, "plots")} == {"plots/history.png"}
+    assert "metrics.json" in {a.path for a in client.list_artifacts(tracker.run_id)}
     assert (store / "mlflow.db").exists()
-    assert [e["step"] for e in artifacts.read_metrics(out)["evaluations"]] == [10, 20]
-    frame = tracking.runs_frame("01_finbert_financial_sentiment")
+    assert [e["step"] for e in artifacts._read_metrics(out)["evaluations"]] == [10, 20]
+    frame = tracking.runs_frame(NB01)
     assert len(frame) == 1 and frame.loc[0, "metrics.test_macro_f1"] == 0.77
 
 
+def test_write_metrics_alone_touches_no_tracking(store, tmp_path):
+    """metrics.json is a file: writing it opens, logs to and closes no MLflow run."""
+    artifacts.write_metrics(tmp_path / "plain", notebook=NB01, test={"accuracy": 0.9},
+                            train={"pruned_at_step": 8}, params={"LR": 1e-4})
+    assert artifacts._read_metrics(tmp_path / "plain")["pruned_at_step"] == 8  # what the sweep counts as pruned
+    assert _mlflow._open == [] and not (store / "mlflow.db").exists()
+
+
+def test_a_restarted_notebook_closes_its_earlier_run_and_finishing_takes_the_metrics_dict(store, tmp_path):
+    first = Run(NB01, {"LR": 1e-4}, False, tmp_path / "a")
+    first.start_tracking()
+    second = Run(NB01, {"LR": 1e-4}, False, tmp_path / "a")  # the cells run again in the same kernel
+    second.start_tracking()
+    client = tracking.client()
+    assert client.get_run(first._tracker.run_id).info.status == "KILLED"
+    second.on_evaluation(4, {"macro_f1": 0.5}, True)
+    second.finish_tracking({"test": {"accuracy": 0.7}, "pruned_at_step": 4})
+    done = client.get_run(second._tracker.run_id)
+    assert done.info.status == "FINISHED" and done.data.tags["workbook.status"] == "pruned"
+    assert done.data.metrics["test_accuracy"] == 0.7
+
+
 def test_tracking_off_and_a_broken_store_never_fail_the_run(store, tmp_path, monkeypatch, capsys):
-    off = _mlflow.begin("01_finbert_financial_sentiment", {"LR": 1e-4}, tmp_path / "off", enabled=False)
-    assert off.client is None and not (store / "mlflow.db").exists()
+    off = Run(NB01, {"LR": 1e-4, "TRACKING": False}, False, tmp_path / "off")
+    off.start_tracking()
+    assert off.on_evaluation(5, {"loss": 1.0}, False) is False
+    off.finish_tracking({"test": {"accuracy": 0.5}})
+    assert off._tracker.client is None and not (store / "mlflow.db").exists()
+    assert "tracking: off (TRACKING=False)" in capsys.readouterr().out
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no-such-dir/mlflow.db")  # cannot be created
     tracker = _finish_a_run(tmp_path / "broken", [(5, {"loss": 1.0, "macro_f1": 0.4})])
     said = capsys.readouterr().out
     assert "tracking: could not start the MLflow run" in said and "goes on untracked" in said
     assert tracker.client is None
-    assert artifacts.read_metrics(tmp_path / "broken")["test"]["accuracy"] == 0.81  # the run's results are all there
+    assert artifacts._read_metrics(tmp_path / "broken")["test"]["accuracy"] == 0.81  # the run's results are all there
 
 
 def test_a_trial_is_pruned_by_the_median_pruner_but_never_at_its_last_evaluation(store, monkeypatch, tmp_path, capsys):
+    """The sweep's trial reaches the run as WORKBOOK_TRIAL, read once by check_parameters; the Run hands it to
+    its tracker: evaluations are reported to the study although MLflow tracking is off."""
     import optuna
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -87,12 +125,37 @@ def test_a_trial_is_pruned_by_the_median_pruner_but_never_at_its_last_evaluation
     study.tell(good, 0.7)
     for last, expected in [(True, False), (False, True)]:
         trial = study.ask()
-        monkeypatch.setenv(tracking.TRIAL_ENV, json.dumps({"storage": storage, "study": "s", "trial": trial.number,
-                                                           "metric": "macro_f1",
-                                                           "pruner": {"n_startup_trials": 1}}))
-        tracker = _mlflow.begin("01_finbert_financial_sentiment", {}, tmp_path / f"t{trial.number}", enabled=False)
-        assert tracker.evaluation(10, {"macro_f1": 0.1}, last=last) is expected
+        spec = {"storage": storage, "study": "s", "trial": trial.number, "metric": "macro_f1",
+                "pruner": {"n_startup_trials": 1}}
+        run = Run(NB01, {"TRACKING": False}, False, tmp_path / f"t{trial.number}", sweep_trial=spec)
+        assert f"sweep trial: {trial.number} of study 's'" in str(run)
+        run.start_tracking()
+        assert run.on_evaluation(10, {"macro_f1": 0.1}, last) is expected
     assert "pruned at step 10 by the median pruner" in capsys.readouterr().out
+
+
+def test_a_callback_saying_true_stops_training_at_that_evaluation(store, tmp_path, tiny_model, tiny_data):
+    """hp.train(callbacks=...): each is called after every evaluation with (step, record, last); True stops
+    the run there (history.pruned_at_step). The Run's callback logs each evaluation to MLflow meanwhile."""
+    import helpers as hp
+
+    seen = []
+
+    def stop_at_4(step, record, last):
+        seen.append((step, "loss" in record, last))
+        return step == 4
+
+    run = Run(NB01, {"LR": 1e-2}, False, tmp_path / "cb")
+    run.start_tracking()
+    history = hp.train(tiny_model, tiny_data["train"], tiny_data["validation"], max_steps=8, eval_every_steps=2,
+                       train_batch_size=16, precision="fp32", progress=False, seed=3,
+                       callbacks=[run.on_evaluation, stop_at_4])
+    assert seen == [(2, True, False), (4, True, False)]
+    assert history.pruned_at_step == 4 and history.global_step == 4 and history.summary()["pruned_at_step"] == 4
+    steps = [m.step for m in tracking.client().get_metric_history(run._tracker.run_id, "val_loss")]
+    assert steps == [2, 4]
+    run.abandon_tracking("KILLED")
+    assert tracking.client().get_run(run._tracker.run_id).info.status == "KILLED"
 
 
 def test_sweep_values_and_ranges_are_parsed_with_clear_errors():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import helpers as hp
-from helpers.training import NonFiniteLossError, list_checkpoints
+from helpers.training import _list_checkpoints, _NonFiniteLossError
 
 LABELS = ["negative", "neutral", "positive"]
 FAST = dict(train_batch_size=16, eval_batch_size=64, lr=1e-2, precision="fp32", progress=False, seed=3)
@@ -30,7 +30,7 @@ def test_loss_decreases_and_history_is_complete(tiny_model, tiny_data):
 
 
 def test_bf16_autocast_runs_when_asked(tiny_model, tiny_data):
-    if hp.device.best_device().type == "cpu" and not hp.device.cpu_supports_bf16():
+    if hp.device.best_device().type == "cpu" and not hp.device._cpu_supports_bf16():
         pytest.skip("no native bf16 on this CPU")
     history = hp.train(tiny_model, tiny_data["train"], max_steps=4, **{**FAST, "precision": "bf16"})
     assert history.precision == "bf16" and all(np.isfinite(history.train_loss))
@@ -53,7 +53,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_encoder_dir, t
 
     interrupted = hp.train(fresh(), tiny_data["train"], checkpoint_dir=tmp_path / "cut", stop_after_steps=10, **kwargs)
     assert interrupted.global_step == 10
-    assert list_checkpoints(tmp_path / "cut")[-1].name == "checkpoint-8"
+    assert _list_checkpoints(tmp_path / "cut")[-1].name == "checkpoint-8"
 
     resumed_model = fresh()
     resumed = hp.train(resumed_model, tiny_data["train"], checkpoint_dir=tmp_path / "cut", resume=True, **kwargs)
@@ -62,7 +62,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_encoder_dir, t
     assert resumed.train_loss == full.train_loss
     for name, value in _state(full_model).items():
         assert torch.equal(value, resumed_model.state_dict()[name]), name
-    assert len(list_checkpoints(tmp_path / "cut")) <= 2  # rotation keeps the newest two
+    assert len(_list_checkpoints(tmp_path / "cut")) <= 2  # rotation keeps the newest two
 
 
 def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, tiny_model, tiny_data):
@@ -97,12 +97,12 @@ class _Exploding(torch.nn.Module):
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_model, tiny_data):
-    with pytest.raises(NonFiniteLossError) as err:
+    with pytest.raises(_NonFiniteLossError) as err:
         hp.train(_Exploding(tiny_model), tiny_data["train"], num_epochs=1, log_every_steps=2, save_every_steps=2,
                  checkpoint_dir=tmp_path, **FAST)
     message = str(err.value)
     assert "step 5" in message and "learning rate" in message and "checkpoint-4" in message
-    assert list_checkpoints(tmp_path)[-1].name == "checkpoint-4"  # the last good one survives
+    assert _list_checkpoints(tmp_path)[-1].name == "checkpoint-4"  # the last good one survives
 
 
 def test_evaluate_returns_outputs_in_data_order(tiny_model, tiny_data):

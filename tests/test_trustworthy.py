@@ -63,7 +63,7 @@ def test_sigkill_mid_checkpoint_write_and_mid_run_then_resume_is_bit_identical(t
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (ckpt / ".tmp-checkpoint-12" / "model.pt").exists()  # the half-written one ...
-    assert hp.training.latest_checkpoint(ckpt).name == "checkpoint-8"  # ... is not taken for a checkpoint
+    assert hp.training._latest_checkpoint(ckpt).name == "checkpoint-8"  # ... is not taken for a checkpoint
 
     # 2. resumed, then killed mid-run: between checkpoints, as checkpoint-16 is complete (the process hangs
     #    there, so the kill cannot race the next steps and land after a later checkpoint or the end)
@@ -72,13 +72,13 @@ def test_sigkill_mid_checkpoint_write_and_mid_run_then_resume_is_bit_identical(t
     _wait_for(lambda: Path(str(out) + ".paused").exists(), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert hp.training.latest_checkpoint(ckpt).name == "checkpoint-16"
+    assert hp.training._latest_checkpoint(ckpt).name == "checkpoint-16"
 
     # 3. resumed again: finishes with exactly the numbers of the uninterrupted run
     final = _train(out, "--checkpoint-dir", str(ckpt), "--resume", "--dropout", "0.1")
     assert final["resumed_from"].endswith("checkpoint-16")
     assert _comparable(final) == _comparable(reference)
-    assert not list(ckpt.glob(".tmp-*")) and len(hp.training.list_checkpoints(ckpt)) == 2  # rotated, cleaned
+    assert not list(ckpt.glob(".tmp-*")) and len(hp.training._list_checkpoints(ckpt)) == 2  # rotated, cleaned
 
 
 @pytest.mark.slow
@@ -97,29 +97,30 @@ def test_two_processes_give_the_loss_curve_of_one(tmp_path):
 def test_output_dir_guard(tmp_path):
     out = tmp_path / "run"
     params = {"LR": 5e-5, "SEED": 42, "OUTPUT_DIR": str(out), "RESUME": False}
-    hp.artifacts.prepare_output_dir(out, notebook="01_x", params=params)
+    hp.artifacts._prepare_output_dir(out, notebook="01_x", params=params)
     (out / "checkpoints" / "checkpoint-4").mkdir(parents=True)
-    with pytest.raises(hp.artifacts.OutputDirInUseError, match="unfinished run with checkpoints; set RESUME=True"):
-        hp.artifacts.prepare_output_dir(out, notebook="01_x", params=params)  # would lose work
-    hp.artifacts.prepare_output_dir(out, notebook="01_x", params={**params, "RESUME": True}, resume=True)
+    with pytest.raises(hp.artifacts._OutputDirInUseError, match="unfinished run with checkpoints; set RESUME=True"):
+        hp.artifacts._prepare_output_dir(out, notebook="01_x", params=params)  # would lose work
+    hp.artifacts._prepare_output_dir(out, notebook="01_x", params={**params, "RESUME": True}, resume=True)
     assert (out / "checkpoints" / "checkpoint-4").exists()
     hp.artifacts.write_metrics(out, notebook="01_x", test={"accuracy": 0.9}, params=params)
-    with pytest.raises(hp.artifacts.OutputDirInUseError, match=r"other parameters \(LR: 5e-05 -> 0.0001\)"):
-        hp.artifacts.prepare_output_dir(out, notebook="01_x", params={**params, "LR": 1e-4})
-    with pytest.raises(hp.artifacts.OutputDirInUseError, match="holds a run of 01_x"):
-        hp.artifacts.prepare_output_dir(out, notebook="02_y", params=params)
-    assert hp.artifacts.read_metrics(out)["test"] == {"accuracy": 0.9}  # refusing lost nothing
-    hp.artifacts.prepare_output_dir(out, notebook="01_x", params=params)  # finished, same parameters: rerun
+    with pytest.raises(hp.artifacts._OutputDirInUseError, match=r"other parameters \(LR: 5e-05 -> 0.0001\)"):
+        hp.artifacts._prepare_output_dir(out, notebook="01_x", params={**params, "LR": 1e-4})
+    with pytest.raises(hp.artifacts._OutputDirInUseError, match="holds a run of 01_x"):
+        hp.artifacts._prepare_output_dir(out, notebook="02_y", params=params)
+    assert hp.artifacts._read_metrics(out)["test"] == {"accuracy": 0.9}  # refusing lost nothing
+    hp.artifacts._prepare_output_dir(out, notebook="01_x", params=params)  # finished, same parameters: rerun
     assert not (out / "checkpoints").exists()
-    hp.artifacts.prepare_output_dir(out, notebook="02_y", params=params, overwrite=True)
+    hp.artifacts._prepare_output_dir(out, notebook="02_y", params=params, overwrite=True)
     assert json.loads((out / "run.json").read_text())["notebook"] == "02_y"
 
 
 def test_unknown_injected_parameter_is_refused_with_a_suggestion():
     names = ["LR", "NUM_EPOCHS", "SEED"]
-    with pytest.raises(hp.notebook.UnknownParameterError, match=r"LRR \(did you mean LR\?\)"):
-        hp.notebook.params_snapshot({"LR": 1, "LRR": 3e-5, "NUM_EPOCHS": 1, "SEED": 0, "NOTEBOOK": "x"}, names)
-    assert hp.notebook.params_snapshot({"LR": 1, "SEED": 0, "NOTEBOOK": "x", "pd": None}, names) == {"LR": 1, "SEED": 0}
+    with pytest.raises(hp.notebook._UnknownParameterError, match=r"LRR \(did you mean LR\?\)"):
+        hp.notebook._params_snapshot({"LR": 1, "LRR": 3e-5, "NUM_EPOCHS": 1, "SEED": 0, "NOTEBOOK": "x"}, names)
+    snapshot = hp.notebook._params_snapshot({"LR": 1, "SEED": 0, "NOTEBOOK": "x", "pd": None}, names)
+    assert snapshot == {"LR": 1, "SEED": 0}
 
 
 def test_max_length_beyond_the_model_is_refused(tiny_model):
@@ -146,7 +147,7 @@ class _OutOfMemoryAbove(torch.nn.Module):
 def test_a_batch_too_large_says_what_to_do_or_backs_off(tiny_model, tiny_data, tmp_path):
     wrapped = _OutOfMemoryAbove(tiny_model, limit=8)
     common = dict(max_steps=3, lr=1e-3, precision="fp32", progress=False, eval_each_epoch=False)
-    with pytest.raises(hp.training.BatchTooLargeError,
+    with pytest.raises(hp.training._BatchTooLargeError,
                        match=r"TRAIN_BATCH_SIZE=32 does not fit.*TRAIN_BATCH_SIZE=16 with GRAD_ACCUM_STEPS=2.*"
                              r"AUTO_BATCH_BACKOFF=True"):
         hp.train(wrapped, tiny_data["train"], train_batch_size=32, **common)

@@ -342,8 +342,8 @@ def _resume_command(args, paths, resume: bool) -> str:
         with contextlib.suppress(runner.RunnerError):
             typed.setdefault(runner.find_notebook(name).resolve(), name)
     program = [sys.argv[0] if sys.argv else ""]
-    if program[0].endswith(os.path.join("helpers", "cli.py")):
-        program = [sys.executable, "-m", "helpers.cli"]
+    if program[0].endswith((os.path.join("workbook", "cli.py"), os.path.join("workbook", "__main__.py"))):
+        program = [sys.executable, "-m", "workbook"]
     elif os.path.basename(program[0]).removesuffix(".exe") != "workbook":
         program = ["workbook"]  # called as a function (tests)
     elif shutil.which("workbook") and os.path.realpath(shutil.which("workbook")) == os.path.realpath(program[0]):
@@ -455,17 +455,17 @@ def _read_input(args):
     output costs seconds, not the scoring of the whole file."""
     from pathlib import Path
 
-    from helpers import data, inference
+    from helpers import _readers, inference
 
     source = Path(args.input).expanduser()
     if not source.exists():
-        raise data.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
+        raise _readers.DataError(f"Input not found: {args.input} (looked in {Path.cwd()}).")
     if args.output is not None:
-        inference.check_output(args.output, source)
-    read = (data.read_folder if source.is_dir() else data.read_archive if data.is_archive(source)
-            else data.read_table)
-    wanted = data.text_columns(args.text_col)
-    wanted += data.text_columns(args.text_pair_col) if args.text_pair_col else []
+        inference._check_output(args.output, source)
+    read = (_readers.read_folder if source.is_dir() else _readers.read_archive if _readers.is_archive(source)
+            else _readers.read_table)
+    wanted = _readers.text_columns(args.text_col)
+    wanted += _readers.text_columns(args.text_pair_col) if args.text_pair_col else []
     with contextlib.redirect_stdout(sys.stderr):  # the reader's notes must not mix into CSV on stdout
         frame, used = read(source, wanted=wanted)
         for reason, lines in (used.skipped or {}).items():  # lines the reader set aside: said, never silent
@@ -483,10 +483,10 @@ def _predict_file(args, model, frame) -> int:
     existed = args.output is not None and Path(args.output).expanduser().exists()
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            scored = inference.score_table(model, frame, text_col=args.text_col, text_pair_col=args.text_pair_col,
-                                           text_join=args.text_join, batch_size=args.batch_size,
-                                           raw=args.raw and model.task == "text-classification")
-        inference.write_table(scored, args.output)
+            scored = inference._score_table(model, frame, text_col=args.text_col, text_pair_col=args.text_pair_col,
+                                            text_join=args.text_join, batch_size=args.batch_size,
+                                            raw=args.raw and model.task == "text-classification")
+        inference._write_table(scored, args.output)
     except (data.DataError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -511,13 +511,13 @@ def _predict_file(args, model, frame) -> int:
 def _against_labels(scored, label_col: str, labels: list[str], predicted: str = "predicted_label") -> str:
     """Accuracy and macro-F1 of the predictions against a column of true labels (names, or 0-/1-based
     positions in the model's labels, as the notebooks read them)."""
-    from helpers import data, metrics
+    from helpers import _readers, data, metrics
 
-    data.check_columns(scored, [label_col], "the input")
+    _readers.check_columns(scored, [label_col], "the input")
     rows = scored[scored[predicted].notna() & scored[label_col].notna()]
     if rows.empty:
         raise data.DataError(f"No scored row has a value in {label_col!r}; nothing to compare.")
-    truth, _, rule = data.encode_label_names(rows, label_col, labels, where="the input")
+    truth, _, rule = data._encode_label_names(rows, label_col, labels, where="the input")
     index = {name: i for i, name in enumerate(labels)}
     report = metrics.classification_report([index[t] for t in truth], [index[p] for p in rows[predicted]], labels)
     return (f"against {label_col!r} ({rule}): accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f} "
@@ -526,14 +526,14 @@ def _against_labels(scored, label_col: str, labels: list[str], predicted: str = 
 
 def _against_references(scored, reference_col: str, predicted: str = "predicted_summary") -> str:
     """ROUGE-1/2/L (0-100) of the generated summaries against a column of reference summaries."""
-    from helpers import data, metrics
+    from helpers import _readers, data, metrics
 
-    data.check_columns(scored, [reference_col], "the input")
+    _readers.check_columns(scored, [reference_col], "the input")
     refs = scored[reference_col].fillna("").astype(str).str.strip()
     rows = scored[scored[predicted].notna() & (refs != "")]
     if rows.empty:
         raise data.DataError(f"No scored row has a reference summary in {reference_col!r}; nothing to compare.")
-    score = metrics.rouge(rows[predicted].tolist(), refs[rows.index].tolist())
+    score = metrics._rouge(rows[predicted].tolist(), refs[rows.index].tolist())
     return (f"against {reference_col!r}: " + ", ".join(f"{k} {v:.2f}" for k, v in score.items())
             + f" on {len(rows):,} rows")
 
@@ -673,10 +673,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         return _cmd_ui(args)
     if args.command == "samples":
-        from helpers import data
         from helpers._offline import samples
+        from helpers._paths import SAMPLES_DIR
 
-        for path in samples.write_all(data.SAMPLES_DIR):
+        for path in samples.write_all(SAMPLES_DIR):
             print(f"wrote {path}")
         return 0
     if args.command == "predict":

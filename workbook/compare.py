@@ -1,7 +1,7 @@
 """Compare runs: a table of every run (parameters, headline metrics, time, the best marked) and plots.
 
     workbook compare runs/sweep-01-lr/*            any run folders (each holds a metrics.json)
-    hp.compare.report(["runs/a", "runs/b"], "runs/compare")
+    workbook.compare.report(["runs/a", "runs/b"], "runs/compare")
 
 Writes `report.md` and `report.html` with `plots/metric_vs_<PARAM>.png` (the metric against each
 parameter that differs between the runs) and `plots/validation_curves.png` (every run's validation
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.artifacts import METRICS_FILE
+from helpers.artifacts import _METRICS_FILE
 
 # Parameters that say where or how a run was stored, not what was trained: never "swept".
 _BOOKKEEPING = {"OUTPUT_DIR", "RESUME", "OVERWRITE", "TRACKING", "SMOKE", "ALLOW_STANDIN"}
@@ -60,11 +60,11 @@ class RunRow:
 def load_run(folder: str | Path, name: str | None = None) -> RunRow:
     """A run folder (its metrics.json); a folder without one is a failed or unfinished run."""
     folder = Path(folder)
-    metrics = folder / METRICS_FILE
+    metrics = folder / _METRICS_FILE
     if not metrics.exists():
         run_file = folder / "run.json"
         params = json.loads(run_file.read_text()).get("params", {}) if run_file.exists() else {}
-        return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {METRICS_FILE})", params)
+        return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {_METRICS_FILE})", params)
     record = json.loads(metrics.read_text())
     status = "pruned" if record.get("pruned_at_step") is not None else "ok"
     return RunRow(name or folder.name, folder, record, status, params=dict(record.get("params") or {}))

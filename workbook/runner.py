@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers._paths import PROJECT_ROOT, RUNS_DIR
-from helpers.artifacts import METRICS_FILE, write_json
+from helpers.artifacts import _METRICS_FILE, _write_json
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 
@@ -130,7 +130,7 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
 
 def check_parameters(path: Path, params: dict[str, Any]) -> None:
     """Refuse unknown names and unusable values before anything runs (the notebook checks them again)."""
-    from helpers.notebook import ParameterError, check_parameter
+    from helpers.notebook import ParameterError, _check_parameter
 
     known = notebook_parameters(path)
     for name, value in params.items():
@@ -139,7 +139,7 @@ def check_parameters(path: Path, params: dict[str, Any]) -> None:
             hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
             raise RunnerError(f"{path.stem} has no parameter {name!r}; {hint}")
         try:
-            check_parameter(name, value, parse_value(known[name]["default"]))
+            _check_parameter(name, value, parse_value(known[name]["default"]))
         except ParameterError as err:
             raise RunnerError(str(err)) from None
 
@@ -249,12 +249,12 @@ def _ctrl_c_to_the_kernel():
 
 def _interruption(output_dir: Path, traceback_lines) -> Interruption:
     """Where the run stopped: the kernel's 'Interrupted at step N of M' line, else the last checkpoint's step."""
-    from helpers.notebook import interrupted_step
-    from helpers.training import latest_checkpoint
+    from helpers.notebook import _interrupted_step
+    from helpers.training import _latest_checkpoint
 
-    checkpoint = latest_checkpoint(output_dir / "checkpoints") if (output_dir / "checkpoints").is_dir() else None
+    checkpoint = _latest_checkpoint(output_dir / "checkpoints") if (output_dir / "checkpoints").is_dir() else None
     found = Interruption(checkpoint=checkpoint)
-    reported = interrupted_step(traceback_lines)
+    reported = _interrupted_step(traceback_lines)
     if reported:
         found.step, found.total_steps = reported
     elif checkpoint is not None:
@@ -276,18 +276,18 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     Ctrl-C (or the kernel interrupted by anyone) raises `RunInterrupted`, whose result says where it stopped."""
     import papermill
 
-    from helpers.notebook import runs_home, smoke_from_env
+    from helpers.notebook import _runs_home, _smoke_from_env
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     params = resolve_paths(params)
-    home = runs_home(smoke_from_env(params.get("SMOKE")), runs_dir)
+    home = _runs_home(_smoke_from_env(params.get("SMOKE")), runs_dir)
     params.setdefault("OUTPUT_DIR", str((home / path.stem).resolve()))
     check_parameters(path, params)
     executed = Path(executed) if executed else home / path.name
     executed.parent.mkdir(parents=True, exist_ok=True)
     output_dir = Path(params["OUTPUT_DIR"])
-    metrics_file = output_dir / METRICS_FILE
+    metrics_file = output_dir / _METRICS_FILE
 
     def stamp():
         return metrics_file.stat().st_mtime_ns if metrics_file.exists() else None
@@ -322,7 +322,7 @@ def run_notebook(path: Path, params: dict[str, Any], *, runs_dir: Path = RUNS_DI
     fresh = metrics_file.exists() and stamp() != before
     metrics = json.loads(metrics_file.read_text()) if fresh and error is None else {}
     if error is None and not metrics:
-        error = f"the notebook finished but wrote no {METRICS_FILE}"
+        error = f"the notebook finished but wrote no {_METRICS_FILE}"
     return RunResult(path.stem, "ok" if error is None else "failed", wall, executed, output_dir, metrics, error)
 
 
@@ -366,7 +366,7 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
     runs_dir = Path(runs_dir)
     path = runs_dir / "summary.md"
     path.write_text("\n".join(lines) + "\n")
-    write_json(runs_dir / "summary.json", {"runs": [
+    _write_json(runs_dir / "summary.json", {"runs": [
         {"notebook": r.notebook, "status": r.status, "error": r.error, "wall_s": round(r.wall_s, 1),
          "executed": str(r.executed) if r.executed else None, "output_dir": str(r.output_dir) if r.output_dir else None,
          "test": r.metrics.get("test", {}), "model": r.metrics.get("model", {}), "data": r.metrics.get("data", {}),
@@ -406,10 +406,10 @@ def run_many(names: list[str] | None, params: dict[str, Any], *, runs_dir: Path 
         results.append(result)
         tail = f"ok ({result.wall_s:.0f} s)" if result.status == "ok" else f"FAILED ({result.error})"
         echo(f"  {tail}; executed copy: {result.executed}", flush=True)
-    from helpers.notebook import runs_home, smoke_from_env
+    from helpers.notebook import _runs_home, _smoke_from_env
 
     with _ctrl_c_ignored():  # the summary of an interrupted run is written whole, however often Ctrl-C is pressed
-        summary = write_summary(results, runs_home(smoke_from_env(params.get("SMOKE")), runs_dir))
+        summary = write_summary(results, _runs_home(_smoke_from_env(params.get("SMOKE")), runs_dir))
     echo(f"summary: {summary}")
     return results
 

@@ -296,9 +296,9 @@ def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
     used = str(base.get("used") or requested)
     if not base.get("standin"):
         return requested, requested, ""
-    from helpers.models import STANDIN_ENCODER_NAME
+    from helpers.models import _STANDIN_ENCODER_NAME
 
-    shown = STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else Path(used).name
+    shown = _STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else Path(used).name
     notice = (f"This model was fine-tuned from an offline stand-in ({shown}) because {requested} could not be "
               "reached; its answers show that the code works, not how good the requested model is.")
     if info.get("task") != "text-classification":
@@ -451,7 +451,7 @@ class ModelService:
 
     def run(self, items: list, overrides: dict, gone=None, *, raw: bool = False) -> list[dict]:
         """The model on `items`; `Busy` when the queue is full or the wait too long. Generation settings are
-        checked against their limits first (`inference.GENERATION_LIMITS`): a 400 naming the setting.
+        checked against their limits first (`inference._GENERATION_LIMITS`): a 400 naming the setting.
         A classifier's probabilities are calibrated (the folder's temperature); `raw` adds the model's own."""
         if overrides and self.classifier:
             raise BadRequest('"parameters" are for summarizers only')
@@ -470,11 +470,11 @@ class ModelService:
     def _call_model(self, items: list, overrides: dict, stop=None) -> list[dict]:
         if self.classifier:
             return self.predictor.predict(items, **overrides)
-        from helpers.inference import GenerationStopped
+        from helpers.inference import _GenerationStopped
 
         try:
             return self.predictor.summarize(items, stop=stop, **overrides)
-        except GenerationStopped as err:
+        except _GenerationStopped as err:
             raise BadRequest(f"generating these summaries was stopped: {err}; send fewer texts per request, or a "
                              "smaller max_new_tokens or num_beams", 413) from None
         except (TypeError, ValueError) as err:

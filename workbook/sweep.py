@@ -355,6 +355,25 @@ def _mark_stale_trials(study) -> list[int]:
             stale.append(trial.number)
     return stale
 
+def _tell(study, trial, result: runner.RunResult, row, metric: str, direction: str) -> None:
+    """Tell the study how a trial ended (failed, pruned, or its value), and say it in one line."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    value = row.objective(metric, direction) if result.status == "ok" else None
+    if result.status != "ok":
+        study.tell(trial, state=states.FAIL)
+        print(f"  failed ({result.wall_s:.0f} s): {result.error}")
+    elif row.status == "pruned":
+        study.tell(trial, state=states.PRUNED)
+        print(f"  pruned at step {row.record.get('pruned_at_step')} ({result.wall_s:.0f} s)")
+    elif value is None or not math.isfinite(value):
+        study.tell(trial, state=states.FAIL)
+        print(f"  no validation {metric} in its metrics.json; counted as failed")
+    else:
+        study.tell(trial, value)
+        print(f"  {metric} {value:.4f} ({result.wall_s:.0f} s)")
+
 
 def run_optuna(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool = False) -> list[runner.RunResult]:
     """Trials until the study holds `trials` finished (complete or pruned) ones."""
@@ -386,25 +405,14 @@ def run_optuna(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool =
         label = f"trial-{trial.number:03d}"
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         print(f"[{done + 1}/{sweep.trials}] {label}: {shown}", flush=True)
+        # The process boundary: the notebook's `hp.notebook.check_parameters` reads these once, and its Run
+        # reports each evaluation to this trial (`run.on_evaluation`); a pruned run's metrics.json says so.
         env = {"MLFLOW_EXPERIMENT_NAME": sweep.experiment,
                tracking.TRIAL_ENV: json.dumps({"storage": _storage(sweep), "study": sweep.name, "trial": trial.number,
                                                "metric": metric, "pruner": PRUNER})}
         result = _run_one(sweep, label, trial.params, env, run_fn, log_output)
         results.append(result)
-        row = compare.load_run(sweep.folder / label)
-        value = row.objective(metric, direction) if result.status == "ok" else None
-        if result.status != "ok":
-            study.tell(trial, state=states.FAIL)
-            print(f"  failed ({result.wall_s:.0f} s): {result.error}")
-        elif row.status == "pruned":
-            study.tell(trial, state=states.PRUNED)
-            print(f"  pruned at step {row.record.get('pruned_at_step')} ({result.wall_s:.0f} s)")
-        elif value is None or not math.isfinite(value):
-            study.tell(trial, state=states.FAIL)
-            print(f"  no validation {metric} in its metrics.json; counted as failed")
-        else:
-            study.tell(trial, value)
-            print(f"  {metric} {value:.4f} ({result.wall_s:.0f} s)")
+        _tell(study, trial, result, compare.load_run(sweep.folder / label), metric, direction)
         write_report(sweep, _trial_labels(study))
         done, running = counts()
     report = write_report(sweep, _trial_labels(study))

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import helpers as hp  # noqa: E402
+from helpers._readers import sample_path  # noqa: E402
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -68,13 +69,13 @@ def main() -> None:
 
         hp.training._save_checkpoint = checkpoint_then_hang
 
-    tokenizer = AutoTokenizer.from_pretrained(hp.models.standin_encoder_dir())
+    tokenizer = AutoTokenizer.from_pretrained(hp.models._standin_encoder_dir())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128, num_labels=3,
                         hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout)
     torch.manual_seed(0)
     model = BertForSequenceClassification(config)
-    loaded = hp.data.load_labeled_data(hp.data.sample_path("financial_phrasebank"), text_col="sentence",
+    loaded = hp.data.load_labeled_data(sample_path("financial_phrasebank"), text_col="sentence",
                                        label_col="label", columns=["label", "sentence"], label_names=LABELS)
     splits = hp.data.stratified_split(loaded.dataset, seed=0)
     label2id = {n: i for i, n in enumerate(LABELS)}
