@@ -358,6 +358,8 @@ class _Measurement:
     eval_timed_costs: list[float] = field(default_factory=list)
     eval_s: list[float] = field(default_factory=list)
     shape_cache_mb: float = 0.0  # CPU: what the run's batch shapes not measured will add (kernels cached per shape)
+    new_shape_s: float = 0.0  # a step's extra seconds the first time its batch shape runs (kernels chosen, built)
+    new_shapes: int = 0  # the run's batch shapes the measured steps did not run
 
 
 def _measure(model, train_data, eval_data, cfg: TrainConfig, layout: _RunLayout, shape: dict, *,
@@ -375,14 +377,24 @@ def _measure(model, train_data, eval_data, cfg: TrainConfig, layout: _RunLayout,
             kept = kept_mb if cpu else 0.0
             base = _memory_now_mb(loop.device) - kept
             seconds, heap = [], []
+            first_runs, ran = [], set()  # a typical step's first run (a new shape) minus its second (known)
             with loop.fast_paths:
-                for step in layout.measured:  # the live heap read after each step, outside its timing
-                    seconds += _timed_steps(loop, [step])
+                for i, step in enumerate(layout.measured):  # the live heap read after each step, outside its timing
+                    if i > _WARMUP_STEPS:  # a typical step: run twice, the second time timed as the run's steps
+                        first, again = _timed_steps(loop, [step, step])
+                        seconds.append(again)
+                        if layout.measured_shapes[i] - ran:
+                            first_runs.append(max(0.0, first - again))
+                    else:
+                        seconds += _timed_steps(loop, [step])
+                    ran |= layout.measured_shapes[i]
                     heap.append(_live_heap_mb() if cpu else None)
             found = _Measurement(training._peak_memory_mb(loop.device) - kept, base,
                                  layout.measured_costs[_WARMUP_STEPS:], seconds[_WARMUP_STEPS:])
             per_shape, seen = _per_new_shape(heap, layout.measured_shapes[1:], set(layout.measured_shapes[0]))
-            found.shape_cache_mb = per_shape * len(layout.shapes - seen)
+            found.new_shapes = len(layout.shapes - seen)
+            found.shape_cache_mb = per_shape * found.new_shapes
+            found.new_shape_s = float(np.median(first_runs)) if first_runs else 0.0
             eval_rows = as_rows(eval_data) if eval_data is not None else None
             if eval_rows is not None and len(eval_rows):
                 pad = 8 if loop.device.type == "cuda" else None
@@ -715,7 +727,10 @@ def _predict(found: _Measurement | None, layout: _RunLayout, eval_at: list[int],
     persistent = found.base_mb + grads_and_state + during + cache
     activations = peak - persistent if peak > persistent else sizes["activations"]
     fixed, per_cost = _fit_line(found.step_costs, found.step_s)
+    # Each batch shape the run meets first costs once more (measured: a typical step run twice, new then known):
+    # on a CPU, real data's varied lengths give dozens of shapes (real PhraseBank: 61 in 484 steps).
     train_s = layout.total_steps * fixed + per_cost * float(layout.step_costs.sum())
+    train_s += found.new_shape_s * found.new_shapes
     eval_pass = None
     if found.eval_s:
         eval_fixed, eval_per = _fit_line(found.eval_timed_costs, found.eval_s)

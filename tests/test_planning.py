@@ -329,3 +329,21 @@ def test_the_script_puts_the_plan_and_range_test_cells_before_training(tmp_path)
         parameters = next(s for c, s in zip(cells, sources) if "parameters" in c["metadata"].get("tags", []))
         assert "PLAN_MEMORY_LIMIT = None  #" in parameters and "PLAN_TIME_LIMIT = None  #" in parameters
         assert ("FIND_LR = None  #" in parameters) == (not original.name.startswith("04"))
+
+
+def test_batch_shapes_the_plan_did_not_run_are_counted_in_memory_and_time():
+    """On a CPU each new batch shape leaves its kernels in the heap and its first step is slower: the plan
+    measures both on the shapes it ran and adds them for the run's other shapes (real data: dozens)."""
+    per_shape, seen = planning._per_new_shape([100.0, 116.0, 124.0], [{(32, 40, 0)}, {(32, 40, 0), (32, 50, 0)}],
+                                              set())
+    assert per_shape == pytest.approx(12.0) and seen == {(32, 40, 0), (32, 50, 0)}  # 24 MB over two new shapes
+    layout = planning._RunLayout(total_steps=10, steps_per_epoch=10, step_costs=np.full(10, 100.0),
+                                 longest=(32, 50, 0), measured=[], measured_costs=[])
+    sizes = {"weights": 80.0, "gradients": 80.0, "optimizer": 160.0, "best_model_copy": 0.0, "peak": 900.0,
+             "activations": 100.0}
+    found = planning._Measurement(peak_mb=800.0, base_mb=400.0, step_costs=[50.0, 100.0], step_s=[0.5, 1.0])
+    plain = planning._predict(found, layout, [], sizes, "bf16")
+    found.shape_cache_mb, found.new_shape_s, found.new_shapes = 40.0, 0.25, 4
+    counted = planning._predict(found, layout, [], sizes, "bf16")
+    assert counted["peak"] == pytest.approx(plain["peak"] + 40.0)
+    assert counted["train_s"] == pytest.approx(plain["train_s"] + 4 * 0.25)
