@@ -358,7 +358,7 @@ def write_summary(results: list[RunResult], runs_dir: Path = RUNS_DIR) -> Path:
                 or r.metrics.get("data", {}).get("standin")]
     if standins:
         lines += ["", f"Offline stand-ins were used in: {', '.join(standins)}. Their numbers show the code works, "
-                      "not how good the requested models are (see README, 'Offline first')."]
+                      "not how good the requested models are (see docs/your-data.md, 'Offline first')."]
     if any((r.metrics.get("params") or {}).get("TRACKING", True) for r in results
            if r.status not in ("interrupted", "not run")):  # those have no metrics.json to say
         lines += ["", "Each run is also tracked in MLflow (runs/mlflow.db, or MLFLOW_TRACKING_URI): `make ui` shows "

@@ -7,7 +7,7 @@
 Endpoints: `GET /` (the page; `POST /` is its plain HTML form, so it works without JavaScript),
 `GET /health`, `POST /predict` (classifiers), `POST /summarize` (summarizers), and `POST /model`
 (also `/models/<id>/latest/model`), which answers like a Domino model API. The client shapes
-accepted, each documented with curl in the README:
+accepted, each documented with curl in docs/serving.md:
 
 - `{"text": ...}` (with `"text_pair"` for sentence-pair models), `{"texts": [...]}`;
 - the seeds' `{"data": {"sentence" | "text" | "texts": ...}}`; on `/model` the answer is wrapped
