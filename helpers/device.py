@@ -59,11 +59,14 @@ def _gpu_capability(device: torch.device | None = None) -> tuple[int, int]:
 
 
 def _gpu_supports_bf16(device: torch.device | None = None) -> bool:
-    """Native bf16 on this GPU: compute capability 8+ (or ROCm). Not `torch.cuda.is_bf16_supported()`
-    as called by default: that also says True where bf16 is only emulated (T4, V100), which is slow."""
-    if torch.version.hip:
-        return True
-    return _gpu_capability(device)[0] >= 8
+    """Native bf16 on this GPU (compute capability 8+, or ROCm). `torch.cuda.is_bf16_supported()` as called
+    by default also says True where bf16 is only emulated (T4, V100), which is slow: hence
+    `including_emulation=False`."""
+    index = device.index if device is not None else None
+    if index is None or index == torch.cuda.current_device():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    with torch.cuda.device(index):  # the library asks the current device
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def _supports_bf16(device: torch.device) -> bool:

@@ -40,7 +40,9 @@ def simulate_gpu(monkeypatch, name: str, capability: tuple[int, int], count: int
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a, **k: _Props(name, *capability))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # as on a T4
+    # as torch answers: emulated bf16 (T4, V100) counts only when emulation is included
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: including_emulation or capability[0] >= 8)
     monkeypatch.setattr(torch.version, "hip", None)
 
 
