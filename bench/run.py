@@ -217,14 +217,8 @@ def miss_reasons(args, info: dict, results: dict, ratios: dict, targets: dict) -
     return lines
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-    work = HERE / "work"
-    work.mkdir(exist_ok=True)
-    data, layout = choose_data(args, work)
-    apply_defaults(args)
+def train_args(args, data: str, layout: list[str]) -> list[str]:
+    """The options every `bench.train` run gets: the workload, the same for each variant."""
     common = ["--model", args.model, "--data-source", data, "--epochs", str(args.epochs), "--batch-size",
               str(args.batch_size), "--lr", str(args.lr), "--max-length", str(args.max_length), "--eval-every",
               str(args.eval_every), "--test-size", str(args.test_size), *layout]
@@ -232,12 +226,15 @@ def main(argv=None) -> int:
         common += ["--max-train-samples", str(args.max_train_samples)]
     if args.device:
         common += ["--device", args.device]
-    info = machine(args.device)
-    print(f"machine: {info['describe']}\ncpu: {info['cpu']} ({info['cpu_count']} cores)\n")
+    return common
+
+
+def run_variants(args, common: list[str], info: dict, work: Path) -> dict[str, list[dict]]:
+    """Every variant in its own process: (a) once, then the others alternating, so a slow spell of the
+    machine hits them alike; each run's record with its time to the target accuracy and MFU."""
     variants = args.variants.split(",")
     if args.repeats < 1:
         raise SystemExit(f"--repeats must be at least 1, got {args.repeats}")
-    # (a) once, then (b) and (c) alternating, so a slow spell of the machine hits both alike
     order = [(v, args.seed) for v in variants if v == "seed_trainer"]
     order += [(v, args.seed + i) for i in range(args.repeats) for v in variants if v != "seed_trainer"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -255,9 +252,11 @@ def main(argv=None) -> int:
         runs[variant].append(r)
         print(f"  {r['train_samples_per_s']:.1f} samples/s, test accuracy {r['test']['accuracy']:.4f}, "
               f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-    results = {v: median_run(rs) for v, rs in runs.items()}
-    spread = {v: seed_spread(rs) for v, rs in runs.items()}
+    return runs
 
+
+def judge(results: dict, spread: dict) -> tuple[dict, dict]:
+    """(the speed ratios between the variants, each target with whether it is met)."""
     ratios, targets = {}, {}
     if {"seed_trainer", "loop"} <= set(results):
         ratios["c_over_a"] = results["loop"]["train_samples_per_s"] / results["seed_trainer"]["train_samples_per_s"]
@@ -273,12 +272,15 @@ def main(argv=None) -> int:
         targets["(c) peak memory <= (b)"] = c["peak_rss_mb"] <= b["peak_rss_mb"]
         if c.get("peak_gpu_mb") and b.get("peak_gpu_mb"):
             targets["(c) peak GPU memory <= (b)"] = c["peak_gpu_mb"] <= b["peak_gpu_mb"]
-
     if {"tuned_trainer", "floor"} <= set(results):
         ratios["d_over_b"] = results["floor"]["train_samples_per_s"] / results["tuned_trainer"]["train_samples_per_s"]
     if {"loop", "floor"} <= set(results):
         ratios["c_over_d"] = results["loop"]["train_samples_per_s"] / results["floor"]["train_samples_per_s"]
+    return ratios, targets
 
+
+def run_generation(args, targets: dict) -> dict:
+    """Batched generation against one prompt at a time (causal LM and T5), its targets added to `targets`."""
     generation = {}
     if not args.skip_generation:
         from bench import generation as gen
@@ -288,7 +290,12 @@ def main(argv=None) -> int:
             generation[kind] = g = gen.run(kind, device=args.device)
             targets[f"generate >= 3x naive ({kind}), identical outputs"] = (
                 g["speedup"] >= 3 and g["identical_outputs"] == g["prompts"])
+    return generation
 
+
+def report(args, info: dict, data: str, results: dict, spread: dict, ratios: dict, targets: dict,
+           generation: dict) -> str:
+    """bench/results.md: the workload, the table, the seeds' spread, the ratios, generation, the targets."""
     rows = f" (at most {args.max_train_samples:,} training rows)" if args.max_train_samples else ""
     md = [f"# Benchmark results ({dt.date.today().isoformat()})", "",
           f"Machine: {info['cpu']}, {info['cpu_count']} cores; {info['describe']}", "",
@@ -320,11 +327,27 @@ def main(argv=None) -> int:
     why = miss_reasons(args, info, results, ratios, targets)
     if why:
         md += ["", "Why the misses:"] + [f"- {line}" for line in why]
-    text = "\n".join(md) + "\n"
+    return "\n".join(md) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    work = HERE / "work"
+    work.mkdir(exist_ok=True)
+    data, layout = choose_data(args, work)
+    apply_defaults(args)
+    info = machine(args.device)
+    print(f"machine: {info['describe']}\ncpu: {info['cpu']} ({info['cpu_count']} cores)\n")
+    runs = run_variants(args, train_args(args, data, layout), info, work)
+    results = {v: median_run(rs) for v, rs in runs.items()}
+    spread = {v: seed_spread(rs) for v, rs in runs.items()}
+    ratios, targets = judge(results, spread)
+    generation = run_generation(args, targets)
+    text = report(args, info, data, results, spread, ratios, targets, generation)
     record = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": info,
               "args": vars(args), "data": data, "results": results, "spread": spread, "ratios": ratios,
-              "generation": generation,
-              "targets": targets}
+              "generation": generation, "targets": targets}
     Path(args.out).write_text(json.dumps(record, indent=2))
     Path(args.out).with_suffix(".md").write_text(text)
     print("\n" + text)

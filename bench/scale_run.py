@@ -50,85 +50,105 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+class Stages:
+    """Seconds, resident and peak memory at the end of each stage, printed as they end."""
+
+    def __init__(self):
+        self.stages: dict[str, dict[str, float]] = {}
+
+    def end(self, name: str, since: float) -> None:
+        self.stages[name] = row = {"s": round(time.perf_counter() - since, 2), "rss_mb": round(rss_mb(), 1),
+                                   "peak_mb": round(peak_mb(), 1)}
+        print(f"  {name:<10} {row['s']:>8.2f} s   rss {row['rss_mb']:>8.1f} MB   peak {row['peak_mb']:>8.1f} MB",
+              flush=True)
+
+
+def prepare(args, stages: Stages):
+    """Notebook 02's data path, stage by stage: read, clean, split, tokenize. (rows read, loaded, tokenizer,
+    classifier, encoded splits)."""
     import helpers as hp
-
-    stages: dict[str, dict[str, float]] = {}
-    start_rss = rss_mb()
-
-    def stage(name: str, since: float) -> None:
-        stages[name] = {"s": round(time.perf_counter() - since, 2), "rss_mb": round(rss_mb(), 1),
-                        "peak_mb": round(peak_mb(), 1)}
-        print(f"  {name:<10} {stages[name]['s']:>8.2f} s   rss {stages[name]['rss_mb']:>8.1f} MB   "
-              f"peak {stages[name]['peak_mb']:>8.1f} MB", flush=True)
 
     t = time.perf_counter()
     frame, used = _readers.read_table(args.parquet)
     rows_read = len(frame)
-    stage("read", t)
-
+    stages.end("read", t)
     t = time.perf_counter()
     loaded = hp.data._labeled_from_frame(frame, used, text_col="title+content", label_col="label",
                                          label_names="negative,positive")
     del frame
-    stage("clean", t)
-
+    stages.end("clean", t)
     t = time.perf_counter()
     splits = hp.data.stratified_split(loaded.dataset, seed=42)
-    stage("split", t)
-
+    stages.end("split", t)
     source = hp.models.resolve_model("distilbert-base-uncased")
     clf = hp.models.load_classifier(source.used, loaded.label_names, source=source, seed=42)
-    tokenizer = clf.tokenizer
 
     def tokenize(batch):
-        return tokenizer(batch["text"], truncation=True, max_length=args.max_length)
+        return clf.tokenizer(batch["text"], truncation=True, max_length=args.max_length)
 
     t = time.perf_counter()
     encoded = {name: hp.data.tokenize(hp.data.to_label_ids(split, clf.label2id), tokenize, num_proc=args.num_proc)
                for name, split in splits.items()}
-    stage("tokenize", t)
-    tokens = int(sum(len(ids) for ids in encoded["train"].select(range(min(2000, len(encoded["train"]))))
-                     ["input_ids"]) / min(2000, len(encoded["train"])) * len(encoded["train"]))
+    stages.end("tokenize", t)
+    return rows_read, loaded, clf, encoded
 
-    result = {"rows": rows_read, "rows_kept": loaded.report.rows_kept, "train_rows": len(encoded["train"]),
+
+def loop_steps(args, clf, train, stages: Stages, result: dict) -> None:
+    """The workbook's path: the token store, its collation speed, then a few steps of hp.train."""
+    import helpers as hp
+
+    t = time.perf_counter()
+    store = batching.TokenStore(train)
+    stages.end("store", t)
+    result["store_mb"] = round(store.nbytes() / 2**20, 1)
+    sampler = batching.LengthGroupedBatchSampler(store.lengths, 32, seed=0)
+    collate = batching.PadCollator(clf.tokenizer.pad_token_id)
+    t, rows = time.perf_counter(), 0
+    for ids in sampler.batches()[: args.collate_batches]:
+        collate([store[i] for i in ids])
+        rows += len(ids)
+    result["collate_rows_per_s"] = round(rows / (time.perf_counter() - t), 1)
+    t = time.perf_counter()
+    hp.train(clf.model, store, None, pad_token_id=clf.tokenizer.pad_token_id, max_steps=args.steps,
+             train_batch_size=args.batch_size, lr=5e-5, eval_each_epoch=False, progress=False)
+    stages.end("steps", t)
+
+
+def trainer_steps(args, clf, train, stages: Stages) -> None:
+    """The same steps with the Hugging Face Trainer reading the tokenized Arrow dataset."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    import helpers as hp
+
+    t = time.perf_counter()
+    targs = TrainingArguments(output_dir=str(Path(args.out).with_suffix(".trainer")), max_steps=args.steps,
+                              per_device_train_batch_size=args.batch_size, learning_rate=5e-5,
+                              save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
+                              train_sampling_strategy="group_by_length", use_cpu=True,
+                              bf16=hp.device.resolve_precision("auto") == "bf16")
+    trainer = Trainer(model=clf.model, args=targs, train_dataset=train.remove_columns(["text"])
+                      if "text" in train.column_names else train,
+                      data_collator=DataCollatorWithPadding(clf.tokenizer))
+    trainer.train()
+    stages.end("steps", t)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    stages, start_rss = Stages(), rss_mb()
+    rows_read, loaded, clf, encoded = prepare(args, stages)
+    train = encoded["train"]
+    sample = min(2000, len(train))
+    tokens = int(sum(len(ids) for ids in train.select(range(sample))["input_ids"]) / sample * len(train))
+    result = {"rows": rows_read, "rows_kept": loaded.report.rows_kept, "train_rows": len(train),
               "train_tokens_est": tokens, "variant": args.variant, "start_rss_mb": round(start_rss, 1)}
     if args.variant == "loop":
-        t = time.perf_counter()
-        store = batching.TokenStore(encoded["train"])
-        stage("store", t)
-        result["store_mb"] = round(store.nbytes() / 2**20, 1)
-        sampler = batching.LengthGroupedBatchSampler(store.lengths, 32, seed=0)
-        collate = batching.PadCollator(tokenizer.pad_token_id)
-        batches = sampler.batches()[: args.collate_batches]
-        t = time.perf_counter()
-        rows = 0
-        for ids in batches:
-            collate([store[i] for i in ids])
-            rows += len(ids)
-        result["collate_rows_per_s"] = round(rows / (time.perf_counter() - t), 1)
-        t = time.perf_counter()
-        hp.train(clf.model, store, None, pad_token_id=tokenizer.pad_token_id, max_steps=args.steps,
-                 train_batch_size=args.batch_size, lr=5e-5, eval_each_epoch=False, progress=False)
-        stage("steps", t)
+        loop_steps(args, clf, train, stages, result)
     else:
-        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-        t = time.perf_counter()
-        targs = TrainingArguments(output_dir=str(Path(args.out).with_suffix(".trainer")), max_steps=args.steps,
-                                  per_device_train_batch_size=args.batch_size, learning_rate=5e-5,
-                                  save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
-                                  train_sampling_strategy="group_by_length", use_cpu=True,
-                                  bf16=hp.device.resolve_precision("auto") == "bf16")
-        trainer = Trainer(model=clf.model, args=targs, train_dataset=encoded["train"].remove_columns(["text"])
-                          if "text" in encoded["train"].column_names else encoded["train"],
-                          data_collator=DataCollatorWithPadding(tokenizer))
-        trainer.train()
-        stage("steps", t)
-    result["stages"] = stages
+        trainer_steps(args, clf, train, stages)
+    result["stages"] = stages.stages
     result["peak_mb"] = round(peak_mb(), 1)
     result["children_peak_mb"] = round(children_peak_mb(), 1)
     Path(args.out).write_text(json.dumps(result, indent=2))
