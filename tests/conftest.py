@@ -38,6 +38,31 @@ def tiny_encoder_dir(tmp_path_factory, standin_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_classifier_dir(tiny_encoder_dir, tmp_path_factory):
+    """The tiny classifier saved as a notebook saves a model (workbook.json, score.py): for serving and scoring."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    import helpers as hp
+
+    return hp.artifacts._save_model(
+        tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
+        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory):
+    """The offline T5 stand-in saved as a summarizer (8 new tokens, at least 4): for serving and scoring."""
+    import helpers as hp
+    from helpers import textgen
+
+    g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
+    info = {"prefix": "summarize: ", "max_source_length": 64,
+            "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
+    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
+                                    info=info)
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tiny_encoder_dir):
     """Tokenized train/validation splits of the generated PhraseBank sample (label ids in LABELS order)."""
     from transformers import AutoTokenizer

@@ -32,15 +32,6 @@ def _score_module(folder: Path, name: str):
 
 
 @pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-    info = {"prefix": "summarize: ", "max_source_length": 64,
-            "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
-    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
-                                    info=info)
-
-
-@pytest.fixture(scope="module")
 def causal_dir(tmp_path_factory):
     """A causal LM whose prompt leaves few positions for the summary: max_new_tokens is capped below 512."""
     g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
@@ -53,12 +44,8 @@ def causal_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def clf_dir(tmp_path_factory, tiny_encoder_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    return hp.artifacts._save_model(
-        tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
-        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
+def clf_dir(tiny_classifier_dir):
+    return tiny_classifier_dir
 
 
 @pytest.fixture(scope="module")

@@ -19,27 +19,13 @@ TEXT = "Police in Glasgow are appealing for witnesses after a fire in a block of
 
 
 @pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-    info = {"prefix": "summarize: ", "max_source_length": 64,
-            "generation": textgen.GenerationSettings(max_new_tokens=8, min_new_tokens=4).to_dict()}
-    return hp.artifacts._save_model(tmp_path_factory.mktemp("t5"), g.model, g.tokenizer, task="summarization-seq2seq",
-                                    info=info)
-
-
-@pytest.fixture(scope="module")
 def summ(t5_dir):
     return workbook.serve.create_app(t5_dir, device="cpu").test_client()
 
 
 @pytest.fixture(scope="module")
-def clf(tiny_encoder_dir, tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = hp.artifacts._save_model(
-        tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
-        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
-    return workbook.serve.create_app(folder, device="cpu").test_client()
+def clf(tiny_classifier_dir):
+    return workbook.serve.create_app(tiny_classifier_dir, device="cpu").test_client()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import helpers as hp
 import workbook.serve
 
 
@@ -73,13 +72,8 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read():
 
 
 @pytest.fixture(scope="module")
-def real_client(tiny_encoder_dir, tmp_path_factory):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    folder = hp.artifacts._save_model(
-        tmp_path_factory.mktemp("clf"), AutoModelForSequenceClassification.from_pretrained(tiny_encoder_dir),
-        AutoTokenizer.from_pretrained(tiny_encoder_dir), task="text-classification", info={"max_length": 16})
-    return workbook.serve.create_app(folder, device="cpu").test_client()
+def real_client(tiny_classifier_dir):
+    return workbook.serve.create_app(tiny_classifier_dir, device="cpu").test_client()
 
 
 json_values = st.recursive(
