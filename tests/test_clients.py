@@ -17,22 +17,23 @@ from workbook import cli
 TOPICS = ["World", "Sports", "Business", "Sci/Tech"]
 
 
-@pytest.fixture(scope="module")
-def plain_t5_dir(tmp_path_factory):
-    g = hp.models.load_generator("google-t5/t5-small", kind="seq2seq")
-    folder = tmp_path_factory.mktemp("plain-t5")
+def _plain_folder(tmp_path_factory, name: str, kind: str, folder_name: str):
+    """A generator saved with plain save_pretrained: no workbook.json, as folders from elsewhere come."""
+    g = hp.models.load_generator(name, kind=kind)
+    folder = tmp_path_factory.mktemp(folder_name)
     g.model.save_pretrained(folder)
     g.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def plain_t5_dir(tmp_path_factory):
+    return _plain_folder(tmp_path_factory, "google-t5/t5-small", "seq2seq", "plain-t5")
 
 
 @pytest.fixture(scope="module")
 def plain_neox_dir(tmp_path_factory):
-    g = hp.models.load_generator("EleutherAI/pythia-70m", kind="causal-lm")
-    folder = tmp_path_factory.mktemp("plain-neox")
-    g.model.save_pretrained(folder)
-    g.tokenizer.save_pretrained(folder)
-    return folder
+    return _plain_folder(tmp_path_factory, "EleutherAI/pythia-70m", "causal-lm", "plain-neox")
 
 
 @pytest.fixture(scope="module")
