@@ -6,7 +6,7 @@
 
 Each run is a normal notebook run (papermill, its own `OUTPUT_DIR` under `runs/sweep-<name>/`),
 tracked in one MLflow experiment, `sweep-<name>`. After every run the sweep rewrites
-`runs/sweep-<name>/report.md` and `.html` (`helpers.compare`): the table with the best run
+`runs/sweep-<name>/report.md` and `.html` (`workbook.compare`): the table with the best run
 marked, the metric against each swept parameter, the validation curves on one axis.
 
 Runs are judged on a validation metric (macro-F1 for classifiers, loss for the summarizers;
