@@ -248,6 +248,19 @@ class _SavedRun:
     card: str
     adapter_folder: Path | None = None  # the adapter alone, when save_run(adapter=...) saved one
 
+    def sizes_mb(self) -> dict[str, float]:
+        """MB on disk of the saved model folder (and of the adapter alone, when there is one)."""
+        sizes = {"model_mb": _folder_size_mb(self.folder)}
+        if self.adapter_folder is not None:
+            sizes["adapter_mb"] = _folder_size_mb(self.adapter_folder)
+        return sizes
+
+    def add_to_metrics(self, **sections: Any) -> Path:
+        """Add sections to metrics.json after saving (checks that need the saved folder), on the main process."""
+        if _is_main_process():
+            _write_json(self.metrics_path, {**json.loads(self.metrics_path.read_text()), **sections})
+        return self.metrics_path
+
 
 def _run_record(source, loaded, splits, *, model_extra: dict | None = None,
                 data_extra: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
