@@ -234,6 +234,9 @@ def _ctrl_c_to_the_kernel():
         pressed.append(True)
         if len(pressed) == 1 and ready and _interrupt_kernel(made):
             return
+        # killed first: papermill's clean-up would ask a kernel still in its cell to shut down, and the kernel
+        # then logs a traceback from its closed sockets (ZMQError) into this run's output
+        _kill_kernels(made)
         raise KeyboardInterrupt
 
     passing_on = before is not None and before is not signal.SIG_IGN
