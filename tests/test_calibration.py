@@ -45,6 +45,22 @@ def test_temperature_scaling_halves_the_ece_of_an_overconfident_model_and_keeps_
     assert under.temperature < 1  # an under-confident model is sharpened
 
 
+def test_the_ece_floor_is_what_a_calibrated_model_scores_and_shrinks_with_more_rows():
+    """A model calibrated by construction still scores an ECE above 0 on a few hundred rows: the floor says how
+    much, so a user can tell a real gap from sampling noise."""
+    logits, labels = _overconfident(500, seed=2, scale=1.0)  # scale 1: calibrated by construction
+    probabilities = metrics._softmax(logits)
+    floor = metrics._ece_noise_floor(probabilities)
+    measured = metrics._expected_calibration_error(probabilities, labels)
+    assert 0.01 < floor < 0.08 and floor / 3 < measured < floor * 3, (floor, measured)
+    many, _ = _overconfident(5000, seed=3, scale=1.0)
+    assert metrics._ece_noise_floor(metrics._softmax(many)) < floor / 2  # about 1/sqrt(rows): 10x rows, ~3x less
+    assert metrics._ece_noise_floor(probabilities) == floor  # seeded: the same report every time
+    cal = metrics.calibrate(*_overconfident(400, seed=4), *_overconfident(400, seed=5))
+    assert 0 < cal.ece_floor < cal.ece_before and cal.to_dict()["ece_floor"] == round(cal.ece_floor, 6)
+    assert f"about {cal.ece_floor:.4f} on these rows" in str(cal)
+
+
 def test_ece_and_reliability_bins_by_hand():
     probs = np.array([[0.95, 0.05], [0.95, 0.05], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])
