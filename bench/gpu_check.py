@@ -135,10 +135,12 @@ def kill_and_resume_step(check: Check) -> None:
         return
     ckpt = check.work / "kill-ckpt"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(_tiny(check, "killed", "--checkpoint-dir", str(ckpt)), cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # it hangs once checkpoint-8 is complete, so the kill cannot land after a later checkpoint or the end
+    proc = subprocess.Popen(_tiny(check, "killed", "--checkpoint-dir", str(ckpt), "--pause-after-checkpoint", "8"),
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    paused = check.work / "killed.json.paused"
     deadline = time.monotonic() + min(120, check.left_s())
-    while not (ckpt / "checkpoint-8" / "state.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+    while not paused.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -13,6 +13,22 @@ import pytest  # noqa: E402
 LABELS = ["negative", "neutral", "positive"]
 
 
+def _patient_nbmake_kernels(startup_timeout: int = 600) -> None:
+    """nbmake gives a notebook's kernel nbclient's default 60 s to start; the notebooks run first in `make
+    test`, on the coldest machine, so they get what `workbook run` gives papermill (600 s). Collection loads
+    this file before any notebook runs."""
+    import functools
+
+    try:
+        import nbmake.nb_run
+    except ImportError:
+        return
+    nbmake.nb_run.NotebookClient = functools.partial(nbmake.nb_run.NotebookClient, startup_timeout=startup_timeout)
+
+
+_patient_nbmake_kernels()
+
+
 @pytest.fixture(scope="session")
 def standin_dir():
     from helpers.models import _standin_encoder_dir

@@ -231,7 +231,7 @@ def test_the_image_serves_a_classifier_as_workbook_predict_does(engine, base_ima
         assert "config.json" in listing and "checkpoints" not in listing and "plots" not in listing
         start = time.perf_counter()  # STOPSIGNAL SIGINT: stopped cleanly, not killed after the grace period
         stopped = _run([engine, "stop", "-t", "20", box.name], timeout=120)
-        assert stopped.returncode == 0 and time.perf_counter() - start < 15, _tail(stopped)
+        assert stopped.returncode == 0 and time.perf_counter() - start < 20, _tail(stopped)  # before the grace period
 
 
 def test_the_image_serves_a_summarizer_and_a_mounted_folder(engine, base_image, folders, tmp_path):

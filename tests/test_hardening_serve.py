@@ -109,7 +109,8 @@ def test_the_cap_follows_the_models_positions(tmp_path):
 # --------------------------------------------------------------------------- work whose caller has gone
 
 def test_a_generation_past_its_budget_is_stopped_and_the_next_caller_is_served(t5_dir):
-    app = workbook.serve.create_app(t5_dir, device="cpu", generation_timeout_s=0.5)
+    # 3 s: the heavy call takes over 20 s unstopped; a quick one 0.04-0.11 s, with room for a busy machine
+    app = workbook.serve.create_app(t5_dir, device="cpu", generation_timeout_s=3)
     client = app.test_client()
     start = time.perf_counter()
     heavy = client.post("/summarize", json={"texts": [TEXT] * 32, "parameters": {
@@ -142,6 +143,7 @@ class WaitingSummarizer:
     max_input_tokens = 16
 
     def __init__(self):
+        self.running = threading.Event()
         self.stopped = threading.Event()
         self.reason = None
 
@@ -150,6 +152,7 @@ class WaitingSummarizer:
 
     def summarize(self, items, stop=None, **overrides):
         if items != ["quick"]:
+            self.running.set()
             end = time.monotonic() + 30
             while time.monotonic() < end:
                 self.reason = stop() if stop else None
@@ -184,7 +187,7 @@ def test_work_stops_when_the_caller_disconnects(live_server):
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        time.sleep(0.5)  # the job is running; then the caller goes away
+        assert model.running.wait(30), "the job never started"  # the job is running; then the caller goes away
     assert model.stopped.wait(5), "the model kept working for a caller who had gone"
     assert "gone" in model.reason
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)

@@ -130,9 +130,9 @@ def test_ctrl_c_twice_stops_a_cell_that_ignores_the_first_and_still_says_one_lin
     started = tmp_path / "started"
     notebook = _tiny_notebook(tmp_path / "99_sleepy.ipynb", (
         "import pathlib, time\n"
-        f"pathlib.Path({str(started)!r}).write_text('x')\n"
-        "for _ in range(2):\n"
+        "for i in range(2):\n"
         "    try:\n"
+        f"        i or pathlib.Path({str(started)!r}).write_text('x')  # inside try: a Ctrl-C from now on is caught\n"
         "        time.sleep(600)\n"
         "    except KeyboardInterrupt:\n"
         f"        pathlib.Path({str(started)!r}).write_text('interrupted once')\n"))
