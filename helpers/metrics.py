@@ -153,13 +153,18 @@ def _softmax(logits, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
+def _confidence_bins(confidence: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `n_bins + 1` equal-width edges over 0-1, and each row's bin index (bins are (lower, upper])."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return edges, np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+
+
 def _reliability_bins(probabilities, labels, n_bins: int = 15) -> list[dict[str, float]]:
     """Rows grouped by their top probability into `n_bins` equal-width bins (0-1/15, ..., 14/15-1): each bin's
     range, mean confidence, accuracy and row count. Empty bins are left out. What a reliability diagram draws."""
     probs, labels = np.asarray(probabilities, dtype=np.float64), np.asarray(labels)
     confidence, correct = probs.max(-1), probs.argmax(-1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)  # bins are (lower, upper]
+    edges, which = _confidence_bins(confidence, n_bins)
     bins = []
     for b in range(n_bins):
         inside = which == b
@@ -186,9 +191,7 @@ def _ece_noise_floor(probabilities, n_bins: int = 15, *, draws: int = 1000, seed
     if rows == 0:
         return 0.0
     confidence, predicted = probs.max(-1), probs.argmax(-1)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    in_bin = np.eye(n_bins)[which]  # (rows, bins): the same binning as _reliability_bins
+    in_bin = np.eye(n_bins)[_confidence_bins(confidence, n_bins)[1]]  # (rows, bins), one-hot
     counts = in_bin.sum(0)
     mean_confidence = (confidence @ in_bin) / np.maximum(counts, 1)
     rng, cumulative, eces = np.random.default_rng(seed), np.cumsum(probs, -1), []

@@ -29,6 +29,19 @@ def _patient_nbmake_kernels(startup_timeout: int = 600) -> None:
 _patient_nbmake_kernels()
 
 
+def _untimed_hypothesis() -> None:
+    """Property tests judge behaviour, not speed: no per-example deadline, and a busy 2-core machine does not
+    fail them for slow example generation (`too_slow`) or for function-scoped fixtures shared by examples."""
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile("workbook", deadline=None,
+                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    settings.load_profile("workbook")
+
+
+_untimed_hypothesis()
+
+
 @pytest.fixture(scope="session")
 def standin_dir():
     from helpers.models import _standin_encoder_dir

@@ -78,10 +78,6 @@ def test_workbook_predict_summarizes_with_a_plain_save_pretrained_folder(which, 
     assert "->" in out and "LABEL_0" not in out
 
 
-def _no_network():
-    raise OSError("no network in this test")
-
-
 def test_adapter_folder_whose_base_is_unreachable_is_refused_in_one_line_within_seconds(adapter_dir, capsys,
                                                                                         monkeypatch):
     config = json.loads((adapter_dir / "adapter_config.json").read_text())
@@ -93,7 +89,12 @@ def test_adapter_folder_whose_base_is_unreachable_is_refused_in_one_line_within_
 
     from helpers import data, inference  # noqa: F401
     tried = []
-    monkeypatch.setattr(socket.socket, "connect", lambda sock, address: tried.append(address) or _no_network())
+
+    def no_network(sock, address):
+        tried.append(address)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     start = time.perf_counter()
     assert cli.main(["predict", str(adapter_dir), "Some text."]) == 2
     err = capsys.readouterr().err

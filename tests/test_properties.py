@@ -11,17 +11,14 @@ import io
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import helpers as hp
 from helpers._batching import LengthGroupedBatchSampler, PadCollator
 
-# a busy 2-core machine must not fail a property for slow example generation (a timing, not a bug)
-_UNTIMED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
-
 LABELS = ["negative", "neutral", "positive"]
-FAST = settings(max_examples=40, deadline=None, suppress_health_check=_UNTIMED)
+FAST = settings(max_examples=40)  # deadline and health checks: conftest
 
 texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60)
 labels = st.one_of(st.sampled_from(LABELS), st.sampled_from(["Positive", " neutral ", "NEGATIVE"]),

@@ -8,13 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import workbook.serve
-
-# a busy 2-core machine must not fail a property for slow example generation (a timing, not a bug)
-_UNTIMED = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
 
 class SlowClassifier:
@@ -87,14 +84,14 @@ json_values = st.recursive(
     max_leaves=12)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=_UNTIMED)
+@settings(max_examples=120)  # deadline and health checks: conftest
 @given(body=json_values, endpoint=st.sampled_from(["/predict", "/summarize", "/model", "/"]))
 def test_random_json_never_gives_a_5xx(real_client, body, endpoint):
     r = real_client.post(endpoint, data=json.dumps(body), content_type="application/json")
     assert r.status_code < 500, r.data[:300]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=_UNTIMED)
+@settings(max_examples=60)  # deadline and health checks: conftest
 @given(raw=st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
        mimetype=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded"]))
 def test_random_bytes_never_give_a_5xx_and_the_server_keeps_answering(real_client, raw, mimetype):
