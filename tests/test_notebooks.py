@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -76,6 +77,13 @@ def test_notebook_01_with_a_data_file_and_a_model_folder(tmp_path, standin_dir):
     assert m["data"]["standin"] is False and m["data"]["header"] is True and m["data"]["encoding"] == "latin-1"
     assert m["params"]["LR"] == 1e-4
     assert json.loads((result.output_dir / "model" / "workbook.json").read_text())["task"] == "text-classification"
+    # The test split is judged in fp32, as the folder is served, whatever precision trained it (bf16 on CPUs
+    # that have it): the served probabilities are the notebook's calibrated ones (bf16 evaluation: 0.0015).
+    served = re.search(r"largest difference from the notebook's calibrated probabilities: ([0-9.]+)",
+                       result.executed.read_text())
+    assert served, "notebook 01 no longer prints its served-probabilities check"
+    assert float(served.group(1)) < 1e-4, (f"served probabilities differ from the notebook's by {served.group(1)} "
+                                           f"(trained in {m['train']['precision']})")
 
 
 def test_notebook_02_with_the_seed_job_options(tmp_path, standin_dir, monkeypatch):
