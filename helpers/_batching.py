@@ -211,6 +211,44 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler):
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 
+class ProcessShare(torch.utils.data.Sampler):
+    """This process's share of each global batch of `batches` (a `LengthGroupedBatchSampler`), for runs in
+    several processes (`torchrun` / `accelerate launch`): every process sees the same sequence of global
+    batches as one process would, cut into equal contiguous parts, so the processes together train every row
+    once per epoch and the run is the 1-process run, step for step.
+
+    Why not Accelerate's own sharding (`split_batches=True`): it yields only full batches until the last, so a
+    short remainder batch anywhere else (the length-grouped order puts it at a random position) was dropped
+    while `len()` still counted it, and the epoch never ended (tests/test_processes.py).
+
+    The remainder batch (rows not a multiple of the batch) is split as evenly as it goes; `weights[i]` scales
+    batch i's loss so that the processes' averaged gradient is the gradient of the global batch's mean loss
+    (a part of k rows of a batch of r rows weighs k * num_processes / r; 1.0 for every full batch). A process
+    whose part is empty (r < num_processes) still steps with every other (the gradient all-reduce needs all
+    of them): it gets one row of the batch with weight 0.
+    """
+
+    def __init__(self, batches: LengthGroupedBatchSampler, num_processes: int = 1, process_index: int = 0):
+        self.batches, self.num_processes, self.process_index = batches, num_processes, process_index
+        self.weights: list[float] = []  # this epoch's, one per batch (set when iteration starts)
+        self.sizes: list[int] = []  # rows of each global batch (every process counts the same)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        shares, self.weights, self.sizes = [], [], []
+        for ids in self.batches.batches():
+            part = [int(i) for i in np.array_split(np.asarray(ids), self.num_processes)[self.process_index]]
+            shares.append(part or [ids[0]])
+            self.weights.append(len(part) * self.num_processes / len(ids))
+            self.sizes.append(len(ids))
+        return iter(shares)
+
+
 def padding_bounded_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
     """Batches of rows of similar length for inference: sorted by length, and a batch is closed when
     one more row would make padding more than `max_padding` of its tokens (or it has `batch_size` rows).

@@ -174,9 +174,14 @@ class Run:
 
     def claim_output_dir(self) -> Path:
         """Make OUTPUT_DIR this run's (`artifacts._prepare_output_dir`): created if needed, refused when it holds
-        another run or unfinished work (RESUME=True continues it, OVERWRITE=True replaces it); writes run.json."""
-        from . import artifacts
+        another run or unfinished work (RESUME=True continues it, OVERWRITE=True replaces it); writes run.json.
+        Several processes (torchrun / accelerate launch): rank 0 claims the folder and makes the one report; the
+        other processes print nothing from here on and end when `hp.train` is done (helpers/_ranks.py)."""
+        from . import _ranks, artifacts
 
+        line = _ranks.one_report()
+        if line:
+            print(line)
         return artifacts._prepare_output_dir(self.output_dir, notebook=self.notebook, params=self.params,
                                              resume=bool(self.params.get("RESUME")),
                                              overwrite=bool(self.params.get("OVERWRITE")))

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _ranks
 from . import device as dev
 from . import training
 from ._batching import LengthGroupedBatchSampler, as_rows, sorted_batches
@@ -667,6 +668,7 @@ def plan(model, train_data, eval_data=None, config: TrainConfig | None = None, *
         predicted, limit=limit, source=source, problem=problem, cfg=cfg, shape=shape, layout=layout,
         lengths=np.asarray(lengths if lengths is not None else rows.lengths), precision=precision, device=device,
         names=_advice_names(params), sizes=sizes, rows=len(rows), time_limit_s=time_limit_s)
+    fits, in_time, verdict, advice = _one_verdict(fits, in_time, verdict, advice)
     run = {"train_rows": len(rows), "eval_rows": len(eval_rows) if eval_rows is not None else 0,
            "train_batch_size": cfg.train_batch_size, "grad_accum_steps": cfg.grad_accum_steps,
            "total_steps": layout.total_steps, "steps_per_epoch": layout.steps_per_epoch,
@@ -680,6 +682,18 @@ def plan(model, train_data, eval_data=None, config: TrainConfig | None = None, *
     if output_dir is not None:
         result.save(Path(output_dir) / "plan.json")
     return result
+
+
+def _one_verdict(fits: bool, in_time: bool, verdict: str, advice: list[str]) -> tuple[bool, bool, str, list[str]]:
+    """Several processes: one verdict for all, the first process's that will not fit (or not in time), else rank
+    0's. Each GPU has its own free memory; if one process refused the run alone, the others would wait for it
+    in their first all-reduce forever."""
+    verdicts = _ranks.gather((fits, in_time, verdict, advice))
+    failing = [(rank, v) for rank, v in enumerate(verdicts) if not (v[0] and v[1])]
+    if not failing:
+        return verdicts[0]
+    rank, (fits, in_time, verdict, advice) = failing[0]
+    return fits, in_time, (f"{verdict} (process {rank} of {len(verdicts)})" if len(verdicts) > 1 else verdict), advice
 
 
 def _check_limit(name: str, value) -> None:
@@ -861,7 +875,7 @@ def _range_steps(loop, start_lr: float, end_lr: float, num_steps: int, diverge: 
                 loop.trim_heap(batch)
                 if not loop.train_step(batch):
                     continue
-                loss = float(loop.loss_buffer.pop())
+                loss = float(_ranks.mean(loop.loss_buffer.pop()))  # every process stops at the same step
                 loop.lr_buffer.clear()
                 loop.pending_steps.clear()
                 lrs.append(rate)

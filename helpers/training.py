@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _ranks
 from . import device as dev
-from ._batching import LengthGroupedBatchSampler, PadCollator, as_rows, sorted_batches
+from ._batching import LengthGroupedBatchSampler, PadCollator, ProcessShare, as_rows, sorted_batches
 from ._fastpaths import PARTS, CpuFastPaths
 
 __all__ = ["EvalResult", "History", "TrainConfig", "TrainingInterrupted", "evaluate", "train"]
@@ -590,6 +591,7 @@ def train(model, train_data, eval_data=None, config: TrainConfig | None = None, 
                              eval_pass_s=(record or {}).get("eval_pass_s"), callbacks=callbacks)
     if record is not None:
         history.plan = _plan_versus_run(record, history)
+    _ranks.leave_after_training()  # a notebook run in several processes: what follows is rank 0's
     return history
 
 
@@ -758,7 +760,8 @@ class _Loop:
     each step live in the method of the same name."""
 
     def __init__(self, model, train_data, eval_data, cfg: TrainConfig, *, compute_metrics, pad_token_id, collate_fn):
-        from accelerate.utils import DataLoaderConfiguration, set_seed
+        from accelerate.data_loader import prepare_data_loader
+        from accelerate.utils import set_seed
         from transformers import get_scheduler
 
         if cfg.max_steps is None and not cfg.num_epochs > 0:
@@ -772,8 +775,7 @@ class _Loop:
         self.precision = dev.resolve_precision(cfg.precision, device_guess, allow_fp16=cfg.allow_fp16)
         self.accelerator = acc = _fresh_accelerator(
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
-            gradient_accumulation_steps=cfg.grad_accum_steps,
-            dataloader_config=DataLoaderConfiguration(split_batches=True), step_scheduler_with_optimizer=False,
+            gradient_accumulation_steps=cfg.grad_accum_steps, step_scheduler_with_optimizer=False,
             cpu=device_guess.type == "cpu")  # on CPUs, torchrun / accelerate launch give several gloo processes
         self.device = acc.device
         if self.device.type != device_guess.type:  # precision was decided for device_guess
@@ -787,7 +789,11 @@ class _Loop:
         self._prepare_data(model, train_data, eval_data, pad_token_id, collate_fn)
         model.train()
         optimizer = _make_optimizer(model, cfg.lr, cfg.weight_decay, self.device)
-        self.model, self.optimizer, self.loader = acc.prepare(model, optimizer, self.loader)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # Each process's share of each global batch is cut by ProcessShare (why not Accelerate's sharding: its
+        # docstring); Accelerate's loader wrapper only places batches on the device and says when the epoch ends.
+        self.loader = prepare_data_loader(self.loader, self.device, num_processes=1, process_index=0,
+                                          put_on_device=True)
         self.steps_per_epoch = steps_per_epoch = max(1, math.ceil(len(self.loader) / cfg.grad_accum_steps))
         self.total_steps = cfg.max_steps if cfg.max_steps is not None else math.ceil(steps_per_epoch * cfg.num_epochs)
         self.scheduler = get_scheduler("linear", self.optimizer.optimizer, num_training_steps=self.total_steps,
@@ -800,6 +806,7 @@ class _Loop:
         self.best_state: dict[str, torch.Tensor] | None = None
         self.evals_without_improvement = 0
         self.epoch, self.skip_batches, self.batches_done = 0, 0, 0
+        self.epoch_done = False  # Accelerate's loader has said its last batch of this epoch
         self.loss_buffer: list[torch.Tensor] = []
         self.lr_buffer: list[float] = []
         self.pending_steps: list[int] = []
@@ -820,9 +827,10 @@ class _Loop:
                                                     pad_to_multiple_of=8 if self.device.type == "cuda" else None)
         self.sampler = LengthGroupedBatchSampler(self.train_rows.lengths, self.cfg.train_batch_size,
                                                  seed=self.cfg.seed, group_by_length=self.cfg.group_by_length)
+        self.share = ProcessShare(self.sampler, self.accelerator.num_processes, self.accelerator.process_index)
         # A private generator: creating the DataLoader iterator must not consume the global RNG,
         # or a resumed run would draw different dropout masks than an uninterrupted one.
-        self.loader = torch.utils.data.DataLoader(self.train_rows, batch_sampler=self.sampler,
+        self.loader = torch.utils.data.DataLoader(self.train_rows, batch_sampler=self.share,
                                                   collate_fn=self.collate_fn,
                                                   generator=torch.Generator().manual_seed(self.cfg.seed))
 
@@ -882,8 +890,10 @@ class _Loop:
                 f"Checkpoint {ckpt} belongs to a different run (steps {state.get('total_steps')} vs "
                 f"{self.total_steps}, rows {state.get('train_rows')} vs {len(self.train_rows)}); resume with the "
                 "same parameters, or start fresh in a new OUTPUT_DIR.")
-        return {"state": state, "model": _load_checkpoint_file(ckpt / "model.pt", map_location=self.device),
-                "optimizer": _load_checkpoint_file(ckpt / "optimizer.pt", map_location=self.device),
+        # Several CPU processes run on device "cpu:N", which torch.load cannot map to: the CPU is "cpu".
+        where = "cpu" if self.device.type == "cpu" else self.device
+        return {"state": state, "model": _load_checkpoint_file(ckpt / "model.pt", map_location=where),
+                "optimizer": _load_checkpoint_file(ckpt / "optimizer.pt", map_location=where),
                 "scheduler": _load_checkpoint_file(ckpt / "scheduler.pt"), "rng": self._read_rng(ckpt, state)}
 
     def _read_rng(self, ckpt: Path, state: dict) -> dict[str, Any] | None:
@@ -981,6 +991,7 @@ class _Loop:
         self.sampler.set_epoch(self.epoch)
         batches = (self.accelerator.skip_first_batches(self.loader, self.skip_batches) if self.skip_batches
                    else self.loader)
+        self.epoch_done = self.skip_batches >= len(self.loader)  # resumed after the epoch's last batch
         self.batches_done, self.skip_batches = self.skip_batches, 0
         return batches
 
@@ -996,8 +1007,11 @@ class _Loop:
     def train_step(self, batch) -> bool:
         """Forward, backward, clip, optimizer and scheduler step; True when an optimizer step happened."""
         acc, history = self.accelerator, self.history
+        weight, global_rows = self._share_of(batch)  # 1.0 but for a remainder batch split across processes
         with acc.accumulate(self.model):
             loss = self.model(**batch).loss
+            if weight != 1.0:
+                loss = loss * weight
             acc.backward(loss)
             self.step_loss += loss.detach()
             self.micro += 1
@@ -1005,8 +1019,9 @@ class _Loop:
                 acc.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        history.total_examples += global_rows
         self.batches_done += 1
-        history.total_examples += batch["input_ids"].shape[0] * acc.num_processes
+        self.epoch_done = acc.gradient_state.end_of_dataloader  # never by counting batches
         if not acc.sync_gradients:
             return False
         if self.step_was_skipped():  # fp16: the scaler found inf/NaN gradients, no weight moved
@@ -1021,6 +1036,14 @@ class _Loop:
         self.bar.update(1)
         history.epoch = self.epoch + self.batches_done / len(self.loader)
         return True
+
+    def _share_of(self, batch) -> tuple[float, int]:
+        """This batch's loss weight and its global batch's rows (`ProcessShare`); a batch that did not come from
+        the loader (hp.plan's timed steps) is a full one."""
+        i = self.batches_done
+        if i < len(self.share.weights):
+            return self.share.weights[i], self.share.sizes[i]
+        return 1.0, batch["input_ids"].shape[0] * self.accelerator.num_processes
 
     def step_was_skipped(self) -> bool:
         """fp16: did the loss scaler skip this optimizer step? It backs its scale off exactly then.
@@ -1076,7 +1099,7 @@ class _Loop:
 
     def end_epoch(self) -> bool:
         """At the end of an epoch: evaluate and checkpoint. True when the run must end now."""
-        if self.batches_done < len(self.loader):  # left mid-epoch (max_steps, early stop, interruption)
+        if not self.epoch_done:  # left mid-epoch (max_steps, early stop, interruption)
             return self.stop
         self.epoch += 1
         self.history.epoch = float(self.epoch)
@@ -1132,6 +1155,7 @@ class _Loop:
         history.eval_wall_s += result.wall_s
         record = {"step": history.global_step, "epoch": round(epoch_float, 3),
                   "elapsed_s": round(time.perf_counter() - self.run_start, 3), **result.to_dict()}
+        record = _ranks.agree(record)  # several processes: rank 0's numbers decide best and early stopping for all
         history.evals.append(record)
         if cfg.metric_for_best not in record:
             raise KeyError(f"metric_for_best={cfg.metric_for_best!r} is not among the evaluation metrics "
@@ -1162,10 +1186,7 @@ class _Loop:
         if self.accelerator.is_main_process:
             for callback in self.callbacks:  # every one sees every evaluation, even after one said stop
                 stop = bool(callback(record["step"], dict(record), last)) or stop
-        if self.accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            stop = bool(broadcast_object_list([stop])[0])
+        stop = bool(_ranks.agree(stop))
         if stop:
             self.history.pruned_at_step = record["step"]
         return stop

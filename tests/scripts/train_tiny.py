@@ -38,6 +38,9 @@ def main() -> None:
     p.add_argument("--pause-at-step", type=int)
     p.add_argument("--pause-after-checkpoint", type=int, help="hang once checkpoint N is complete (for SIGKILL)")
     p.add_argument("--steps", type=int, default=24)
+    p.add_argument("--epochs", type=int, default=None, help="train by epochs (a checkpoint at each epoch's end)")
+    p.add_argument("--train-rows", type=int, default=192, help="not a multiple of 16: a remainder batch")
+    p.add_argument("--patience", type=int, default=None, help="early stopping after N evaluations")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--precision", default="fp32", help="fp16 / bf16 on a GPU (make gpu-check)")
     p.add_argument("--stop-after-steps", type=int, default=None, help="end as an interruption would, at this step")
@@ -85,13 +88,19 @@ def main() -> None:
         return split.map(lambda b: tokenizer(b["text"], truncation=True, max_length=48), batched=True,
                          remove_columns=["text"])
 
-    train, val = encode(splits["train"], 192), encode(splits["validation"], 64)
-    history = hp.train(model, train, val, pad_token_id=tokenizer.pad_token_id, max_steps=args.steps,
-                       train_batch_size=16, lr=5e-3, precision=args.precision, eval_every_steps=8, log_every_steps=1,
+    train, val = encode(splits["train"], args.train_rows), encode(splits["validation"], 64)
+    shares = _record_shares()
+    by_epochs = args.epochs is not None
+    history = hp.train(model, train, val, pad_token_id=tokenizer.pad_token_id,
+                       max_steps=None if by_epochs else args.steps, num_epochs=args.epochs or 1,
+                       train_batch_size=16, lr=5e-3, precision=args.precision,
+                       eval_every_steps=None if by_epochs else 8, log_every_steps=1,
                        compute_metrics=hp.metrics.classification_metrics_fn(LABELS), metric_for_best="accuracy",
-                       checkpoint_dir=args.checkpoint_dir, save_every_steps=4 if args.checkpoint_dir else None,
-                       keep_checkpoints=2, resume=args.resume, seed=0, progress=False,
-                       stop_after_steps=args.stop_after_steps)
+                       checkpoint_dir=args.checkpoint_dir,
+                       save_every_steps=4 if args.checkpoint_dir and not by_epochs else None,
+                       keep_checkpoints=args.epochs or 2, resume=args.resume, seed=0, progress=False,
+                       stop_after_steps=args.stop_after_steps, early_stopping_patience=args.patience)
+    Path(f"{args.out}.rows-rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(shares))
     if int(os.environ.get("RANK", "0")) == 0:
         weights = torch.cat([v.flatten().float() for v in model.state_dict().values()])
         Path(args.out).write_text(json.dumps({"losses": history.train_loss, "evals": history.evals,
@@ -100,7 +109,28 @@ def main() -> None:
                                               "num_processes": history.num_processes,
                                               "resumed_from": history.resumed_from,
                                               "loss_scale": history.loss_scale,
-                                              "skipped_steps": history.skipped_steps}))
+                                              "skipped_steps": history.skipped_steps,
+                                              "epoch": history.epoch, "steps": history.global_step,
+                                              "examples_seen": history.total_examples,
+                                              "stopped_early": history.stopped_early,
+                                              "train_rows": len(train)}))
+
+
+def _record_shares() -> list[list[list[int]]]:
+    """The rows this process is given, epoch by epoch: each batch's rows with its loss weight > 0
+    (a weight-0 row only keeps a process with no rows of a remainder batch in step)."""
+    shares: list[list[list[int]]] = []
+    from helpers import _batching
+
+    real_iter = _batching.ProcessShare.__iter__
+
+    def recording(self):
+        batches = list(real_iter(self))
+        shares.append([ids for ids, w in zip(batches, self.weights) if w > 0])
+        return iter(batches)
+
+    _batching.ProcessShare.__iter__ = recording
+    return shares
 
 
 if __name__ == "__main__":
