@@ -30,13 +30,15 @@ def run(kind: str, *, model: str | None = None, n: int = 48, batch_size: int = 1
         inputs = textgen.tokenize_seq2seq(rows, g.tokenizer, max_source_length=256).dataset["input_ids"]
     # min_new_tokens: a random stand-in may stop at once; both ways generate the same lengths
     settings = textgen.GenerationSettings(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens)
-    textgen.generate(g.model, g.tokenizer, inputs[:2], settings=settings, precision="fp32", progress=False)  # warm-up
+    # device=dev everywhere: without it generate() puts the model back on the best device
+    textgen.generate(g.model, g.tokenizer, inputs[:2], settings=settings, precision="fp32", device=dev,
+                     progress=False)  # warm-up
     start = time.perf_counter()
-    naive = textgen._generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings, precision="fp32")
+    naive = textgen._generate_one_by_one(g.model, g.tokenizer, inputs, settings=settings, precision="fp32", device=dev)
     naive_s = time.perf_counter() - start
     start = time.perf_counter()
     batched = textgen.generate(g.model, g.tokenizer, inputs, settings=settings, batch_size=batch_size,
-                               precision="fp32", progress=False)
+                               precision="fp32", device=dev, progress=False)
     batched_s = time.perf_counter() - start
     identical = sum(a == b for a, b in zip(naive, batched))
     return {"kind": kind, "model": g.source.to_dict(), "prompts": len(inputs), "batch_size": batch_size,

@@ -110,12 +110,14 @@ def loop_steps(args, clf, train, stages: Stages, result: dict) -> None:
     result["collate_rows_per_s"] = round(rows / (time.perf_counter() - t), 1)
     t = time.perf_counter()
     hp.train(clf.model, store, None, pad_token_id=clf.tokenizer.pad_token_id, max_steps=args.steps,
-             train_batch_size=args.batch_size, lr=5e-5, eval_each_epoch=False, progress=False)
+             train_batch_size=args.batch_size, lr=5e-5, eval_each_epoch=False, progress=False,
+             device="cpu")  # the data path on a lab machine's CPU, as the Trainer's below (use_cpu)
     stages.end("steps", t)
 
 
 def trainer_steps(args, clf, train, stages: Stages) -> None:
     """The same steps with the Hugging Face Trainer reading the tokenized Arrow dataset."""
+    import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     import helpers as hp
@@ -125,7 +127,7 @@ def trainer_steps(args, clf, train, stages: Stages) -> None:
                               per_device_train_batch_size=args.batch_size, learning_rate=5e-5,
                               save_strategy="no", eval_strategy="no", report_to="none", logging_steps=1000,
                               train_sampling_strategy="group_by_length", use_cpu=True,
-                              bf16=hp.device.resolve_precision("auto") == "bf16")
+                              bf16=hp.device.resolve_precision("auto", torch.device("cpu")) == "bf16")
     trainer = Trainer(model=clf.model, args=targs, train_dataset=train.remove_columns(["text"])
                       if "text" in train.column_names else train,
                       data_collator=DataCollatorWithPadding(clf.tokenizer))

@@ -154,6 +154,11 @@ def run_trainer(args, *, tuned: bool) -> dict:
         report_to="none", seed=args.seed, disable_tqdm=True, use_cpu=device.type == "cpu",
         bf16=precision == "bf16", fp16=precision == "fp16",
         train_sampling_strategy="group_by_length" if tuned else "random")
+    # The same global batch as the loop and the floor: the Trainer's is per device, and in one process it spreads
+    # over every visible GPU (DataParallel), under torchrun over the processes.
+    replicas = max(1, targs.n_gpu) * targs.world_size
+    targs.per_device_train_batch_size = args.batch_size // replicas
+    targs.per_device_eval_batch_size = max(1, args.eval_batch_size // replicas)
     collator = DataCollatorWithPadding(tokenizer) if tuned else default_data_collator
     trainer = Trainer(model=model, args=targs, train_dataset=data["train"], eval_dataset=data["validation"],
                       data_collator=collator, compute_metrics=compute, callbacks=[Clock()])

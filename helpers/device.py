@@ -155,9 +155,13 @@ def describe() -> str:
 
 
 def _peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated on `device`, or the process's peak resident memory on a CPU."""
+    """Peak GPU memory allocated on `device`; on Apple's MPS the memory the Metal driver holds for this process
+    (torch keeps no MPS peak: this is the allocator's high-water mark, cached blocks included, since the run
+    emptied the cache); the process's peak resident memory on a CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    if device.type == "mps":
+        return torch.mps.driver_allocated_memory() / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 

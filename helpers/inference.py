@@ -547,7 +547,21 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
         raise _load_error(folder, err) from err
     kind = _Summarizer if task in _SUMMARIZATION_TASKS else TextClassifier
+    precision = _serving_precision(precision, device, model)
     return kind(model=model.to(device).eval(), tokenizer=tokenizer, info=info, device=device, precision=precision)
+
+
+def _serving_precision(precision: str, device: torch.device, model) -> str:
+    """`load(precision=...)` checked as training checks it (`dev.resolve_precision`): one of auto / bf16 / fp16 /
+    fp32; fp16 needs a GPU and never for T5 (it overflows); bf16 only where the hardware runs it natively (a T4
+    emulates it, slowly). fp32, the default, is what the notebooks judge the test split in, so served answers
+    equal the notebook's. TF32 matmuls stay as torch leaves them (off): on Ampere and newer GPUs they would be
+    faster but round differently from the notebook's fp32 (docs/serving.md)."""
+    t5 = getattr(getattr(model, "config", None), "model_type", "") in ("t5", "mt5", "umt5", "longt5")
+    try:
+        return dev.resolve_precision(precision, device, allow_fp16=not t5)
+    except ValueError as err:
+        raise ValueError(f"precision={precision!r}: {str(err).replace('PRECISION=', 'precision=')}") from None
 
 
 def _score_table(model, frame, *, text_col: str, text_pair_col: str | None = None, text_join: str = ". ",

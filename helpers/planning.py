@@ -259,6 +259,8 @@ def _sync(device: torch.device) -> None:
 def _memory_now_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
+    if device.type == "mps":  # tensors on the Apple GPU (its memory is not in the process's resident size)
+        return torch.mps.current_allocated_memory() / 2**20
     return training._resident_memory_mb("VmRSS") or 0.0
 
 

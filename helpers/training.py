@@ -41,6 +41,17 @@ class _BatchTooLargeError(RuntimeError):
     """A training batch does not fit in memory; the message says how to make it fit."""
 
 
+class _EvalBatchTooLargeError(_BatchTooLargeError):
+    """An evaluation batch does not fit in memory: the message names EVAL_BATCH_SIZE, not the training batch."""
+
+    def __init__(self, batch_size: int, rows: int, tokens: int):
+        self.batch_size = batch_size
+        super().__init__(
+            f"EVAL_BATCH_SIZE={batch_size} does not fit in memory: evaluating a batch of {rows} rows x {tokens} tokens "
+            f"ran out. Use EVAL_BATCH_SIZE={max(1, batch_size // 2)} (evaluation keeps no gradients; the training "
+            "batch is not the problem), a smaller MAX_LENGTH, or AUTO_BATCH_BACKOFF=True to halve it when it happens.")
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     """CUDA OOM, a CPU allocation failure, or Python's MemoryError."""
     if isinstance(err, (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))):
@@ -105,6 +116,7 @@ class History:
     train_batch_size: int = 0
     grad_accum_steps: int = 1
     batch_backoffs: int = 0  # times AUTO_BATCH_BACKOFF halved the batch after running out of memory
+    eval_batch_size: int | None = None  # the evaluation batch in the end (AUTO_BATCH_BACKOFF may have halved it)
     skipped_steps: int = 0  # fp16: optimizer steps the loss scaler skipped (gradients overflowed)
     loss_scale: float | None = None  # fp16: the loss scaler's scale at the end
     best_step: int | None = None
@@ -136,7 +148,8 @@ class History:
                 "stopped_early": self.stopped_early, "pruned_at_step": self.pruned_at_step,
                 "resumed_from": self.resumed_from,
                 "train_batch_size": self.train_batch_size, "grad_accum_steps": self.grad_accum_steps,
-                "batch_backoffs": self.batch_backoffs, "fast_paths": self.fast_paths,
+                "batch_backoffs": self.batch_backoffs, "eval_batch_size": self.eval_batch_size,
+                "fast_paths": self.fast_paths,
                 "skipped_steps": self.skipped_steps, "loss_scale": self.loss_scale,
                 "first_train_loss": self._window_mean(first=True), "final_train_loss": self._window_mean(first=False),
                 **({"plan": self.plan} if self.plan else {})}
@@ -184,7 +197,16 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     with torch.inference_mode(), dev._autocast(device, precision):
         for ids in progress_bar(batches, desc=desc, leave=False, disable=not progress):
             batch = dev._to_device(collate_fn([rows[i] for i in ids]), device)
-            out = model(**batch)
+            try:
+                out = model(**batch)
+            except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
+                if not _is_out_of_memory(err):
+                    raise
+                shape = tuple(batch["input_ids"].shape)
+                del batch
+                _release_failed_step(err)
+                model.train(was_training)
+                raise _EvalBatchTooLargeError(batch_size, *shape) from None
             if getattr(out, "loss", None) is not None:
                 losses.append(out.loss.float() * len(ids))
             if keep_outputs and out.logits.dim() == 2:  # classification; LM logits (batch x seq x vocab) are huge
@@ -383,9 +405,12 @@ def _trim_host_memory() -> None:
 def _reset_peak_memory(device: torch.device) -> None:
     """Start measuring peak memory from now, so a run's peak is its own: CUDA's allocator statistics, and
     on a Linux CPU the process's resident high-water mark (VmHWM, reset by writing 5 to
-    /proc/self/clear_refs, Linux 4.0+). Elsewhere the CPU peak stays the process's lifetime peak."""
+    /proc/self/clear_refs, Linux 4.0+); on Apple's MPS the cached blocks are freed. Elsewhere the CPU peak stays
+    the process's lifetime peak."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    if device.type == "mps":
+        torch.mps.empty_cache()  # the driver's figure (dev._peak_memory_mb) then starts from what is in use
     if device.type == "cpu":
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
@@ -605,8 +630,8 @@ def _train_checked(model, train_data, eval_data, cfg: TrainConfig, **data_option
         try:
             return _train_once(model, train_data, eval_data, cfg, **data_options)
         except Exception as err:  # noqa: BLE001 - only out-of-memory errors are rewritten
-            if not _is_out_of_memory(err):
-                raise
+            if isinstance(err, _BatchTooLargeError) or not _is_out_of_memory(err):
+                raise  # an evaluation batch's comes with its own advice
             advice = _oom_advice(cfg, err)
             model.zero_grad(set_to_none=True)  # the failed step's gradients live on the model itself
             _release_failed_step(err)
@@ -800,6 +825,7 @@ class _Loop:
                                        num_warmup_steps=int(cfg.warmup_ratio * self.total_steps))
         self.history = History(metric_for_best=cfg.metric_for_best, precision=self.precision,
                                device=str(self.device), num_processes=acc.num_processes,
+                               eval_batch_size=cfg.eval_batch_size,
                                train_batch_size=cfg.train_batch_size, grad_accum_steps=cfg.grad_accum_steps)
         self.unwrapped = acc.unwrap_model(self.model)
         self.ckpt_root = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
@@ -807,6 +833,7 @@ class _Loop:
         self.evals_without_improvement = 0
         self.epoch, self.skip_batches, self.batches_done = 0, 0, 0
         self.epoch_done = False  # Accelerate's loader has said its last batch of this epoch
+        self.eval_batch_size = cfg.eval_batch_size  # halved on out-of-memory with auto_batch_backoff
         self.loss_buffer: list[torch.Tensor] = []
         self.lr_buffer: list[float] = []
         self.pending_steps: list[int] = []
@@ -1149,9 +1176,7 @@ class _Loop:
         cfg, history, acc = self.cfg, self.history, self.accelerator
         if self.eval_rows is None:
             return False
-        result = evaluate(self.unwrapped, self.eval_rows, collate_fn=self.collate_fn, batch_size=cfg.eval_batch_size,
-                          compute_metrics=self.compute_metrics, precision=self.precision, device=self.device,
-                          max_batches=cfg.max_eval_batches, progress=cfg.progress and acc.is_main_process)
+        result = self.evaluate_backing_off()
         history.eval_wall_s += result.wall_s
         record = {"step": history.global_step, "epoch": round(epoch_float, 3),
                   "elapsed_s": round(time.perf_counter() - self.run_start, 3), **result.to_dict()}
@@ -1177,6 +1202,24 @@ class _Loop:
                     self.ckpt_root.mkdir(parents=True, exist_ok=True)
                     _atomic_torch_save(self.best_state, self.ckpt_root / "best_model.pt")
         return self.tracked(record) or stop
+
+    def evaluate_backing_off(self) -> EvalResult:
+        """`evaluate` on the validation rows. Out of memory: with AUTO_BATCH_BACKOFF the evaluation batch is halved
+        and the evaluation runs again (training goes on as it was); without, `_EvalBatchTooLargeError` says
+        which EVAL_BATCH_SIZE to use. The training batch is never blamed for an evaluation's memory."""
+        cfg = self.cfg
+        while True:
+            try:
+                return evaluate(self.unwrapped, self.eval_rows, collate_fn=self.collate_fn,
+                                batch_size=self.eval_batch_size, compute_metrics=self.compute_metrics,
+                                precision=self.precision, device=self.device, max_batches=cfg.max_eval_batches,
+                                progress=cfg.progress and self.accelerator.is_main_process)
+            except _EvalBatchTooLargeError as err:
+                if not cfg.auto_batch_backoff or self.eval_batch_size == 1:
+                    raise
+                self.eval_batch_size = max(1, err.batch_size // 2)
+                self.history.eval_batch_size = self.eval_batch_size
+                print(f"out of memory in evaluation: evaluating again with eval_batch_size={self.eval_batch_size}")
 
     def tracked(self, record: dict) -> bool:
         """The evaluation to `hp.train(callbacks=...)`, called on the main process only: True when any of them

@@ -59,3 +59,15 @@ def test_a_missed_serving_target_is_explained_by_the_model_s_own_cost():
     assert "16.2 ms per text one at a time" in line and "11.0 ms" in line and "91 texts/s at most, 1.8x" in line
     runs["on"]["32"]["requests_per_s"] = 160.0  # 3.2x: nothing to explain
     assert serve.miss_reasons(results, [1, 8, 32]) == []
+
+
+def test_time_to_target_is_every_seed_s_and_the_median_of_those_that_reached_it():
+    def seed(speed, ttt):
+        return {"train_samples_per_s": speed, "peak_rss_mb": 900.0, "time_to_target_s": ttt,
+                "evals": [{"accuracy": 0.9}], "precision": "bf16", "test": {"accuracy": 0.85, "macro_f1": 0.84}}
+
+    # the median-speed seed (30.0 samples/s) is the one that did not reach it: the table still says it was reached
+    loop = run.median_run([seed(31.0, 29.5), seed(30.0, None), seed(29.0, 33.1)])
+    assert loop["reached_target"] == 2 and loop["time_to_target_s"] == pytest.approx((29.5 + 33.1) / 2)
+    assert run.time_to_target_text(loop) == "31.3 (2 of 3 seeds: 29.5, not reached, 33.1)"
+    assert run.time_to_target_text(run.median_run([seed(30.0, None)])) == "not reached"

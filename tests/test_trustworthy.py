@@ -81,17 +81,6 @@ def test_sigkill_mid_checkpoint_write_and_mid_run_then_resume_is_bit_identical(t
     assert not list(ckpt.glob(".tmp-*")) and len(hp.training._list_checkpoints(ckpt)) == 2  # rotated, cleaned
 
 
-@pytest.mark.slow
-def test_two_processes_give_the_loss_curve_of_one(tmp_path):
-    one = _train(tmp_path / "one.json")
-    two = _train(tmp_path / "two.json", launcher=[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                  "--nproc_per_node", "2"])
-    assert one["num_processes"] == 1 and two["num_processes"] == 2
-    assert len(two["losses"]) == len(one["losses"]) == 24
-    assert two["losses"] == pytest.approx(one["losses"], rel=1e-4, abs=1e-5)
-    assert [e["accuracy"] for e in two["evals"]] == [e["accuracy"] for e in one["evals"]]
-
-
 # --------------------------------------------------------------------------- bad input, refused early
 
 def test_output_dir_guard(tmp_path):
@@ -132,14 +121,15 @@ def test_max_length_beyond_the_model_is_refused(tiny_model):
 class _OutOfMemoryAbove(torch.nn.Module):
     """Wraps a model; a batch larger than `limit` rows raises the error a real allocator would."""
 
-    def __init__(self, model, limit):
+    def __init__(self, model, limit, *, evaluation_only=False):
         super().__init__()
         self.model, self.limit, self.config = model, limit, model.config
+        self.evaluation_only = evaluation_only  # True: training batches of any size fit
         self.sizes = []
 
     def forward(self, **batch):
         self.sizes.append(batch["input_ids"].shape[0])
-        if batch["input_ids"].shape[0] > self.limit:
+        if batch["input_ids"].shape[0] > self.limit and not (self.evaluation_only and self.training):
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9437184000 bytes.")
         return self.model(**batch)
 
@@ -155,3 +145,16 @@ def test_a_batch_too_large_says_what_to_do_or_backs_off(tiny_model, tiny_data, t
     assert (history.train_batch_size, history.grad_accum_steps, history.batch_backoffs) == (8, 4, 2)
     assert history.global_step == 3 and max(wrapped.sizes[-12:]) == 8
     assert history.summary()["train_batch_size"] == 8
+
+
+def test_out_of_memory_in_an_evaluation_names_the_evaluation_batch_and_backs_it_off(tiny_model, tiny_data):
+    wrapped = _OutOfMemoryAbove(tiny_model, limit=8, evaluation_only=True)
+    common = dict(max_steps=2, lr=1e-3, precision="fp32", progress=False, train_batch_size=16, eval_batch_size=32)
+    with pytest.raises(hp.training._EvalBatchTooLargeError,
+                       match=r"EVAL_BATCH_SIZE=32 does not fit.*Use EVAL_BATCH_SIZE=16 .*the training batch is not"):
+        hp.train(wrapped, tiny_data["train"], tiny_data["validation"], **common)
+    with pytest.raises(hp.training._EvalBatchTooLargeError, match="EVAL_BATCH_SIZE=32"):  # the baseline's too
+        hp.evaluate(wrapped, tiny_data["validation"], batch_size=32, precision="fp32", progress=False)
+    history = hp.train(wrapped, tiny_data["train"], tiny_data["validation"], auto_batch_backoff=True, **common)
+    assert (history.train_batch_size, history.grad_accum_steps, history.batch_backoffs) == (16, 1, 0)  # untouched
+    assert history.summary()["eval_batch_size"] == 8 and len(history.evals) == 1 and history.global_step == 2

@@ -2,6 +2,7 @@
 
     python tests/scripts/train_tiny.py OUT.json [--checkpoint-dir D] [--resume] [--pause-at-step N]
                                                 [--pause-after-checkpoint N] [--steps N] [--stop-after-steps N]
+                                                [--epochs N --train-rows N --patience N --find-lr]
     torchrun --standalone --nproc_per_node 2 tests/scripts/train_tiny.py OUT.json     # 2 CPU processes (gloo)
     accelerate launch --cpu --num_processes 2 tests/scripts/train_tiny.py OUT.json
 
@@ -41,6 +42,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="train by epochs (a checkpoint at each epoch's end)")
     p.add_argument("--train-rows", type=int, default=192, help="not a multiple of 16: a remainder batch")
     p.add_argument("--patience", type=int, default=None, help="early stopping after N evaluations")
+    p.add_argument("--find-lr", action="store_true", help="the learning-rate range test first, as notebooks do")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--precision", default="fp32", help="fp16 / bf16 on a GPU (make gpu-check)")
     p.add_argument("--stop-after-steps", type=int, default=None, help="end as an interruption would, at this step")
@@ -89,6 +91,10 @@ def main() -> None:
                          remove_columns=["text"])
 
     train, val = encode(splits["train"], args.train_rows), encode(splits["validation"], 64)
+    suggested = None
+    if args.find_lr:  # each process stops where the others do, or the training after it hangs
+        suggested = hp.find_lr(model, train, pad_token_id=tokenizer.pad_token_id, train_batch_size=16,
+                               precision=args.precision, seed=0, progress=False, num_steps=60).suggested_lr
     shares = _record_shares()
     by_epochs = args.epochs is not None
     history = hp.train(model, train, val, pad_token_id=tokenizer.pad_token_id,
@@ -113,7 +119,7 @@ def main() -> None:
                                               "epoch": history.epoch, "steps": history.global_step,
                                               "examples_seen": history.total_examples,
                                               "stopped_early": history.stopped_early,
-                                              "train_rows": len(train)}))
+                                              "train_rows": len(train), "suggested_lr": suggested}))
 
 
 def _record_shares() -> list[list[list[int]]]:
