@@ -68,6 +68,48 @@ def test_an_a100_gets_bf16_and_t5_on_a_t4_gets_fp32(monkeypatch):
         dev.resolve_precision("fp16", dev.best_device(), allow_fp16=False)
 
 
+def test_serving_precision_is_checked_as_training_s(monkeypatch, tiny_classifier_dir, tiny_model):
+    from helpers import inference
+
+    with pytest.raises(ValueError, match=r"precision='fp16': fp16 needs a GPU"):
+        hp.inference.load(tiny_classifier_dir, device="cpu", precision="fp16")
+    with pytest.raises(ValueError, match=r"precision='half': .*one of auto, bf16, fp16, fp32"):
+        hp.inference.load(tiny_classifier_dir, device="cpu", precision="half")
+    assert hp.inference.load(tiny_classifier_dir, device="cpu").precision == "fp32"  # the default: the notebook's
+    simulate_gpu(monkeypatch, "Tesla T4", (7, 5))
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"precision='bf16': .*only emulates bf16"):
+        inference._serving_precision("bf16", cuda, tiny_model)
+    assert inference._serving_precision("auto", cuda, tiny_model) == "fp16"
+    t5 = type("T5", (), {"config": type("Config", (), {"model_type": "t5"})()})()
+    with pytest.raises(ValueError, match="overflows in fp16"):
+        inference._serving_precision("fp16", cuda, t5)
+    assert inference._serving_precision("auto", cuda, t5) == "fp32"
+
+
+def test_apple_gpu_memory_is_the_metal_driver_s_not_the_host_s(monkeypatch):
+    from helpers import planning
+
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 3 * 2**30)
+    monkeypatch.setattr(torch.mps, "current_allocated_memory", lambda: 2**30)
+    mps = torch.device("mps")
+    assert dev._peak_memory_mb(mps) == training._peak_memory_mb(mps) == 3072.0
+    assert planning._memory_now_mb(mps) == 1024.0
+
+
+def test_several_processes_share_one_plan_verdict(monkeypatch):
+    """Each GPU has its own free memory: the plan's refusal is the first refusing process's, for every process."""
+    from helpers import _ranks, planning
+
+    mine = (True, True, "fits", [])
+    monkeypatch.setattr(_ranks, "gather", lambda value: [value, (False, True, "needs 30.2 GB, 24.0 GB free",
+                                                                 ["TRAIN_BATCH_SIZE=8"])])
+    assert planning._one_verdict(*mine) == (False, True, "needs 30.2 GB, 24.0 GB free (process 1 of 2)",
+                                            ["TRAIN_BATCH_SIZE=8"])
+    monkeypatch.setattr(_ranks, "gather", lambda value: [value, (True, True, "fits", [])])
+    assert planning._one_verdict(*mine) == mine
+
+
 def test_evaluate_and_generate_pass_allow_fp16_through(monkeypatch, tiny_model, tiny_data):
     seen = []
     real = dev.resolve_precision

@@ -97,3 +97,25 @@ def test_two_processes_by_epochs_train_every_row_like_one_and_resume_exactly(tmp
     assert resumed["resumed_from"].endswith("checkpoint-7")
     assert resumed["losses"] == two["losses"] and resumed["evals"][-1]["loss"] == two["evals"][-1]["loss"]
     assert resumed["weights_sum"] == two["weights_sum"]
+
+
+@pytest.mark.slow
+def test_notebook_01_under_torchrun_makes_one_report_and_trains_every_row_each_epoch(tmp_path):
+    """Launched as docs/running.md says: a papermill-prepared copy under torchrun, two gloo processes on the CPU,
+    100 training rows (a remainder of 4 at batch 16)."""
+    bin_dir = Path(sys.executable).parent
+    run_dir = tmp_path / "run"
+    _run([sys.executable, "-m", "papermill", "--prepare-only", str(ROOT / "notebooks" /
+                                                                   "01_finbert_financial_sentiment.ipynb"),
+          str(tmp_path / "01-ddp.ipynb"), "-p", "MAX_TRAIN_SAMPLES", "100", "-p", "MAX_EVAL_SAMPLES", "32",
+          "-p", "TRAIN_BATCH_SIZE", "16", "-p", "NUM_EPOCHS", "2", "-p", "FIND_LR", "False", "-p", "TRACKING", "False",
+          "-p", "OUTPUT_DIR", str(run_dir)])
+    proc = _run([str(bin_dir / "torchrun"), "--standalone", "--nproc_per_node", "2", "--no-python",
+                 str(bin_dir / "ipython"), str(tmp_path / "01-ddp.ipynb")], timeout=900)
+    output = proc.stdout + proc.stderr
+    assert output.count("saved model to") == 1 and output.count("\ntest: {") == 1  # one report, rank 0's
+    assert "2 processes: this one (rank 0) writes the files" in output and "[rank 1]" not in output
+    train = json.loads((run_dir / "metrics.json").read_text())["train"]
+    assert (train["num_processes"], train["epochs"], train["steps"]) == (2, 2.0, 14)  # 7 batches an epoch
+    assert train["examples_seen"] == 2 * 100
+    assert [p.name for p in hp.training._list_checkpoints(run_dir / "checkpoints")] == ["checkpoint-7", "checkpoint-14"]
