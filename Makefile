@@ -24,7 +24,7 @@ help:
 	@echo "make bench  - on real data: Trainer (seeds' way, tuned) vs the workbook loop vs the plain PyTorch floor; generation"
 	@echo "make bench-scale - the data path at 10k/100k/1M rows (SCALE_ARGS=--full: 3.6M): time and memory"
 	@echo "make bench-serve - workbook serve, micro-batching on vs off, 1/8/32 clients: requests/s, p50/p99"
-	@echo "make gpu-check - on a GPU: every notebook in each precision, fp16 kill+resume, QLoRA, 2 GPUs, bench, serve (8 min)"
+	@echo "make gpu-check - on a GPU: fp16 kill+resume, speed (loop/floor/Trainer MFU), serving, 2 GPUs, QLoRA, notebooks (8 min)"
 	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
 	@echo "make docker DIR=runs/<notebook> [TAG=... GPU=1 BASE_IMAGE=...] - a serving image of one model (docker or podman)"
@@ -108,7 +108,7 @@ bench-scale: setup
 bench-serve: setup
 	$(PY) -m bench.serve $(SERVE_BENCH_ARGS)
 
-# The one-command GPU check (bench/gpu_check.py): writes bench/results/gpu-check.{json,md}. On a GPU machine
+# The one-command GPU check (bench/gpu_check.py): writes gpu-check.{json,md} into $OUT (the device tool) or bench/results. On a GPU machine
 # with no package index, use its own Python: make gpu-check GPU_PY=python3 (docs/benchmarks.md says how to
 # bring the missing packages as wheels). Without a GPU it runs the same plumbing at the smallest size.
 gpu-check: $(if $(GPU_PY),,setup)

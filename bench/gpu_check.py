@@ -1,20 +1,28 @@
-"""The one-command GPU check: everything that only a GPU can show, in at most 8 minutes.
+"""The one-command GPU check: what only a GPU can show, the most valuable first, in at most 8 minutes.
 
     python -m bench.gpu_check [--out DIR] [--budget-s 480]          # make gpu-check
 
-On a GPU it runs, each step in its own process with its own time limit:
-  1. every notebook at smoke size with PRECISION="auto", and 01 (encoder) and 04 (causal LM) again in
-     fp16 and in bf16 where the GPU has them natively (a T4 refuses bf16: that refusal is checked);
-  2. a tiny run killed with SIGKILL between checkpoints and resumed, in fp16 (the loss scaler's state
-     is checkpointed), compared with the same run uninterrupted;
-  3. notebook 05 with QLoRA (QUANTIZE_4BIT=True) where bitsandbytes is installed;
-  4. two processes (torchrun) when two GPUs exist, against one;
-  5. `make bench` with a BERT-base-sized encoder (`--model random:bert-base --max-length 128`): the
-     loop's and the floor's samples/s, peak GPU memory and MFU;
-  6. `make bench-serve`: micro-batching on the GPU.
-It writes gpu-check.json (every figure) and gpu-check.md (a summary table) into --out (default
-bench/results/). Without a GPU it says so and runs the same plumbing at the smallest size on the CPU,
-so the test suite checks the script itself.
+On a GPU it runs, each step in its own process with its own time limit, in this order (when the budget
+runs out, what is cut is what matters least):
+  1. kill and resume: a tiny run SIGKILLed between checkpoints and resumed, in fp16 (the loss scaler's
+     state is checkpointed), against the same run uninterrupted: pass when the losses are the same;
+  2. speed (bench/speed.py): a BERT-base-sized encoder on fixed 128- and 512-token batches, 100 timed steps
+     after warm-up, no evaluation inside the timing: the loop, the plain PyTorch floor and the `Trainer`,
+     each with its MFU; pass when loop/floor >= 0.9 and loop/Trainer >= 1.0;
+  3. serving: `make bench-serve` on the GPU (micro-batching on against off: pass when it gains), and the
+     served answers against `workbook predict`'s: pass when the labels are equal and the probabilities
+     within 1e-4;
+  4. two processes (torchrun) when two GPUs exist, by epochs with a remainder batch, against one process:
+     pass when they see the same rows and their losses agree within 1e-3;
+  5. notebook 05 with QLoRA (QUANTIZE_4BIT=True) where bitsandbytes is installed;
+  6. every notebook at smoke size with PRECISION="auto", and 01 (encoder) and 04 (causal LM) again in
+     each other precision (not again the one "auto" chose; a GPU that only emulates bf16 must refuse it):
+     pass when the training loss fell.
+Every row says pass or fail. The exit status is 1 when a correctness row fails (an error, a resume or two
+processes that differ, a loss that did not fall, served answers unlike predict's), not for a speed target
+missed. It writes gpu-check.json (every figure) and gpu-check.md (the table) into --out (default: $OUT
+when the device tool runs it, else bench/results/). Without a GPU it says so and runs the same plumbing at
+the smallest size on the CPU, so the test suite checks the script itself.
 """
 
 from __future__ import annotations
@@ -47,11 +55,15 @@ class Check:
     def left_s(self) -> float:
         return self.deadline - time.monotonic()
 
-    def record(self, step: str, status: str, **figures) -> dict:
-        row = {"step": step, "status": status, **figures}
+    def record(self, step: str, status: str, verdict: str | None = None, **figures) -> dict:
+        """One row: its status (ok, failed, differs, timed out, not run, skipped, refused as expected), its
+        verdict (pass / fail; a row that could not run fails, a skipped one is "-") and its figures."""
+        if verdict is None:
+            verdict = {"ok": "pass", "refused as expected": "pass", "skipped": "-"}.get(status, "fail")
+        row = {"step": step, "status": status, "verdict": verdict, **figures}
         self.rows.append(row)
         shown = ", ".join(f"{k} {v}" for k, v in figures.items() if v is not None)
-        print(f"[{status}] {step}" + (f": {shown}" if shown else ""), flush=True)
+        print(f"[{verdict}] {step} ({status})" + (f": {shown}" if shown else ""), flush=True)
         return row
 
     def run(self, step: str, cmd: list[str], *, limit_s: float, env: dict | None = None):
@@ -94,10 +106,11 @@ def gpu_info() -> dict | None:
 
 
 def precisions_for(notebook: str, gpu: dict | None) -> list[str]:
-    """auto for every notebook; 01 and 04 also in each half precision the GPU has (T5 never in fp16)."""
+    """auto for every notebook; 01 and 04 also in each other half precision (not again the one auto chose; on a
+    GPU without native bf16 the bf16 run checks its refusal)."""
     if gpu is None or notebook not in ("01", "04"):
         return ["auto"]
-    return ["auto", "fp16", "bf16"]
+    return ["auto", *(p for p in ("fp16", "bf16") if p != gpu.get("auto_precision"))]
 
 
 def notebook_step(check: Check, notebook: str, precision: str, extra: tuple[str, ...] = ()) -> None:
@@ -117,9 +130,11 @@ def notebook_step(check: Check, notebook: str, precision: str, extra: tuple[str,
     metrics = json.loads(next(runs.rglob("metrics.json")).read_text())  # smoke runs: runs/smoke/<notebook>/
     train, test = metrics.get("train", {}), metrics.get("test", {})
     headline = {k: test[k] for k in ("accuracy", "macro_f1", "rougeL") if k in test}
-    check.record(step, "ok", wall_s=proc.wall_s, precision=train.get("precision"), device=train.get("device"),
-                 samples_per_s=train.get("samples_per_s"), peak_mem_mb=train.get("peak_mem_mb"),
-                 skipped_steps=train.get("skipped_steps"), **headline)
+    first, final = train.get("first_train_loss"), train.get("final_train_loss")
+    fell = first is not None and final is not None and final < first
+    check.record(step, "ok", "pass" if fell else "fail", wall_s=proc.wall_s, precision=train.get("precision"),
+                 device=train.get("device"), loss=f"{first} -> {final}", samples_per_s=train.get("samples_per_s"),
+                 peak_mem_mb=train.get("peak_mem_mb"), skipped_steps=train.get("skipped_steps"), **headline)
 
 
 def _tiny(check: Check, name: str, *args: str, launcher: tuple[str, ...] = ()) -> list[str]:
@@ -150,7 +165,8 @@ def kill_and_resume_step(check: Check) -> None:
     resumed = json.loads((check.work / "resumed.json").read_text())
     diff = max(abs(a - b) for a, b in zip(whole["losses"], resumed["losses"]))
     same = len(whole["losses"]) == len(resumed["losses"]) and diff <= 1e-3
-    check.record(step, "ok" if same and resumed["resumed_from"] else "differs",
+    exact = same and bool(resumed["resumed_from"])
+    check.record(step, "ok" if exact else "differs", "pass" if exact else "fail",
                  resumed_from=Path(resumed["resumed_from"] or "-").name, max_loss_diff=f"{diff:.2e}",
                  loss_scale=resumed.get("loss_scale"), skipped_steps=resumed.get("skipped_steps"))
 
@@ -166,51 +182,88 @@ def qlora_step(check: Check) -> None:
         notebook_step(check, "05", "auto", ("-p", "QUANTIZE_4BIT", "True"))
 
 
-def two_process_step(check: Check) -> None:
-    if check.gpu is None or check.gpu["count"] < 2:
-        check.record("two processes (torchrun)", "skipped", why="needs two GPUs" if check.gpu else "no GPU")
+def speed_step(check: Check) -> None:
+    """bench/speed.py: loop, floor and Trainer at 128 and 512 tokens; a row per shape with the MFUs and ratios."""
+    out = check.work / "speed.json"
+    size = [] if check.gpu else ["--tiny", "--steps", "4", "--warmup", "2"]
+    if check.run("speed (loop, floor, Trainer)", [sys.executable, "-m", "bench.speed", *size, "--out", str(out)],
+                 limit_s=300) is None:
         return
-    one = check.run("two processes (torchrun)", _tiny(check, "one"), limit_s=120)
-    two = one and check.run("two processes (torchrun)", _tiny(check, "two", launcher=(
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")), limit_s=180)
-    if two is None:
-        return
-    a, b = (json.loads((check.work / f"{n}.json").read_text())["losses"] for n in ("one", "two"))
-    check.record("two processes (torchrun)", "ok", wall_s=two.wall_s,
-                 max_loss_diff=f"{max(abs(x - y) for x, y in zip(a, b)):.2e}")
-
-
-def bench_step(check: Check) -> None:
-    out = check.work / "bench.json"
-    size = (["--model", "random:bert-base", "--max-length", "128", "--max-train-samples", "2000", "--repeats", "1"]
-            if check.gpu else ["--model", "random:tiny", "--rows", "200", "--repeats", "1", "--max-length", "64"])
-    cmd = [sys.executable, "-m", "bench.run", *size, "--epochs", "1", "--variants", "loop,floor",
-           "--skip-generation", "--out", str(out)]
-    if check.run("make bench (loop vs floor)", cmd, limit_s=240) is None:
-        return
-    results = json.loads(out.read_text())
-    for key in ("loop", "floor"):
-        r = results.get("results", results).get(key, {})
-        mfu = r.get("mfu")
-        check.record(f"make bench: {key}", "ok", device=r.get("device"), precision=r.get("precision"),
-                     samples_per_s=round(r.get("train_samples_per_s", 0), 1),
-                     peak_gpu_mb=round(r["peak_gpu_mb"]) if r.get("peak_gpu_mb") else None,
-                     mfu=f"{mfu:.1%}" if mfu else None)
+    result = json.loads(out.read_text())
+    for length, shape in result["shapes"].items():
+        met = shape["loop_over_floor"] >= 0.9 and shape["loop_over_trainer"] >= 1.0
+        mfu = {name: f"{shape[name]['mfu']:.1%}" if shape[name]["mfu"] is not None else "-"
+               for name in ("loop", "floor", "trainer")}
+        check.record(f"speed: {length} tokens x {shape['rows_per_batch']} rows ({result['precision']})", "ok",
+                     "pass" if met else "fail", loop_samples_per_s=shape["loop"]["samples_per_s"],
+                     loop_over_floor=f"{shape['loop_over_floor']:.2f}x",
+                     loop_over_trainer=f"{shape['loop_over_trainer']:.2f}x",
+                     mfu=f"loop {mfu['loop']} / floor {mfu['floor']} / Trainer {mfu['trainer']}")
 
 
 def serve_step(check: Check) -> None:
     size = ["--requests", "256", "--summarizer-requests", "64", "--device", "cuda"] if check.gpu else [
         "--requests", "8", "--summarizer-requests", "4", "--clients", "1,2"]
-    if check.run("make bench-serve", [sys.executable, "-m", "bench.serve", *size], limit_s=150) is None:
+    if check.run("make bench-serve", [sys.executable, "-m", "bench.serve", *size], limit_s=150) is not None:
+        results = json.loads((ROOT / "bench" / "serve.json").read_text())
+        for kind in ("classifier", "summarizer"):
+            runs = results.get(kind, {})
+            top = max(runs.get("on", {"0": None}), key=int)
+            on, off = runs.get("on", {}).get(top), runs.get("off", {}).get(top)
+            if on and off:
+                gain = on["requests_per_s"] / off["requests_per_s"]
+                check.record(f"make bench-serve: {kind}", "ok", "pass" if gain >= 1.0 else "fail", clients=top,
+                             requests_per_s=on["requests_per_s"], batching_gain=f"{gain:.2f}x")
+    served_equals_predict(check)
+
+
+def served_equals_predict(check: Check, n: int = 16) -> None:
+    """The web API's answers for `n` texts against `workbook predict --json`'s, same folder, same device."""
+    import urllib.request
+
+    from bench import serve
+
+    step = "served answers = workbook predict"
+    folder, texts = serve.model_folders()["classifier"], serve.texts(n)
+    proc, url = serve.start(folder, batching=True, device="cuda" if check.gpu else "cpu")
+    try:
+        served = []
+        for text in texts:
+            request = urllib.request.Request(url, data=json.dumps({"text": text}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                served.append(json.loads(response.read()))
+    finally:
+        proc.kill()
+        proc.wait()
+    predicted = check.run(step, [sys.executable, "-m", "workbook.cli", "predict", str(folder), "--json", *texts],
+                          limit_s=120)
+    if predicted is None:
         return
-    results = json.loads((ROOT / "bench" / "serve.json").read_text())
-    for kind in ("classifier", "summarizer"):
-        runs = results.get(kind, {})
-        top = max(runs.get("on", {"0": None}), key=int)
-        on, off = runs.get("on", {}).get(top), runs.get("off", {}).get(top)
-        if on and off:
-            check.record(f"make bench-serve: {kind}", "ok", clients=top, requests_per_s=on["requests_per_s"],
-                         batching_gain=f"{on['requests_per_s'] / off['requests_per_s']:.2f}x")
+    predicted = json.loads(predicted.stdout)
+    labels_equal = [s["label"] for s in served] == [p["label"] for p in predicted]
+    gap = max(abs(s["probabilities"][k] - v) for s, p in zip(served, predicted) for k, v in p["probabilities"].items())
+    check.record(step, "ok", "pass" if labels_equal and gap <= 1e-4 else "fail", texts=n, labels_equal=labels_equal,
+                 max_probability_diff=f"{gap:.1e}")
+
+
+def two_process_step(check: Check) -> None:
+    """By epochs on 97 rows (a remainder batch of one row), one process against two."""
+    step = "two processes (torchrun)"
+    if check.gpu is None or check.gpu["count"] < 2:
+        check.record(step, "skipped", why="needs two GPUs" if check.gpu else "no GPU")
+        return
+    by_epochs = ("--epochs", "2", "--train-rows", "97")
+    one = check.run(step, _tiny(check, "one", *by_epochs), limit_s=120)
+    two = one and check.run(step, _tiny(check, "two", *by_epochs, launcher=(
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")), limit_s=180)
+    if two is None:
+        return
+    a, b = (json.loads((check.work / f"{n}.json").read_text()) for n in ("one", "two"))
+    diff = max(abs(x - y) for x, y in zip(a["losses"], b["losses"]))
+    same = len(a["losses"]) == len(b["losses"]) and diff <= 1e-3 and a["examples_seen"] == b["examples_seen"]
+    check.record(step, "ok", "pass" if same else "fail", wall_s=two.wall_s, max_loss_diff=f"{diff:.2e}",
+                 steps=len(b["losses"]), examples_seen=b["examples_seen"])
 
 
 def notebooks_step(check: Check) -> None:
@@ -219,8 +272,9 @@ def notebooks_step(check: Check) -> None:
             notebook_step(check, notebook, precision)
 
 
-STEPS = {"notebooks": notebooks_step, "resume": kill_and_resume_step, "qlora": qlora_step,
-         "processes": two_process_step, "bench": bench_step, "serve": serve_step}
+# In the order they run: the most valuable first (what the budget cuts comes last).
+STEPS = {"resume": kill_and_resume_step, "speed": speed_step, "serve": serve_step, "processes": two_process_step,
+         "qlora": qlora_step, "notebooks": notebooks_step}
 
 
 def summary(check: Check) -> str:
@@ -228,35 +282,43 @@ def summary(check: Check) -> str:
     head = (f"GPU: {gpu['name']} x{gpu['count']} (compute capability {gpu['capability']}, {gpu['memory_gib']} GiB, "
             f"auto precision {gpu['auto_precision']}; torch {gpu['torch']}, CUDA {gpu['cuda']})" if gpu else
             "No GPU here (torch.cuda.is_available() is False): the plumbing ran at the smallest size on the CPU.")
-    lines = ["# GPU check", "", head, "", "| step | status | figures |", "|---|---|---|"]
+    lines = ["# GPU check", "", head, "", "| step | pass/fail | status | figures |", "|---|---|---|---|"]
     for row in check.rows:
-        figures = ", ".join(f"{k} {v}" for k, v in row.items() if k not in ("step", "status") and v is not None)
-        lines.append(f"| {row['step']} | {row['status']} | {figures} |")
+        figures = ", ".join(f"{k} {v}" for k, v in row.items()
+                            if k not in ("step", "status", "verdict") and v is not None)
+        lines.append(f"| {row['step']} | {row['verdict']} | {row['status']} | {figures} |")
     return "\n".join(lines) + "\n"
+
+
+def correctness_failures(rows: list[dict]) -> list[str]:
+    """The rows that make the check fail: every failing row but a speed target missed."""
+    return [r["step"] for r in rows if r["verdict"] == "fail" and not (r["step"].startswith("speed:") and
+                                                                        r["status"] == "ok")]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="folder for gpu-check.json / .md")
+    p.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "bench" / "results"),
+                   help="folder for gpu-check.json / .md (default: $OUT, else bench/results)")
     p.add_argument("--budget-s", type=float, default=480, help="the whole check's time budget (default 8 minutes)")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"which steps, comma-separated (default all: "
-                   f"{','.join(STEPS)})")
+    p.add_argument("--steps", default=",".join(STEPS), help=f"which steps, comma-separated, run in this order "
+                   f"whatever the order given (default all: {','.join(STEPS)})")
     args = p.parse_args(argv)
-    unknown = set(args.steps.split(",")) - set(STEPS)
-    if unknown:
-        p.error(f"unknown steps {sorted(unknown)}; choose from {','.join(STEPS)}")
+    asked = set(args.steps.split(","))
+    if asked - set(STEPS):
+        p.error(f"unknown steps {sorted(asked - set(STEPS))}; choose from {','.join(STEPS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     gpu = gpu_info()
     print(f"GPU: {gpu}" if gpu else "No GPU here: running the plumbing at the smallest size on the CPU.", flush=True)
     check = Check(Path(args.out), args.budget_s, gpu)
-    for name in args.steps.split(","):
-        STEPS[name](check)
+    for name, step in STEPS.items():
+        if name in asked:
+            step(check)
     (check.out / "gpu-check.json").write_text(json.dumps({"gpu": gpu, "steps": check.rows}, indent=2))
     text = summary(check)
     (check.out / "gpu-check.md").write_text(text)
     print("\n" + text)
-    failed = [r["step"] for r in check.rows if r["status"] in ("failed", "differs")]
-    return 1 if failed else 0
+    return 1 if correctness_failures(check.rows) else 0
 
 
 if __name__ == "__main__":

@@ -28,9 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _ranks
+from . import _ranks, training
 from . import device as dev
-from . import training
 from ._batching import LengthGroupedBatchSampler, as_rows, sorted_batches
 from .training import TrainConfig
 

@@ -952,6 +952,8 @@ class _Loop:
                   "exact; its dropout masks differ from an uninterrupted run)")
         self.history = History.from_dict(state["history"])
         self.history.resumed_from = str(ckpt)
+        # what this run is, not what the checkpoint's was (a checkpoint of 2 processes resumes in 1)
+        self.history.num_processes, self.history.device = acc.num_processes, str(self.device)
         self.evals_without_improvement = state["evals_without_improvement"]
         self.epoch, self.skip_batches = state["epoch"], state["batches_done_in_epoch"]
         best_path = self.ckpt_root / "best_model.pt" if self.ckpt_root else None

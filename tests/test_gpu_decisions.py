@@ -347,31 +347,6 @@ def test_an_older_checkpoint_with_numpy_random_state_still_resumes(tmp_path, tin
         assert torch.equal(value, resumed_model.state_dict()[name]), name
 
 
-@pytest.mark.slow
-def test_two_processes_write_a_state_each_and_one_process_resumes_them(tmp_path):
-    """torchrun with 2 CPU processes (gloo) checkpoints; the checkpoint has both ranks' random state;
-    a single process then resumes it and finishes the run."""
-    script = ROOT / "tests" / "scripts" / "train_tiny.py"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("WORKBOOK_SMOKE", None)
-    ckpt = tmp_path / "ckpt"
-
-    def run(*launcher, out, extra=()):
-        proc = subprocess.run([*launcher, str(script), str(out), "--checkpoint-dir", str(ckpt), "--steps", "8",
-                               *extra], env=env, capture_output=True, text=True, timeout=1200)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return json.loads(out.read_text())
-
-    run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        out=tmp_path / "two.json", extra=("--stop-after-steps", "4"))
-    last = _list_checkpoints(ckpt)[-1]
-    assert last.name == "checkpoint-4"
-    assert (last / "rng-rank0.pt").exists() and (last / "rng-rank1.pt").exists()
-    assert json.loads((last / "state.json").read_text())["num_processes"] == 2
-    resumed = run(sys.executable, out=tmp_path / "one.json", extra=("--resume",))
-    assert resumed["resumed_from"].endswith("checkpoint-4") and len(resumed["losses"]) == 8
-
-
 # --------------------------------------------------------------------------- refusals and options
 
 def test_batch_backoff_is_refused_with_several_processes(monkeypatch, tiny_model, tiny_data):
@@ -439,34 +414,53 @@ def test_mfu_counts_non_embedding_weights_against_the_right_peak():
 # --------------------------------------------------------------------------- make gpu-check, on a CPU
 
 @pytest.mark.slow
-def test_gpu_check_runs_its_plumbing_on_a_cpu_and_writes_its_table(tmp_path):
-    """Without a GPU, `make gpu-check` says so and runs each step at the smallest size (the notebook
-    steps are left to the suite's own notebook runs, and serving to test_bench: they cost minutes)."""
+def test_gpu_check_runs_its_plumbing_on_a_cpu_in_order_with_a_verdict_per_row(tmp_path):
+    """Without a GPU, `make gpu-check` says so and runs each step at the smallest size, most valuable first (the
+    notebook steps are left to the suite's own notebook runs, and serving to test_bench: they cost minutes)."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: run make gpu-check itself")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--out", str(tmp_path),
-                           "--steps", "resume,qlora,processes,bench"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1200)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", OUT=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--steps", "qlora,processes,speed,resume"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "No GPU here" in proc.stdout
-    report = json.loads((tmp_path / "gpu-check.json").read_text())
-    status = {row["step"]: row for row in report["steps"]}
+    report = json.loads((tmp_path / "gpu-check.json").read_text())  # $OUT, as the device tool sets it
+    rows = report["steps"]
     assert report["gpu"] is None
-    assert status["kill and resume (fp32)"]["status"] == "ok"
-    assert status["kill and resume (fp32)"]["resumed_from"] == "checkpoint-8"
-    assert status["notebook 05 (QLoRA)"]["status"] == "skipped"
-    assert status["two processes (torchrun)"]["why"] == "no GPU"
-    assert status["make bench: loop"]["samples_per_s"] > 0 and status["make bench: floor"]["device"] == "cpu"
+    assert [r["step"].split(":")[0].split(" (")[0] for r in rows] == [
+        "kill and resume", "speed", "speed", "two processes", "notebook 05"]  # the value order, not the asked one
+    assert rows[0]["step"] == "kill and resume (fp32)" and rows[0]["verdict"] == "pass"
+    assert rows[0]["resumed_from"] == "checkpoint-8"
+    for row in rows[1:3]:  # a row per shape: MFU of each variant (none on a CPU) and the two ratios
+        assert row["status"] == "ok" and row["verdict"] in ("pass", "fail")
+        assert row["loop_over_floor"].endswith("x") and row["loop_over_trainer"].endswith("x")
+        assert row["mfu"] == "loop - / floor - / Trainer -" and row["loop_samples_per_s"] > 0
+    shapes = {rows[1]["step"].split(" x")[0], rows[2]["step"].split(" x")[0]}
+    assert shapes == {"speed: 128 tokens", "speed: 512 tokens"}
+    assert rows[3]["why"] == "no GPU" and rows[4]["status"] == "skipped" and rows[4]["verdict"] == "-"
     table = (tmp_path / "gpu-check.md").read_text()
-    assert "| kill and resume (fp32) | ok |" in table and "No GPU here" in table
+    assert "| kill and resume (fp32) | pass | ok |" in table and "No GPU here" in table
 
 
-def test_gpu_check_plans_every_precision_the_gpu_has():
+def test_gpu_check_fails_on_correctness_not_on_a_missed_speed_target():
     from bench import gpu_check
 
-    assert gpu_check.precisions_for("01", {"bf16_native": True}) == ["auto", "fp16", "bf16"]
-    assert gpu_check.precisions_for("05", {"bf16_native": True}) == ["auto"]  # T5: never fp16
+    rows = [{"step": "speed: 128 tokens x 32 rows (bf16)", "status": "ok", "verdict": "fail"},
+            {"step": "kill and resume (fp16)", "status": "ok", "verdict": "pass"}]
+    assert gpu_check.correctness_failures(rows) == []
+    rows += [{"step": "speed (loop, floor, Trainer)", "status": "failed", "verdict": "fail"},
+             {"step": "notebook 01 (auto)", "status": "ok", "verdict": "fail"}]
+    assert gpu_check.correctness_failures(rows) == ["speed (loop, floor, Trainer)", "notebook 01 (auto)"]
+
+
+def test_gpu_check_plans_each_precision_once():
+    from bench import gpu_check
+
+    h100 = {"bf16_native": True, "auto_precision": "bf16"}
+    t4 = {"bf16_native": False, "auto_precision": "fp16"}
+    assert gpu_check.precisions_for("01", h100) == ["auto", "fp16"]  # bf16 is what auto runs
+    assert gpu_check.precisions_for("04", t4) == ["auto", "bf16"]  # fp16 is auto's; bf16 must be refused
+    assert gpu_check.precisions_for("05", h100) == ["auto"]  # T5: never fp16
     assert gpu_check.precisions_for("01", None) == ["auto"]
 
 

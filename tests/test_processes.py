@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ SCRIPT = Path(__file__).parent / "scripts" / "train_tiny.py"
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 ROWS = 97  # 6 batches of 16 and a remainder of 1 row: one process gets no row of it
-EPOCHS = ["--epochs", "3", "--train-rows", str(ROWS), "--patience", "1", "--find-lr"]
+EPOCHS = ["--epochs", "3", "--train-rows", str(ROWS), "--patience", "1"]  # + "--find-lr" where it is compared
 
 
 def _env():
@@ -64,8 +65,8 @@ def test_process_shares_cover_every_row_once_and_weigh_the_remainder():
 
 @pytest.mark.slow
 def test_two_processes_by_epochs_train_every_row_like_one_and_resume_exactly(tmp_path):
-    one = _train(tmp_path / "one.json", *EPOCHS, "--checkpoint-dir", str(tmp_path / "ck1"), processes=1)
-    two = _train(tmp_path / "two.json", *EPOCHS, "--checkpoint-dir", str(tmp_path / "ck2"))
+    one = _train(tmp_path / "one.json", *EPOCHS, "--find-lr", "--checkpoint-dir", str(tmp_path / "ck1"), processes=1)
+    two = _train(tmp_path / "two.json", *EPOCHS, "--find-lr", "--checkpoint-dir", str(tmp_path / "ck2"))
 
     # the same run: every row once per epoch, epochs that end, the same steps, losses and stopping
     assert two["num_processes"] == 2 and one["num_processes"] == 1
@@ -93,10 +94,20 @@ def test_two_processes_by_epochs_train_every_row_like_one_and_resume_exactly(tmp
     for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
         child.kill()  # SIGKILL: the launcher and both processes, nothing said
     proc.wait()
+    last = hp.training._latest_checkpoint(tmp_path / "ck")
+    assert last.name == "checkpoint-7" and json.loads((last / "state.json").read_text())["num_processes"] == 2
+    assert (last / "rng-rank0.pt").exists() and (last / "rng-rank1.pt").exists()  # each process's random state
+    shutil.copytree(tmp_path / "ck", tmp_path / "ck-one")
     resumed = _train(out, *EPOCHS, "--checkpoint-dir", str(tmp_path / "ck"), "--resume")
     assert resumed["resumed_from"].endswith("checkpoint-7")
     assert resumed["losses"] == two["losses"] and resumed["evals"][-1]["loss"] == two["evals"][-1]["loss"]
     assert resumed["weights_sum"] == two["weights_sum"]
+
+    # the same checkpoint resumed by one process: the data order is exact (no dropout here: nothing else differs)
+    alone = _train(tmp_path / "alone.json", *EPOCHS, "--checkpoint-dir", str(tmp_path / "ck-one"), "--resume",
+                   processes=1)
+    assert alone["resumed_from"].endswith("checkpoint-7") and alone["num_processes"] == 1
+    assert alone["losses"] == pytest.approx(two["losses"], rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.slow
