@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=100, help="timed optimizer steps per variant and shape")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--tiny", action="store_true", help="a 2-layer model and small batches: the plumbing, on a CPU")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense peak, if bench.run does not know it")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the GPU dense peak, if bench.run lacks it")
     p.add_argument("--out", default=None, help="write the figures here as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1:
