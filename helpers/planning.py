@@ -115,7 +115,10 @@ def _padded(length: int, multiple: int | None) -> int:
 def _run_layout(rows, cfg: TrainConfig, shape: dict, *, pad_multiple: int | None, measure_steps: int) -> _RunLayout:
     """Every optimizer step of the run, from the loop's own sampler (seeded: the batches are known in
     advance), reduced to its cost; kept whole only for the steps to measure: the run's first (it holds
-    the longest row, as the loop runs it) and steps at evenly spread cost quantiles of the first epoch."""
+    the longest row, as the loop runs it) and steps at evenly spread cost quantiles of the first epoch.
+    Several processes: each runs its share of every batch (`ProcessShare`): the plan is one process's, the
+    first share (the largest when the batch does not split evenly)."""
+    processes = dev._num_processes()
     sampler = LengthGroupedBatchSampler(rows.lengths, cfg.train_batch_size, seed=cfg.seed,
                                         group_by_length=cfg.group_by_length)
     accum = cfg.grad_accum_steps
@@ -125,7 +128,7 @@ def _run_layout(rows, cfg: TrainConfig, shape: dict, *, pad_multiple: int | None
     costs, first_epoch, longest, epoch, shapes, first_shapes = [], [], (0, 0, 0), 0, set(), []
     while len(costs) < total:
         sampler.set_epoch(epoch)
-        batches = sampler.batches()
+        batches = [ids[: math.ceil(len(ids) / processes)] for ids in sampler.batches()]
         for start in range(0, len(batches), accum):
             step, cost, step_shapes = batches[start: start + accum], 0.0, set()
             for ids in step:

@@ -110,6 +110,19 @@ def test_several_processes_share_one_plan_verdict(monkeypatch):
     assert planning._one_verdict(*mine) == mine
 
 
+def test_the_plan_of_several_processes_is_one_process_s_share(monkeypatch, tiny_data):
+    from helpers import planning
+
+    shape = {"enc_dec": False, "hidden": 32}
+    config = hp.TrainConfig(train_batch_size=16, max_steps=4)
+    rows = hp.training.as_rows(tiny_data["train"])
+    alone = planning._run_layout(rows, config, shape, pad_multiple=None, measure_steps=3)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    shared = planning._run_layout(rows, config, shape, pad_multiple=None, measure_steps=3)
+    assert (alone.longest[0], shared.longest[0]) == (16, 8)  # what one process's memory and time depend on
+    assert all(len(ids) == 8 for step in shared.measured for ids in step)
+
+
 def test_evaluate_and_generate_pass_allow_fp16_through(monkeypatch, tiny_model, tiny_data):
     seen = []
     real = dev.resolve_precision
