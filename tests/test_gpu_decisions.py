@@ -459,6 +459,7 @@ def test_gpu_check_fails_on_correctness_not_on_a_missed_speed_target():
     from bench import gpu_check
 
     rows = [{"step": "speed: 128 tokens x 32 rows (bf16)", "status": "ok", "verdict": "fail"},
+            {"step": "make bench-serve: classifier", "status": "ok", "verdict": "fail"},
             {"step": "kill and resume (fp16)", "status": "ok", "verdict": "pass"}]
     assert gpu_check.correctness_failures(rows) == []
     rows += [{"step": "speed (loop, floor, Trainer)", "status": "failed", "verdict": "fail"},
