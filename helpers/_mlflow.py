@@ -94,9 +94,20 @@ def client(uri: str | None = None):
         import mlflow
 
         uri = uri or tracking_uri()
-        if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        return mlflow.MlflowClient(tracking_uri=uri)
+        if not uri.startswith("sqlite:///"):
+            return mlflow.MlflowClient(tracking_uri=uri)
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        if db.exists():
+            return mlflow.MlflowClient(tracking_uri=uri)
+        # A fresh store: MLflow creates its tables (and runs its migrations) on first use; two processes doing
+        # that at once (two notebooks, a sweep and a notebook) race, and one fails. One at a time, then.
+        from filelock import FileLock
+
+        with FileLock(str(db) + ".lock"):
+            made = mlflow.MlflowClient(tracking_uri=uri)
+            made.search_experiments(max_results=1)  # the tables exist when this returns
+        return made
 
 
 def experiment_id(mlflow_client, name: str, uri: str | None = None) -> str:
@@ -183,6 +194,7 @@ class Tracker:
                 run = self.client.create_run(exp, run_name=name, tags={
                     "mlflow.source.name": f"{self.notebook}.ipynb", "workbook.notebook": self.notebook,
                     "workbook.output_dir": str(self.output_dir), "workbook.host": socket.gethostname(),
+                    "workbook.pid": str(os.getpid()),  # a run left RUNNING by a dead process is found by it
                     **_group_tags(self.group)})
                 self.run_id = run.info.run_id
                 params = [Param(k, (v if isinstance(v, str) else json.dumps(v, default=str))[:_PARAM_LIMIT])

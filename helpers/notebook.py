@@ -85,6 +85,8 @@ _POSITIVE_INT = ("TRAIN_BATCH_SIZE", "EVAL_BATCH_SIZE", "GRAD_ACCUM_STEPS", "GEN
 _POSITIVE_INT_OR_NONE = ("MAX_TRAIN_SAMPLES", "MAX_EVAL_SAMPLES", "MAX_STEPS", "EVAL_EVERY_STEPS",
                          "EARLY_STOPPING_PATIENCE")
 _LENGTHS = ("MAX_LENGTH", "MAX_SOURCE_LENGTH", "MAX_TARGET_LENGTH")
+_MAX_EPOCHS = 10_000  # more is a typo (1e9), and walking its steps would keep the plan from answering
+_MAX_STEPS = 100_000_000
 _BOOLS = ("TRACKING", "RESUME", "OVERWRITE", "AUTO_BATCH_BACKOFF", "ALLOW_STANDIN", "RUN_TRAINER", "USE_LORA",
           "GRADIENT_CHECKPOINTING", "QUANTIZE_4BIT", "CLEAN_CHARS")
 
@@ -108,8 +110,11 @@ def _check_parameter(name: str, value: Any, default: Any = None) -> None:
         fail("a whole number of at least 1, or None (no limit)")
     if name in _LENGTHS and not (_is_int(value) and value >= 8):
         fail("a whole number of tokens, at least 8")
-    if name == "NUM_EPOCHS" and not (_is_number(value) and value > 0):
-        fail("a positive number of passes over the data (e.g. 1, 3, or 0.5 for half an epoch)")
+    if name == "NUM_EPOCHS" and not (_is_number(value) and 0 < value <= _MAX_EPOCHS):
+        fail(f"a positive number of passes over the data, at most {_MAX_EPOCHS:,} (e.g. 1, 3, or 0.5 for half an "
+             "epoch)")
+    if name == "MAX_STEPS" and _is_int(value) and value > _MAX_STEPS:
+        fail(f"at most {_MAX_STEPS:,} optimizer steps, or None (use NUM_EPOCHS)")
     if name == "LR" and not (value is None and default is None) and not (_is_number(value) and 0 < value < 1):
         fail("a positive learning rate below 1, e.g. 5e-5")
     if name == "WARMUP_RATIO" and not (_is_number(value) and 0 <= value < 1):
@@ -120,8 +125,8 @@ def _check_parameter(name: str, value: Any, default: Any = None) -> None:
         fail("at least 1.0 (1.0: off)")
     if name == "NO_REPEAT_NGRAM_SIZE" and not (_is_int(value) and value >= 0):
         fail("a whole number, 0 for off")
-    if name == "SEED" and not (_is_int(value) and value >= 0):
-        fail("a whole number of at least 0")
+    if name == "SEED" and not (_is_int(value) and 0 <= value < 2**32):
+        fail("a whole number from 0 to 4,294,967,295 (numpy's seeds are 32-bit)")
     if name == "PRECISION" and value not in ("auto", "bf16", "fp16", "fp32"):
         fail('one of "auto", "bf16", "fp16", "fp32"')
     if name in _BOOLS and not isinstance(value, bool):

@@ -271,3 +271,51 @@ def test_only_this_machines_dead_trials_are_marked_failed_on_resume(tmp_path):
     theirs.set_user_attr("pid", dead.pid)
     assert sweep._mark_stale_trials(study) == [mine.number]
     assert [t.state.name for t in study.trials] == ["FAIL", "RUNNING"]
+
+
+def test_every_sweep_value_is_checked_before_the_first_trial(store):
+    nb01 = runner.find_notebook("01")
+    calls: list = []
+    for axes, fixed, seeds, named in [([sweep.parse_axis("LR", "1e-4,-1")], {}, None, "LR=-1"),
+                                      ([sweep.parse_axis("MAX_LENGTH", "64,abc")], {}, None, "MAX_LENGTH='abc'"),
+                                      ([sweep.parse_axis("LR", "1e-4,3e-4")], {"SEED": 2**32 - 1}, 2,
+                                       "SEED=4294967296"),
+                                      ([sweep.parse_axis("LR", "0:1e-4")], {}, None, "LR=0")]:
+        job = sweep.Sweep(nb01, axes, fixed, "bad-values", trials=4 if axes[0].is_range else None, seeds=seeds)
+        with pytest.raises(sweep.SweepError, match=rf"{named} cannot be used.*Nothing has run"):
+            sweep.run(job, run_fn=_fake_notebook_run(calls))
+    assert calls == []  # refused before any trial, not after its training
+
+
+def test_runs_left_running_by_a_killed_notebook_are_ended_as_killed(store):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mlflow_client = tracking.client()
+    exp = tracking.experiment_id(mlflow_client, "sweep-killed")
+    host = socket.gethostname()
+    killed, alive, elsewhere = (mlflow_client.create_run(exp, tags={"workbook.host": h, "workbook.pid": str(pid)})
+                                for h, pid in [(host, dead.pid), (host, os.getpid()), ("another-machine", dead.pid)])
+    assert tracking.end_stale_runs("sweep-killed") == [killed.info.run_id]
+    status = {r.info.run_id: r.info.status for r in mlflow_client.search_runs([exp])}
+    assert status == {killed.info.run_id: "KILLED", alive.info.run_id: "RUNNING", elsewhere.info.run_id: "RUNNING"}
+    assert tracking.end_stale_runs("no-such-experiment") == []
+
+
+def test_two_processes_creating_a_fresh_store_at_once_both_succeed(tmp_path):
+    """MLflow makes its tables on first use; two processes doing it at once failed ("table ... already exists")."""
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time; from helpers import _mlflow; uri = sys.argv[1]\n"
+            "while time.time() < float(sys.argv[2]): time.sleep(0.005)\n"
+            "_mlflow.experiment_id(_mlflow.client(uri), 'x', uri)")
+    start = str(time.time() + 6)  # both past their imports, then at once
+    env = dict(os.environ, PYTHONPATH=str(runner.PROJECT_ROOT))
+    procs = [subprocess.Popen([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'mlflow.db'}", start], env=env,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors

@@ -396,13 +396,30 @@ def _cmd_sweep(args) -> int:
             import logging
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")
-        results = sweep.run(job, log_output=args.log_output)
+        with _terminate_as_interrupt():
+            results = sweep.run(job, log_output=args.log_output)
     except (runner.RunnerError, sweep.SweepError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 1 if results and all(r.status != "ok" for r in results) else 0
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler stopping the job, `kill`) ends the sweep as a second Ctrl-C does: the trial's kernel
+    is stopped, its MLflow run ended as KILLED and the study told, instead of dying with the trial RUNNING."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _cmd_compare(args) -> int:

@@ -170,6 +170,18 @@ class Sweep:
             raise SweepError(f"{', '.join(clash)} is both swept and fixed; give it once")
         if "OUTPUT_DIR" in self.fixed:
             raise SweepError("OUTPUT_DIR is chosen per run by the sweep (under runs/sweep-<name>/); leave it out")
+        self._check_values()
+
+    def _check_values(self) -> None:
+        """Every value of every axis (a range's two ends), every fixed value and every seed, checked as `workbook
+        run` checks one run's, before the first trial: a bad value found after an hour of trials costs the hour."""
+        single = [{a.name: v} for a in self.axes for v in (a.values if not a.is_range else (a.low, a.high))]
+        seeds = [{"SEED": s} for s in self.seed_values()] if self.seeds else []
+        for params in [dict(self.fixed), *single, *seeds]:
+            try:
+                runner.check_parameters(self.notebook, params)
+            except runner.RunnerError as err:
+                raise SweepError(f"{err} Nothing has run: fix the sweep's values and start it again.") from None
 
     def _check_seeds(self) -> None:
         if self.seeds is None:
@@ -433,8 +445,19 @@ def run(sweep: Sweep, *, run_fn: Runner | None = None, log_output: bool = False)
     """Run the sweep (`run_fn` runs one notebook: papermill by default) and write its report."""
     sweep.check()
     sweep.folder.mkdir(parents=True, exist_ok=True)
+    _end_killed_trials(sweep)  # an earlier sweep's trials killed by a signal
     try:
         return (run_optuna if sweep.trials else run_grid)(sweep, run_fn=run_fn, log_output=log_output)
     except KeyboardInterrupt:
         print(f"\nsweep {sweep.name} stopped; run the same command again to go on", file=sys.stderr)
         raise
+    finally:
+        _end_killed_trials(sweep)  # on the way out: the trial whose kernel was killed with it
+
+
+def _end_killed_trials(sweep: Sweep) -> None:
+    if sweep.tracked:
+        ended = tracking.end_stale_runs(sweep.experiment)
+        if ended:
+            print(f"tracking: {len(ended)} MLflow run(s) of {sweep.experiment} left RUNNING by a killed notebook "
+                  "ended as KILLED")

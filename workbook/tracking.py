@@ -8,6 +8,8 @@ runs. Where the store is: `MLFLOW_TRACKING_URI` when set, else `runs/mlflow.db`.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from typing import Any
 
@@ -26,8 +28,8 @@ from helpers._mlflow import (
     tracking_uri,
 )
 
-__all__ = ["DB_FILE", "GROUP_ENV", "TRIAL_ENV", "client", "experiment_id", "finish_group", "is_local", "quiet_mlflow",
-           "runs_dir", "runs_frame", "start_group", "tracking_uri"]
+__all__ = ["DB_FILE", "GROUP_ENV", "TRIAL_ENV", "client", "end_stale_runs", "experiment_id", "finish_group", "is_local",
+           "quiet_mlflow", "runs_dir", "runs_frame", "start_group", "tracking_uri"]
 
 
 def start_group(experiment: str, group: str, params: dict[str, Any]) -> str | None:
@@ -73,3 +75,37 @@ def finish_group(run_id: str | None, metric: str, scores: list[float]) -> None:
             mlflow_client.set_terminated(run_id, "FINISHED")
     except Exception as err:  # noqa: BLE001
         print(f"tracking: could not log the seeds' mean to MLflow ({_one_line(err)})")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process, or not a pid: not ours to judge
+    return True
+
+
+def end_stale_runs(experiment: str) -> list[str]:
+    """Runs of `experiment` still RUNNING whose notebook process on this machine is gone (killed by a signal: its
+    kernel never reached the end of its run), ended as KILLED; their ids. Another machine's runs, and runs
+    without a process id (older ones), are left as they are."""
+    ended: list[str] = []
+    try:
+        with quiet_mlflow():
+            mlflow_client = client()
+            found = mlflow_client.get_experiment_by_name(experiment)
+            if found is None:
+                return ended
+            host = socket.gethostname()
+            for run in mlflow_client.search_runs([found.experiment_id], filter_string="attributes.status = 'RUNNING'"):
+                tags = run.data.tags
+                pid = tags.get("workbook.pid", "")
+                if tags.get("workbook.host") == host and pid.isdigit() and not _alive(int(pid)):
+                    mlflow_client.set_tag(run.info.run_id, "workbook.status", "killed")
+                    mlflow_client.set_terminated(run.info.run_id, "KILLED")
+                    ended.append(run.info.run_id)
+    except Exception as err:  # noqa: BLE001 - tracking must never fail the sweep
+        print(f"tracking: could not look for runs left RUNNING ({_one_line(err)})")
+    return ended
