@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import shutil
 from dataclasses import dataclass
@@ -71,12 +72,35 @@ def _jsonable(value: Any) -> Any:
 
 
 def _write_json(path: str | Path, data: dict[str, Any]) -> Path:
+    """Written whole or not at all: into a temporary file, then renamed (a full disk leaves the old file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    try:
+        tmp.write_text(json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n")
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise _save_failed(path, err) from err
     tmp.replace(path)
     return path
+
+
+class _SaveError(RuntimeError):
+    """A save that failed (a full disk, a folder that cannot be written): one line with the folder and the fix."""
+
+
+def _save_failed(target: Path, err: BaseException, needed_mb: float | None = None) -> _SaveError:
+    import errno
+
+    where = next((p for p in [target, *target.parents] if p.exists()), Path("."))
+    free_mb = shutil.disk_usage(where).free / 2**20
+    text = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+    full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in text or "No space left" in text
+    need = f", about {needed_mb:.0f} MB needed" if needed_mb else ""
+    what = f"no space left on the disk ({free_mb:.0f} MB free{need})" if full else text
+    return _SaveError(f"could not save {target}: {what}. Nothing half-written was left in its place, and what this "
+                      "run computed is still in memory: free some space (or set OUTPUT_DIR on a larger disk) and run "
+                      "this cell again.")
 
 
 def _same_run_params(params: dict) -> dict:
@@ -107,13 +131,16 @@ def _prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, 
                                    "you can write to (OUTPUT_DIR=...).") from None
     run_file = folder / _RUN_FILE
     mine = {"notebook": notebook, "params": _same_run_params(params)}
-    previous = json.loads(run_file.read_text()) if run_file.exists() else None
+    previous = _previous_run(run_file)
     has_checkpoints = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
     holds_results = (folder / _METRICS_FILE).exists() or (folder / "model").exists() or has_checkpoints
     fix = "set OVERWRITE=True to replace it, or choose another OUTPUT_DIR"
     if previous is None and holds_results and not overwrite:
         raise _OutputDirInUseError(f"OUTPUT_DIR {folder} already holds results of an unknown run; {fix}.")
-    if previous is not None and not overwrite:
+    # A run that failed before it saved anything (a bad parameter, a crash before the first checkpoint) holds no
+    # work to protect: the next run, with whatever parameters, takes the folder.
+    left_nothing = previous is not None and not previous.get("finished") and not holds_results
+    if previous is not None and not overwrite and not left_nothing:
         if previous.get("notebook") != notebook:
             raise _OutputDirInUseError(f"OUTPUT_DIR {folder} holds a run of {previous.get('notebook')}; {fix}.")
         before, now = previous.get("params", {}), mine["params"]
@@ -138,6 +165,15 @@ def _prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, 
     _write_json(run_file, {**mine, "finished": finished,
                            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
     return folder
+
+
+def _previous_run(run_file: Path) -> dict | None:
+    """What run.json says of the run before (None when there is none, or it is damaged: an unknown run)."""
+    try:
+        previous = json.loads(run_file.read_text())
+    except (OSError, ValueError):
+        return None
+    return previous if isinstance(previous, dict) else None
 
 
 def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline: dict | None = None,
@@ -181,13 +217,29 @@ def _save_model(output_dir: str | Path, model, tokenizer, *, task: str, info: di
     folder = Path(output_dir) / subdir
     if not _is_main_process():
         return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    _write_json(folder / _WORKBOOK_FILE, {"task": task, **(info or {}), "versions": _versions()})
-    shutil.copyfile(SCORE_TEMPLATE, folder / "score.py")  # self-contained scoring
-    if card:
-        (folder / "README.md").write_text(card)
+    # Written into a temporary folder, then renamed: a full disk or a kill never leaves a half-written model/
+    # that looks complete, and an earlier complete one stays until the new one is whole.
+    partial, old = folder.with_name(f".{subdir}.partial"), folder.with_name(f".{subdir}.old")
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        _write_json(partial / _WORKBOOK_FILE, {"task": task, **(info or {}), "versions": _versions()})
+        shutil.copyfile(SCORE_TEMPLATE, partial / "score.py")  # self-contained scoring
+        if card:
+            (partial / "README.md").write_text(card)
+    except Exception as err:  # noqa: BLE001 - any failed write: nothing half-written is left, one line says why
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(err, _SaveError):
+            raise
+        needed = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
+        raise _save_failed(folder, err, needed) from err
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(partial, folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

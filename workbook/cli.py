@@ -189,7 +189,7 @@ def _plan_job(args, path) -> dict:
     params.update({name: runner.parse_value(value) for name, value in args.parameter})
     params.update({"SMOKE": True} if args.smoke else {})
     runner.check_parameters(path, params)
-    home = Path(args.runs_dir).expanduser().resolve() if args.runs_dir else runner.RUNS_DIR
+    home = runner.writable_folder(args.runs_dir, "--runs-dir") if args.runs_dir else runner.RUNS_DIR
     known = runner.notebook_parameters(path)
     own = {"OUTPUT_DIR": str(home / "plan" / path.stem), "OVERWRITE": True, "TRACKING": False, "FIND_LR": False}
     return runner.resolve_paths({**params, **{k: v for k, v in own.items() if k in known}})
@@ -298,9 +298,11 @@ def _cmd_run(args) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     kwargs = {"log_output": args.log_output}
     if args.runs_dir:
-        from pathlib import Path
-
-        kwargs["runs_dir"] = Path(args.runs_dir).expanduser().resolve()
+        try:
+            kwargs["runs_dir"] = runner.writable_folder(args.runs_dir, "--runs-dir")
+        except runner.RunnerError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     before = os.environ.get("WORKBOOK_RUNS_DIR")
     if args.runs_dir:  # the MLflow store goes with the runs, for these runs only
         os.environ["WORKBOOK_RUNS_DIR"] = str(kwargs["runs_dir"])
@@ -385,7 +387,7 @@ def _cmd_sweep(args) -> int:
     try:
         path = runner.find_notebook(args.notebook)
         axes, fixed = _sweep_axes(args)
-        runs_dir = Path(args.runs_dir).expanduser().resolve() if args.runs_dir else None
+        runs_dir = runner.writable_folder(args.runs_dir, "--runs-dir") if args.runs_dir else None
         name = args.name or sweep.default_name(path, axes, args.trials)
         job = sweep.Sweep(path, axes, runner.resolve_paths(fixed), name, trials=args.trials, metric=args.metric,
                           direction=args.direction, storage=args.storage, seed=args.sampler_seed, runs_dir=runs_dir,
@@ -425,14 +427,19 @@ def _terminate_as_interrupt():
 def _cmd_compare(args) -> int:
     from pathlib import Path
 
-    from . import compare, tracking
+    from . import compare, runner, tracking
 
     folders = [Path(r) for r in args.runs if Path(r).is_dir()]
     if not folders:
         print("error: none of those is a run folder; give OUTPUT_DIRs (each with a metrics.json)", file=sys.stderr)
         return 2
     out = Path(args.out) if args.out else tracking.runs_dir() / "compare"
-    report = compare.report(folders, out, metric=args.metric, direction=args.direction)
+    try:
+        report = compare.report(folders, runner.writable_folder(out, "--out"), metric=args.metric,
+                                direction=args.direction)
+    except (runner.RunnerError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(report.read_text().split("\n\n")[1])
     print(f"report: {report} (and report.html)")
     return 0

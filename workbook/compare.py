@@ -62,12 +62,25 @@ def load_run(folder: str | Path, name: str | None = None) -> RunRow:
     folder = Path(folder)
     metrics = folder / _METRICS_FILE
     if not metrics.exists():
-        run_file = folder / "run.json"
-        params = json.loads(run_file.read_text()).get("params", {}) if run_file.exists() else {}
-        return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {_METRICS_FILE})", params)
-    record = json.loads(metrics.read_text())
+        params = (_read_json(folder / "run.json") or {}).get("params") or {}
+        return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {_METRICS_FILE})",
+                      params if isinstance(params, dict) else {})
+    record = _read_json(metrics)
+    if record is None:  # one damaged run must not cost the report of the others
+        return RunRow(name or folder.name, folder, {}, "failed", f"{_METRICS_FILE} is damaged (not a JSON object): "
+                      "run it again, or leave it out of the comparison")
     status = "pruned" if record.get("pruned_at_step") is not None else "ok"
-    return RunRow(name or folder.name, folder, record, status, params=dict(record.get("params") or {}))
+    params = record.get("params")
+    return RunRow(name or folder.name, folder, record, status, params=dict(params) if isinstance(params, dict) else {})
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from `path`; None when the file is missing, unreadable, not JSON or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def swept_parameters(rows: list[RunRow]) -> list[str]:

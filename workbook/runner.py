@@ -21,6 +21,7 @@ import difflib
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -119,6 +120,20 @@ def parse_value(text: str) -> Any:
     except (ValueError, SyntaxError):
         return text
     return value if isinstance(value, (int, float, str, bool)) or value is None else text
+
+
+def writable_folder(folder: str | Path, option: str) -> Path:
+    """`folder` (made if missing), resolved, when files can be written in it; else `RunnerError` naming the option,
+    before anything runs (a read-only runs folder would otherwise fail after the notebook's work, or mid-run)."""
+    path = Path(folder).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise RunnerError(f"{option} {path} cannot be written ({err.strerror or err}): choose a folder you can "
+                          f"write, e.g. {option} ~/workbook-runs") from None
+    return path
 
 
 def notebook_parameters(path: Path) -> dict[str, Any]:

@@ -34,8 +34,28 @@ DESCRIPTIONS = {
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("WORKBOOK_CACHE") or Path.home() / ".cache" / "finetune-workbook"
-    return Path(root) / "standins"
+    """`$WORKBOOK_CACHE/standins`, else `~/.cache/finetune-workbook/standins`; when neither can be written (a
+    read-only or missing HOME, as on some job runners), a folder in the system's temporary directory, said once."""
+    if os.environ.get("WORKBOOK_CACHE"):
+        return Path(os.environ["WORKBOOK_CACHE"]) / "standins"
+    preferred = Path.home() / ".cache" / "finetune-workbook" / "standins"
+    if _writable(preferred):
+        return preferred
+    fallback = Path(tempfile.gettempdir()) / f"finetune-workbook-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    if not getattr(cache_dir, "said", False):
+        cache_dir.said = True
+        print(f"note: {preferred.parent} cannot be written (HOME={os.environ.get('HOME', '?')}); the offline "
+              f"stand-ins are built in {fallback} instead (set WORKBOOK_CACHE to a folder to keep them)")
+    return fallback / "standins"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 _EXTRA_CHARS = "äöüßéèêàâçñíóúåøæÄÖÜÉÅØ€£¥–—‘’“”…°"
