@@ -180,8 +180,6 @@ def _plan_parser(sub) -> argparse.ArgumentParser:
 def _plan_job(args, path) -> dict:
     """The job's parameters as `workbook run` reads them, plus the plan's own: its own folder (replaced each
     time), no MLflow run, no range test; only names the notebook has."""
-    from pathlib import Path
-
     from . import runner
 
     params = parameters_file(args.parameters_file) if args.parameters_file else {}
@@ -380,8 +378,6 @@ def _sweep_axes(args) -> tuple[list, dict]:
 
 
 def _cmd_sweep(args) -> int:
-    from pathlib import Path
-
     from . import runner, sweep
 
     try:
