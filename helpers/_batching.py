@@ -85,9 +85,11 @@ class TokenStore(torch.utils.data.Dataset):
         table = dataset.data.table
         self.ragged: dict[str, _Ragged] = {}
         self.scalars: dict[str, np.ndarray] = {}
+        import pyarrow as pa
+
         for name in wanted:
             column = table.column(name)
-            if column.num_chunks and hasattr(column.chunk(0), "offsets"):
+            if pa.types.is_list(column.type) or pa.types.is_large_list(column.type):  # also with no rows (no chunk)
                 self.ragged[name] = _Ragged(column)
             else:
                 self.scalars[name] = column.to_numpy()

@@ -655,6 +655,7 @@ def plan(model, train_data, eval_data=None, config: TrainConfig | None = None, *
     device = training._train_device(cfg.device)
     precision = dev.resolve_precision(cfg.precision, device, allow_fp16=cfg.allow_fp16)
     rows = as_rows(train_data)
+    training._require_rows(rows, "The training split")
     eval_rows = as_rows(eval_data) if eval_data is not None else None
     shape = _model_shape(model)
     layout = _run_layout(rows, cfg, shape, pad_multiple=8 if device.type == "cuda" else None,

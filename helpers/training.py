@@ -186,6 +186,7 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     from ._progress import progress_bar
 
     rows = as_rows(data)
+    _require_rows(rows, "The data to evaluate")
     collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model))
     device = dev._place_model(model, device)
     precision = dev.resolve_precision(precision, device, allow_fp16=allow_fp16)
@@ -225,6 +226,13 @@ def evaluate(model, data, *, collate_fn: Callable | None = None, pad_token_id: i
     metrics = compute_metrics(logits, labels) if (compute_metrics and logits is not None) else {}
     return EvalResult(loss=loss, metrics=metrics, logits=logits, labels=labels, num_samples=n,
                       wall_s=time.perf_counter() - start)
+
+
+def _require_rows(rows, what: str) -> None:
+    """Empty data is refused where it enters, saying where rows go missing (not a KeyError or a NaN later)."""
+    if len(rows) == 0:
+        raise ValueError(f"{what} is empty (0 rows); check the data caps (MAX_TRAIN_SAMPLES, MAX_EVAL_SAMPLES), the "
+                         "filters and the cleaning report above (rows dropped as empty or duplicate).")
 
 
 def _pad_id(pad_token_id: int | None, model) -> int:
@@ -848,8 +856,9 @@ class _Loop:
         """Rows as a `TokenStore`, a length-grouped sampler, a padding collator, a DataLoader."""
         self.train_rows = as_rows(train_data)
         self.eval_rows = as_rows(eval_data) if eval_data is not None else None
-        if len(self.train_rows) == 0:
-            raise ValueError("The training split is empty; check the data caps (MAX_TRAIN_SAMPLES) and filters.")
+        _require_rows(self.train_rows, "The training split")
+        if self.eval_rows is not None:
+            _require_rows(self.eval_rows, "The validation split")  # refused now, not after the first epoch
         self.collate_fn = collate_fn or PadCollator(_pad_id(pad_token_id, model),
                                                     pad_to_multiple_of=8 if self.device.type == "cuda" else None)
         self.sampler = LengthGroupedBatchSampler(self.train_rows.lengths, self.cfg.train_batch_size,

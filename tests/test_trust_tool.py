@@ -109,3 +109,19 @@ def test_a_full_disk_during_the_final_save_leaves_no_half_written_model_and_says
             mp.setattr(Path, "write_text", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
             artifacts._write_json(tmp_path / "metrics.json", {"test": {}})
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_empty_data_is_refused_where_it_enters_with_advice_about_the_data(tiny_model):
+    import datasets
+
+    import helpers as hp
+
+    empty = datasets.Dataset.from_dict({"input_ids": [[101, 102]], "labels": [0]}).select([])  # a cap or filter
+    some = datasets.Dataset.from_dict({"input_ids": [[101, 7, 102]] * 4, "labels": [0, 1, 0, 1]})
+    advice = r"is empty \(0 rows\); check the data caps \(MAX_TRAIN_SAMPLES, MAX_EVAL_SAMPLES\)"
+    for call, what in [(lambda: hp.find_lr(tiny_model, empty, progress=False), "The training split"),
+                       (lambda: hp.plan(tiny_model, empty, measure_steps=0), "The training split"),
+                       (lambda: hp.train(tiny_model, some, empty, max_steps=1, progress=False), "The validation split"),
+                       (lambda: hp.evaluate(tiny_model, empty, progress=False), "The data to evaluate")]:
+        with pytest.raises(ValueError, match=f"{what} {advice}"):
+            call()
