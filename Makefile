@@ -170,18 +170,36 @@ DOCKER_RUN_ARGS ?=
 LOCAL_BASE := localhost/finetune-workbook-base:bookworm
 BASE_CACHE ?= $(HOME)/.cache/finetune-workbook/docker
 
+# A folder with symbolic links (weights kept elsewhere, a Hub cache's snapshots) is copied with the files they point
+# to: a link copied as a link points nowhere inside the image. A broken link is refused before the build. Messages
+# name DIR, never the staging folder.
+docker: SHELL := /bin/bash
 docker: docker-deps
 	@test -n "$(ENGINE)" || { echo "make docker needs docker or podman (make docker-deps installs podman as root)"; exit 2; }
-	@model=""; staged=""; if [ -n "$(DOCKER_DIR)" ]; then \
+	@set -o pipefail; model=""; staged=""; base="$(BASE_IMAGE)"; if [ -n "$(DOCKER_DIR)" ]; then \
 	  test -d "$(DOCKER_DIR)" || { echo "DIR=$(DOCKER_DIR) is not a folder"; exit 2; }; \
+	  broken=$$(find -L "$(DOCKER_DIR)" -path '*/checkpoints' -prune -o -type l -print | head -1); \
+	  test -z "$$broken" || { echo "DIR=$(DOCKER_DIR): $$broken is a link to $$(readlink "$$broken"), which does not exist;" \
+	    "put the file itself there (or fix the link), then make docker again"; exit 2; }; \
+	  links=$$(find "$(DOCKER_DIR)" -path '*/checkpoints' -prune -o -type l -print | head -1); \
 	  rel=$$(realpath --relative-to="$(CURDIR)" "$(DOCKER_DIR)"); \
-	  case "$$rel" in runs/*) model="$$rel";; \
-	  *) model=.cache/docker-model/$(DOCKER_NAME)-$$$$; staged="$$model"; \
-	     echo "copying $(DOCKER_DIR) into the build context ($$model, removed after the build)"; \
-	     mkdir -p "$$model" && tar -C "$(DOCKER_DIR)" --exclude=./checkpoints -cf - . | tar -C "$$model" -xf - ;; esac; fi; \
-	echo "$(ENGINE) build -t $(TAG) (model: $${model:-none, mount one at /model}; base: $(BASE_IMAGE))"; \
-	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(TAG) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
-	  --build-arg WHEELS=$(WHEELS) --build-arg MODEL_DIR="$$model" $(DOCKER_BUILD_ARGS) -f Dockerfile .; \
+	  case "$$rel" in runs/*) [ -n "$$links" ] || model="$$rel";; esac; \
+	  if [ -z "$$model" ]; then model=.cache/docker-model/$(DOCKER_NAME)-$$$$; staged="$$model"; \
+	     echo "copying $(DOCKER_DIR) into the build context$${links:+ (the files its links point to, not the links)}"; \
+	     mkdir -p "$$model" && tar -C "$(DOCKER_DIR)" -h --exclude=./checkpoints -cf - . | tar -C "$$model" -xf - \
+	     || { rm -rf "$$model"; echo "could not copy DIR=$(DOCKER_DIR) into the build context"; exit 2; }; fi; fi; \
+	if ! $(ENGINE) image inspect "$$base" >/dev/null 2>&1 && ! $(ENGINE) pull -q "$$base" >/dev/null 2>&1; then \
+	  if $(ENGINE) image inspect $(LOCAL_BASE) >/dev/null 2>&1; then \
+	    echo "note: $$base cannot be pulled (no registry reachable); using the local base $(LOCAL_BASE) (make docker-base)"; \
+	    base=$(LOCAL_BASE); \
+	  else [ -n "$$staged" ] && rm -rf "$$staged"; \
+	    echo "$$base cannot be pulled (no registry reachable) and there is no local base: run make docker-base (a Debian" \
+	      "base from Debian's packages), then make docker again; or BASE_IMAGE=an image you have"; exit 2; fi; fi; \
+	shown=$${model:-none, mount one at /model}; [ -z "$$staged" ] || shown="$(DOCKER_DIR)"; \
+	echo "$(ENGINE) build -t $(TAG) (model: $$shown; base: $$base)"; \
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(TAG) --build-arg BASE_IMAGE="$$base" \
+	  --build-arg WHEELS=$(WHEELS) --build-arg MODEL_DIR="$$model" $(DOCKER_BUILD_ARGS) -f Dockerfile . 2>&1 \
+	  | if [ -n "$$staged" ]; then sed -u "s|$$staged|$(DOCKER_DIR)|g"; else cat; fi; \
 	status=$$?; if [ -n "$$staged" ]; then rm -rf "$$staged"; rmdir .cache/docker-model 2>/dev/null; fi; \
 	[ $$status = 0 ] && $(ENGINE) image inspect --format 'built $(TAG): {{.Size}} bytes' $(TAG)
 

@@ -236,7 +236,11 @@ def test_the_image_serves_a_classifier_as_workbook_predict_does(engine, base_ima
 
 def test_the_image_serves_a_summarizer_and_a_mounted_folder(engine, base_image, folders, tmp_path):
     clf, summ = folders
-    built = _build(engine, base_image, summ, "finetune-workbook-serve-test:summ")
+    linked = tmp_path / "linked"  # every file a symbolic link, as a Hub cache's snapshot folder has them
+    (linked / "model").mkdir(parents=True)
+    for file in (summ / "model").iterdir():
+        (linked / "model" / file.name).symlink_to(file.resolve())
+    built = _build(engine, base_image, linked, "finetune-workbook-serve-test:summ")  # the files go in, not links
     print(f"\nsummarizer image: {built['bytes'] / 1e9:.2f} GB, built in {built['seconds']} s (cached layers)")
     expected = _predict_here(summ, DOCUMENTS)
     with Container(engine, "finetune-workbook-serve-test:summ") as box:
