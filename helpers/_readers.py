@@ -135,11 +135,35 @@ def load_hub_frame(dataset_id: str, split: str, config: str | None, max_rows: in
     through a buffer, so a 4 GB dataset yields a random-ish subset without a full download."""
     import datasets
 
+    where = f"{dataset_id} ({split})"
     if max_rows is None:
-        return datasets.load_dataset(dataset_id, config, split=split).to_pandas()
+        loaded = datasets.load_dataset(dataset_id, config, split=split)
+        return with_label_names(loaded.to_pandas(), loaded.features, where)
     stream = datasets.load_dataset(dataset_id, config, split=split, streaming=True)
     rows = list(stream.shuffle(seed=seed, buffer_size=shuffle_buffer).take(max_rows))
-    return pd.DataFrame(rows)
+    return with_label_names(pd.DataFrame(rows), stream.features, where)
+
+
+def with_label_names(frame: pd.DataFrame, features, where: str) -> pd.DataFrame:
+    """`frame` with each `datasets.ClassLabel` column holding the dataset's own label *names*, not their ids.
+
+    `.to_pandas()` turns a ClassLabel's `positive` into its id 0; a LABEL_NAMES in another order would then
+    rename the classes by position and train on swapped labels. With the names, the data's own names win and
+    LABEL_NAMES is matched to them by name (refused when the names differ). -1 (no label, as the Hub's test
+    splits have) becomes an empty cell: a missing label."""
+    import datasets
+
+    for name, feature in dict(features or {}).items():
+        if not isinstance(feature, datasets.ClassLabel) or name not in frame.columns or not feature.names:
+            continue
+        names = [str(n) for n in feature.names]
+        codes = pd.to_numeric(frame[name], errors="coerce").fillna(-1).to_numpy().astype(np.int64)
+        codes = np.where((codes >= 0) & (codes < len(names)), codes, -1)
+        frame[name] = np.array([*names, None], dtype=object)[codes]  # id -1 picks the last entry: None
+        shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:6])) + (", ..." if len(names) > 6 else "")
+        print(f"note: column {name!r} of {where} is a ClassLabel: its ids read as the dataset's own label names "
+              f"({shown})")
+    return frame
 
 
 def locate_frames(source: str | Path | None, *, sample: str | None, allow_standin: bool = True,
@@ -609,17 +633,33 @@ def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+_CONTAINERS = (dict, list, tuple, np.ndarray)
+
+
+def _refuse_containers(column: pd.Series, name: str) -> None:
+    """Refuse a text column with a record or a list in some row (a JSON lines file whose `text` is an object in
+    row 7): stringified, `"{'a': 1}"` would be trained on as if it were text. Names the column and the row."""
+    if pd.api.types.infer_dtype(column, skipna=True) in ("string", "empty"):
+        return  # text throughout (checked in C, not per Python object)
+    bad = np.flatnonzero(column.map(lambda v: isinstance(v, _CONTAINERS)).to_numpy(dtype=bool))
+    if len(bad):
+        value = column.iloc[bad[0]]
+        what = "records (JSON objects)" if isinstance(value, dict) else "lists"
+        rows = f"{len(bad):,} row{'s' if len(bad) > 1 else ''}"
+        raise DataError(f"Column {name!r} holds {what} instead of text in {rows} (first: data row {bad[0] + 1}, "
+                        f"{str(value)[:60]}); set TEXT_COL to a column of text, or make those cells text (a record's "
+                        "fields belong in columns of their own).")
+
+
 def text_cells(column: pd.Series, name: str) -> pd.Series:
     """A column as strings, missing cells empty. A column of word lists (a tokenized parquet or JSON column) is
     joined with spaces, never turned into its repr (`"['orders' 'surged']"`); lists of other things and
-    records are refused, naming what the column holds."""
+    records are refused, naming what the column holds and the first row that holds it."""
     if column.dtype != object:
         return column.fillna("").astype(str)
     sample = next((v for v in column.head(1000) if not _is_missing(v)), None)
-    if isinstance(sample, dict):
-        raise DataError(f"Column {name!r} holds records (e.g. {str(sample)[:60]}), not text; set TEXT_COL to a "
-                        "column of text (a field of these records must be a column of its own).")
     if not isinstance(sample, (list, tuple, np.ndarray)):
+        _refuse_containers(column, name)
         return column.fillna("").astype(str)
 
     def joined(value: Any) -> str:
@@ -628,9 +668,10 @@ def text_cells(column: pd.Series, name: str) -> pd.Series:
         items = list(value) if isinstance(value, (list, tuple, np.ndarray)) else [value]
         if all(isinstance(w, str) for w in items):
             return " ".join(items)
-        kind = type(next(w for w in items if not isinstance(w, str))).__name__
-        raise DataError(f"Column {name!r} holds lists of {kind} (e.g. {str(items)[:60]}), not text; set TEXT_COL "
-                        "to a column of text, or of lists of words.")
+        kind = "records" if isinstance(value, dict) else type(next(w for w in items if not isinstance(w, str))).__name__
+        row = next(i for i, v in enumerate(column) if v is value) + 1
+        raise DataError(f"Column {name!r} holds lists of {kind} (e.g. data row {row}: {str(items)[:60]}), not text; "
+                        "set TEXT_COL to a column of text, or of lists of words.")
 
     print(f"note: column {name!r} holds lists of words; each row's words joined with spaces into its text")
     return column.map(joined).astype(str)
@@ -958,7 +999,8 @@ def folder_splits(folder: str | Path, split: str = "train", *, every: bool = Fal
         for name in _splits_to_read(split, list(saved), every):
             print(f"note: {folder.name} is a saved dataset (save_to_disk); reading its {name} split "
                   f"({saved[name].num_rows:,} rows; splits: {', '.join(saved)})")
-            out[name] = saved[name].to_pandas(), DataSource(requested=str(folder), used=str(folder), kind="folder")
+            frame = with_label_names(saved[name].to_pandas(), saved[name].features, f"{folder.name} ({name})")
+            out[name] = frame, DataSource(requested=str(folder), used=str(folder), kind="folder")
         return out
     if class_folder_splits(folder) is not None:
         return read_class_splits(folder, split, every=every)

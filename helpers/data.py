@@ -117,6 +117,13 @@ def _prepared(frame: pd.DataFrame, used: _readers.DataSource, where: str, *, tex
     if frame.empty:
         raise DataError(f"{where} has no data rows; point DATA_SOURCE at a file with data.")
     _readers.check_columns(frame, wanted, where)
+    labels = frame[label_col]
+    if (labels.isna() | (labels.astype(str).str.strip() == "")).all():  # else: "no rows left", about the text
+        others = [str(c) for c in frame.columns if c not in wanted and frame[c].notna().any()]
+        fix = (f"set LABEL_COL to the column that holds the labels (other columns: {', '.join(others)})" if others
+               else "add the labels to the data (it has no other column that could hold them)")
+        raise DataError(f"Column {label_col!r} of {where} is empty in every row: there are no labels to learn; "
+                        f"{fix}.")
     # The frame is consumed: its text columns go as soon as the text is built (one copy in memory).
     text = _readers.build_text(frame, text_col, join=text_join, unescape=unescape)
     pair_text = _readers.build_text(frame, text_pair_col, join=text_join, unescape=unescape) if text_pair_col else None
@@ -586,8 +593,8 @@ def _clean_pairs(frame: pd.DataFrame, source_col: str, target_col: str) -> tuple
     """Drop rows with an empty source or target and exact duplicate pairs; report each; flag mojibake."""
     report = _DropReport(rows_read=len(frame))
     frame = frame.copy()
-    for col in (source_col, target_col):
-        frame[col] = frame[col].fillna("").astype(str)
+    for col in (source_col, target_col):  # a record or a list of numbers in a cell is refused, not stringified
+        frame[col] = _readers.text_cells(frame[col], col)
     src_key, empty_src = _readers.text_keys(frame[source_col])
     tgt_key, tgt_empty = _readers.text_keys(frame[target_col])
     report.add("empty source", frame.loc[empty_src, target_col].tolist())

@@ -24,7 +24,8 @@ import torch
 from . import device as dev
 from ._batching import PadCollator, padding_bounded_batches
 from .artifacts import _WORKBOOK_FILE
-from .models import _LOAD_DTYPE, _quiet_peft
+from .metrics import _TEMPERATURE_RANGE
+from .models import _LOAD_DTYPE, _damaged_weights, _FolderError, _layer_mismatch, _quiet_peft, _refuse_remote_code
 
 __all__ = ["TextClassifier", "load", "parse_pair_text"]
 
@@ -39,14 +40,45 @@ def _model_folder(path: str | Path) -> Path:
                             "OUTPUT_DIR, its model/ folder, or a folder written by save_pretrained.")
 
 
-class _FolderError(ValueError):
-    """A folder this workbook cannot serve: one line saying what it holds and what to do."""
+# `_FolderError` (a folder this workbook cannot serve: one line saying what it holds and what to do) and
+# `_refuse_remote_code` (a folder that ships its own code) live in `models`, which loads folders for training too.
 
 
 def _read_info(folder: str | Path) -> dict[str, Any]:
-    """The folder's `workbook.json`; for a folder the workbook did not write, what its own files say."""
+    """The folder's `workbook.json`, checked where it is read (a JSON object; a usable temperature); for a folder
+    the workbook did not write, what its own files say."""
     file = Path(folder) / _WORKBOOK_FILE
-    return json.loads(file.read_text()) if file.exists() else _infer_info(folder)
+    if not file.exists():
+        return _infer_info(folder)
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        where = f"line {err.lineno}, column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
+        raise _FolderError(f"{file} is not valid JSON ({where}); restore the workbook.json saved with the model, or "
+                           "delete it to load the folder with the defaults of the task its config.json names."
+                           ) from None
+    if not isinstance(info, dict):
+        raise _FolderError(f"{file} holds a JSON {type(info).__name__}, not an object; restore the workbook.json "
+                           "saved with the model (an object such as {\"task\": \"text-classification\", ...}), or "
+                           "delete it to load the folder with the defaults of the task its config.json names.")
+    problem = _temperature_problem(info.get("temperature"))
+    if problem:
+        raise _FolderError(f"{file}: {problem}")
+    return info
+
+
+def _temperature_problem(value: Any) -> str | None:
+    """Why a saved calibration temperature cannot be used, or None (also for none saved). Outside the range
+    `calibrate` fits in, softmax(logits / T) gives NaN (T near 0) or the same probability for every label (T huge)."""
+    if value is None:
+        return None
+    low, high = _TEMPERATURE_RANGE
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and low <= value <= high:  # NaN and infinity fail the comparison; a 400-digit int does not overflow
+        return None
+    return (f"temperature {_shown(value)} is not a usable calibration temperature (a number from {low:g} to {high:g}); "
+            "fit it again with hp.metrics.calibrate on the validation split, or remove \"temperature\" to answer "
+            "with the model's own probabilities.")
 
 
 _ADAPTER_TASKS = {"SEQ_CLS": "text-classification", "CAUSAL_LM": "summarization-causal",
@@ -74,22 +106,18 @@ def _infer_info(folder: str | Path) -> dict[str, Any]:
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(config_dir) if config_dir and Path(str(config_dir)).is_dir() else None
+        is_dir = config_dir and Path(str(config_dir)).is_dir()
+        config = AutoConfig.from_pretrained(config_dir, trust_remote_code=False) if is_dir else None
     except (OSError, ValueError):
         config = None
     if "task" not in info:
         if config is None:
             raise _FolderError(f"{folder} has no readable config.json; point at a folder written by save_pretrained.")
-        arch = " ".join(config.architectures or [])
-        if "ForSequenceClassification" in arch:
-            info["task"] = "text-classification"
-        elif "ForCausalLM" in arch:
-            info["task"] = "summarization-causal"
-        elif "ForConditionalGeneration" in arch and getattr(config, "is_encoder_decoder", False):
-            info["task"] = "summarization-seq2seq"
-        else:
-            raise _FolderError(f"{folder} holds a {arch or config.model_type} model with no task head the workbook "
-                               "serves (a sequence classifier, a causal LM or a seq2seq LM).")
+        info["task"] = _architecture_task(config)
+        if info["task"] is None:
+            raise _FolderError(f"{folder} holds a {' '.join(config.architectures or []) or config.model_type} model "
+                               "with no task head the workbook serves (a sequence classifier, a causal LM or a "
+                               "seq2seq LM).")
     from .models import _model_max_length
     from .textgen import _DEFAULT_PROMPT
 
@@ -104,6 +132,37 @@ def _infer_info(folder: str | Path) -> dict[str, Any]:
         info["max_length"] = min(limit, 512)
     info["inferred"] = True  # no workbook.json: settings are the defaults for the task
     return info
+
+
+def _architecture_task(config) -> str | None:
+    """The task a model's head serves, from `config.architectures` (…ForSequenceClassification, …ForCausalLM,
+    …ForConditionalGeneration of an encoder-decoder); None when it names none of them."""
+    arch = " ".join(getattr(config, "architectures", None) or [])
+    if "ForSequenceClassification" in arch:
+        return "text-classification"
+    if "ForCausalLM" in arch:
+        return "summarization-causal"
+    if "ForConditionalGeneration" in arch and getattr(config, "is_encoder_decoder", False):
+        return "summarization-seq2seq"
+    return None
+
+
+def _check_task(folder: Path, task: str) -> None:
+    """Refuse a whole saved model whose head is for another task than its workbook.json says, naming both: loaded
+    anyway, the other head's weights would be missing, which reads as if the files were incomplete."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError):
+        return  # unreadable: loading the model says which file is wrong
+    held = _architecture_task(config)
+    if held is None or held == task:
+        return
+    arch = " ".join(config.architectures or [])
+    raise _FolderError(f"{folder} holds a {arch} ({held}), but its {_WORKBOOK_FILE} says task {task!r}; point at a "
+                       f"{task} model, or, if this is the model you mean, set \"task\" in {folder / _WORKBOOK_FILE} "
+                       f"to {held!r}.")
 
 
 def _check_base_model(folder: Path, info: dict[str, Any], base_model: str | None) -> str:
@@ -160,7 +219,10 @@ class TextClassifier:
         """The temperature fitted on the validation split and saved in `workbook.json` (1.0: none saved).
         Probabilities are softmax(logits / temperature), so "93%" means right about 93% of the time."""
         value = self.info.get("temperature")
-        return float(value) if isinstance(value, (int, float)) and value > 0 else 1.0
+        problem = _temperature_problem(value)  # checked where workbook.json is read; again for an info made by hand
+        if problem:
+            raise _FolderError(f"{_WORKBOOK_FILE}: {problem}")
+        return 1.0 if value is None else float(value)
 
     @torch.inference_mode()
     def predict(self, texts, *, batch_size: int = 32, raw: bool = False) -> Any:
@@ -206,7 +268,13 @@ class TextClassifier:
             enc = {k: v.to(self.device) for k, v in collate([rows[i] for i in batch]).items()}
             with dev._autocast(self.device, self.precision):
                 logits = self.model(**enc).logits.float().cpu()
-            for i, row, raw in zip(batch, (logits / self.temperature).softmax(-1), logits.softmax(-1)):
+            scaled = logits / self.temperature
+            if not (torch.isfinite(logits).all() and torch.isfinite(scaled).all()):  # NaN would be invalid JSON
+                raise RuntimeError(f"the model's outputs are not finite numbers (NaN or infinity) at precision "
+                                   f"{self.precision}, so it has no probabilities to give; load it with "
+                                   "precision='fp32', and if that does not help, its weights are damaged: save the "
+                                   "model again.")
+            for i, row, raw in zip(batch, scaled.softmax(-1), logits.softmax(-1)):
                 best = int(row.argmax())
                 out[i] = {"label": self.labels[best], "score": float(row[best]),
                           "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
@@ -439,10 +507,18 @@ def _mismatch_message(folder: Path, config, report: dict) -> str | None:
                     f"them is fine), or fine-tune again for {labels} labels.")
         return (f"{weights} does not fit {folder / 'config.json'} ({key}: {tuple(saved)} in the weights, "
                 f"{tuple(wanted)} in the config); restore the config.json saved with these weights.")
+    layers = _layer_mismatch(folder, report)  # config.json's layer count is not the weights'
+    if layers:
+        return layers
     missing = sorted(report.get("missing_keys") or [])
     if missing:
         return (f"{weights} lacks {len(missing)} weights the model in config.json needs (e.g. {missing[0]}), so its "
                 "answers would come from random numbers; point at the folder save_pretrained wrote, whole.")
+    unexpected = sorted(report.get("unexpected_keys") or [])
+    if unexpected:
+        return (f"{weights} holds {len(unexpected)} weights the model in {folder / 'config.json'} has no place for "
+                f"(e.g. {unexpected[0]}), so it would answer without them; restore the config.json saved with these "
+                "weights.")
     return None
 
 
@@ -455,7 +531,8 @@ def _from_pretrained(auto, folder: Path):
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its load report: the one line below says what matters
     try:
-        model, report = auto.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True)
+        model, report = auto.from_pretrained(folder, ignore_mismatched_sizes=True, output_loading_info=True,
+                                             trust_remote_code=False)
     finally:
         hf_logging.set_verbosity(verbosity)
     problem = _mismatch_message(folder, model.config, report)
@@ -470,6 +547,8 @@ def _from_pretrained(auto, folder: Path):
 
 def _load_error(folder: Path, err: BaseException) -> _FolderError:
     """One line for a folder that failed to load: what is wrong with which file, and what to do."""
+    from safetensors import SafetensorError
+
     if isinstance(err, _FolderError):
         return err
     if isinstance(err, pickle.UnpicklingError):  # torch.load(weights_only=True) met more than tensors
@@ -478,6 +557,12 @@ def _load_error(folder: Path, err: BaseException) -> _FolderError:
                             f"besides tensors{f' ({found.group(1)})' if found else ''}, which could run code, so "
                             "nothing in it was loaded or run. Get the model as model.safetensors from its source "
                             "(or a pickle of plain tensors) and remove the .bin file.")
+    if isinstance(err, SafetensorError):  # a weights file cut short or corrupted
+        return _FolderError(_damaged_weights(folder, err))
+    if "trust_remote_code" in str(err):  # a tokenizer (or a cached Hub model) that needs its own code
+        return _FolderError(f"{folder} needs Python code that ships with it to load, and the workbook never runs code "
+                            "from a model folder, so nothing in it was loaded; use a folder written by "
+                            "save_pretrained of a standard transformers architecture and tokenizer.")
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return _FolderError(f"{folder} could not be loaded ({first}); it needs the model's config, weights and "
                         "tokenizer files, as save_pretrained writes them for model and tokenizer.")
@@ -488,12 +573,12 @@ def _load_generative(folder: Path, task: str, info: dict[str, Any]):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     auto = AutoModelForCausalLM if task == "summarization-causal" else AutoModelForSeq2SeqLM
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        with _quiet_peft():
-            base = auto.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE)  # not its saved half dtype
+        with _quiet_peft():  # the base in fp32, not its saved half dtype
+            base = auto.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE, trust_remote_code=False)
             model = PeftModel.from_pretrained(base, folder)
     else:
         model = _from_pretrained(auto, folder)
@@ -509,12 +594,13 @@ def _load_classifier(folder: Path, info: dict[str, Any]):
     if (folder / "adapter_config.json").exists():
         from peft import PeftModel
 
-        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE)
+        base = AutoModelForSequenceClassification.from_pretrained(info["base_model_path"], dtype=_LOAD_DTYPE,
+                                                                  trust_remote_code=False)
         with _quiet_peft():
             model = PeftModel.from_pretrained(base, folder)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, folder)
-    return model, AutoTokenizer.from_pretrained(folder)
+    return model, AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None, precision: str = "fp32",
@@ -527,24 +613,32 @@ def load(path: str | Path, *, device: str | torch.device | None = None, precisio
     unreachable Hub costs seconds, not retries. Weights are read as safetensors or with torch.load's
     weights_only=True (transformers' and peft's default, kept): a pickle holding code is refused, never run.
     """
+    from safetensors import SafetensorError
+
     from ._offline import hub
 
     hub.hub_available()  # one short probe; offline mode from here on when the Hub is out of reach
     folder = _model_folder(path)
+    _refuse_remote_code(folder)  # before anything reads it with transformers
     info = _read_info(folder)
-    if (folder / "adapter_config.json").exists():
+    adapter = (folder / "adapter_config.json").exists()
+    if adapter:
         info["base_model_path"] = _check_base_model(folder, info, base_model)
+        if Path(info["base_model_path"]).is_dir():
+            _refuse_remote_code(info["base_model_path"])
     device = torch.device(device) if device is not None else dev.best_device()
     task = info.get("task", "text-classification")
     if task not in ("text-classification", *_SUMMARIZATION_TASKS):
         raise _FolderError(f"{folder} holds a {task!r} model, which this workbook cannot load; "
                            f"known tasks: text-classification, {', '.join(_SUMMARIZATION_TASKS)}.")
+    if not adapter and not info.get("inferred"):
+        _check_task(folder, task)
     try:
         if task in _SUMMARIZATION_TASKS:
             model, tokenizer = _load_generative(folder, task, info)
         else:
             model, tokenizer = _load_classifier(folder, info)
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as err:
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
         raise _load_error(folder, err) from err
     kind = _Summarizer if task in _SUMMARIZATION_TASKS else TextClassifier
     precision = _serving_precision(precision, device, model)

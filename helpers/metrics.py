@@ -212,19 +212,49 @@ def _negative_log_likelihood(probabilities, labels) -> float:
     return float(-np.log(np.clip(picked, 1e-12, None)).mean())
 
 
+# The temperatures a fit may give and a saved model may carry (`hp.inference` refuses others in workbook.json): beyond
+# them softmax(logits / T) is the same for every label (T huge) or overflows to NaN (T near 0), and a fit that
+# lands at an end says the logits carry no usable confidence.
+_TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _check_logits_and_labels(logits, labels, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logits as (rows, classes) of finite numbers and one label id in 0..classes-1 per row; ValueError (one line,
+    naming the split and the first bad row) otherwise: a NaN logit would make T NaN, a label past the last class
+    an index error deep in torch."""
+    x, y = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"Temperature scaling needs logits of shape (rows, classes) and one label per row; got "
+                         f"{split} logits {tuple(x.shape)} and {len(y)} labels.")
+    bad = np.flatnonzero(~np.isfinite(x).all(-1))
+    if len(bad):
+        rows = f"{len(bad)} row{'s' if len(bad) > 1 else ''}"
+        raise ValueError(f"The {split} logits hold non-finite numbers (NaN or infinity) in {rows} (first: row "
+                         f"{bad[0]}: {x[bad[0]].tolist()}); temperature scaling cannot fit them. Find where they come "
+                         "from (a NaN loss, fp16 overflow: evaluate with PRECISION='fp32') and evaluate again.")
+    numeric = np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+    ids = (y >= 0) & (y < x.shape[1]) & (np.mod(y, 1) == 0) if numeric else np.zeros(len(y), dtype=bool)  # NaN: no
+    wrong = np.flatnonzero(~ids)
+    if len(wrong):
+        raise ValueError(f"The {split} labels must be class ids 0 to {x.shape[1] - 1} (the logits have {x.shape[1]} "
+                         f"classes); row {wrong[0]} has {y.tolist()[wrong[0]]!r}. Pass the label ids the model was "
+                         "trained with (hp.data.to_label_ids), not names or ids of another label set.")
+    return x, y.astype(np.int64)
+
+
 def _fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
     """The one temperature T that makes softmax(logits / T) fit `labels` best (lowest NLL), by LBFGS.
 
     Fit it on the validation split, never on test. T > 1 softens an over-confident model (fine-tuned
-    transformers usually are: Desai and Durrett 2020); T is searched as log T, so it stays positive.
+    transformers usually are: Desai and Durrett 2020); T is searched as log T, so it stays positive, and kept
+    within `_TEMPERATURE_RANGE`. A fit that fails (no finite answer) keeps 1.0, the model's own probabilities,
+    and says so.
     """
     import torch
 
-    x = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-        raise ValueError(f"Temperature scaling needs logits of shape (rows, classes) and one label per row; got logits "
-                         f"{tuple(x.shape)} and {len(y)} labels.")
+    logits, labels = _check_logits_and_labels(logits, labels, "validation")
+    x = torch.as_tensor(logits, dtype=torch.float64)
+    y = torch.as_tensor(labels, dtype=torch.long)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -234,8 +264,21 @@ def _fit_temperature(logits, labels, *, max_iter: int = 100) -> float:
         loss.backward()
         return loss
 
-    optimizer.step(closure)
-    return float(log_t.detach().exp().clamp(1e-2, 1e2))
+    try:
+        optimizer.step(closure)
+        fitted = float(log_t.detach().exp())
+    except RuntimeError:  # e.g. a line search that met only non-finite losses
+        fitted = float("nan")
+    if not np.isfinite(fitted):
+        print("warning: temperature scaling found no finite temperature on these logits (the fit diverged); keeping "
+              "temperature 1.0, the model's own probabilities")
+        return 1.0
+    low, high = _TEMPERATURE_RANGE
+    kept = float(min(max(fitted, low), high))
+    if kept != fitted:
+        print(f"note: the best temperature on these logits is {fitted:.3g}, beyond the range {low:g} to {high:g} a "
+              f"saved model may carry; kept at {kept:g} (the logits carry little usable confidence)")
+    return kept
 
 
 @dataclass
@@ -255,8 +298,12 @@ class _Calibration:
     ece_floor: float = 0.0  # what a perfectly calibrated model would score on this many test rows (median)
 
     def probabilities(self, logits) -> np.ndarray:
-        """Calibrated probabilities: softmax(logits / temperature)."""
-        return _softmax(logits, self.temperature)
+        """Calibrated probabilities: softmax(logits / temperature); ValueError for logits that give none (NaN)."""
+        probabilities = _softmax(logits, self.temperature)
+        if not np.isfinite(probabilities).all():
+            raise ValueError("These logits hold non-finite numbers (NaN or infinity), so they have no probabilities; "
+                             "find where they come from (a NaN loss, fp16 overflow: evaluate with PRECISION='fp32').")
+        return probabilities
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -271,9 +318,10 @@ class _Calibration:
 
 
 def calibrate(validation_logits, validation_labels, test_logits, test_labels, *, n_bins: int = 15) -> _Calibration:
-    """Fit a temperature on the validation logits and report what it does on the test split."""
+    """Fit a temperature on the validation logits and report what it does on the test split. Non-finite logits and
+    labels that are not class ids (0 to classes - 1) are refused in one line; a fit that fails keeps 1.0 (said)."""
+    test_logits, labels = _check_logits_and_labels(test_logits, test_labels, "test")
     temperature = _fit_temperature(validation_logits, validation_labels)
-    labels = np.asarray(test_labels)
     raw, scaled = _softmax(test_logits), _softmax(test_logits, temperature)
     return _Calibration(
         temperature=temperature, n_bins=n_bins, validation_rows=len(validation_labels), test_rows=len(labels),

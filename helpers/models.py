@@ -8,6 +8,8 @@ same code path (`from_pretrained(path)`), announced in the output and recorded i
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,117 @@ _STANDIN_ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2 (from PyPI packa
 
 class _ModelNotAvailableError(RuntimeError):
     """The model can be found neither locally, nor on the Hub or in its cache, and no stand-in is allowed."""
+
+
+class _FolderError(ValueError):
+    """A model folder the workbook cannot use: one line saying what it holds and what to do (`hp.inference` raises
+    it too; it lives here because `inference` imports this module, never the other way)."""
+
+
+def _refuse_remote_code(folder: str | Path) -> None:
+    """Refuse a model folder that ships its own Python code, before anything in it is loaded.
+
+    Its config.json maps transformers' Auto classes to the folder's own .py files (`auto_map`) for a model_type
+    transformers does not know: loading it would import those files, which run with the user's rights.
+    transformers would ask on stdin; every `from_pretrained` of the kit passes trust_remote_code=False, so it never
+    asks, and this says why in one line. A known model_type loads with transformers' own classes (auto_map unused).
+    `hp.inference.load` calls it; so can any tool that loads a folder (it is `hp.inference._refuse_remote_code`)."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no readable config.json: the load itself says so
+    if not isinstance(config, dict) or not config.get("auto_map"):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return
+    code = sorted(p.name for p in folder.glob("*.py"))
+    shipped = f" ({', '.join(code[:3])}{', ...' if len(code) > 3 else ''})" if code else ""
+    raise _FolderError(f"{folder} ships its own Python code{shipped}: its config.json maps model_type {model_type!r}, "
+                       "which transformers does not know, to classes in that code (auto_map); the workbook never "
+                       "runs code from a model folder, so nothing in it was loaded. Use a folder written by "
+                       "save_pretrained of a standard transformers architecture (BERT, DistilBERT, GPT-NeoX, T5, ...).")
+
+
+def _damaged_weights(folder: str | Path, err: BaseException) -> str:
+    """One line for a weights file safetensors cannot read (cut short by a full disk or a broken-off copy): which
+    file, and to save or copy it again. Each file's header is read to find it (no tensor is)."""
+    from safetensors import safe_open
+
+    for path in sorted(Path(folder).glob("*.safetensors")) if Path(folder).is_dir() else []:
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except Exception as bad:  # noqa: BLE001 - safetensors raises its own error type, and OSError
+            err = bad
+            break
+    else:
+        path = f"a weights file of {folder}"
+    why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f"{path} is damaged ({why}): cut short or corrupted, e.g. by a full disk or a copy broken off; save "
+            "the model again (save_pretrained) or copy the file again from its source.")
+
+
+# A numbered layer's weights (`bert.encoder.layer.3.`, GPT-NeoX's `layers.3.`, GPT-2's `h.3.`, T5's `block.3.`):
+# reported missing or unexpected, config.json's layer count is not the weights' (a head's keys never match this).
+_NUMBERED_LAYER = re.compile(r"(^|\.)(layers?|h|blocks?)\.\d+\.")
+
+
+def _layer_mismatch(folder: str | Path, report: dict) -> str | None:
+    """One line when config.json describes more or fewer layers than the weights hold; None when the layers fit.
+    transformers would fill missing layers with random numbers, or drop the weights it has no place for."""
+    where = Path(folder) / "config.json" if Path(str(folder)).is_dir() else f"the config.json of {folder}"
+    missing = sorted(k for k in report.get("missing_keys") or [] if _NUMBERED_LAYER.search(k))
+    unexpected = sorted(k for k in report.get("unexpected_keys") or [] if _NUMBERED_LAYER.search(k))
+    if not missing and not unexpected:
+        return None
+    if missing:
+        what = (f"describes more layers than the weights hold ({len(missing)} weights missing, e.g. {missing[0]}), "
+                "so those layers would be random numbers")
+    else:
+        what = (f"describes fewer layers than the weights hold ({len(unexpected)} weights with no place, e.g. "
+                f"{unexpected[0]}), so they would be left out")
+    return (f"{where} does not describe the model's weights: it {what}; restore the config.json saved with these "
+            "weights (its layer count must match them).")
+
+
+def _load_config(source: _ModelSource):
+    """`AutoConfig` of a model without running code from it: a Hub model not yet on this machine that needs its
+    own code (checked by `_refuse_remote_code` once downloaded) is refused here, in the same words."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(source.used, trust_remote_code=False)
+    except ValueError as err:
+        if "trust_remote_code" not in str(err):
+            raise
+        raise _FolderError(f"{source.requested} ships its own Python code, which its config.json needs to load; the "
+                           "workbook never runs code from a model, so nothing in it was loaded. Use a model of a "
+                           "standard transformers architecture (BERT, DistilBERT, GPT-NeoX, T5, ...).") from None
+
+
+def _load_weights(auto, source: _ModelSource, *, check_layers: bool = True, **kwargs):
+    """`auto.from_pretrained(source.used, **kwargs)` that runs no code from the folder (trust_remote_code=False),
+    refused in one line when a weights file is damaged or config.json does not describe the weights. A new head's
+    missing weights are what a new head is, and are not refused."""
+    from safetensors import SafetensorError
+
+    try:
+        loaded = auto.from_pretrained(source.used, trust_remote_code=False, output_loading_info=check_layers,
+                                      **kwargs)
+    except SafetensorError as err:
+        folder = source.used if Path(source.used).is_dir() else _hf_cache_folder(source.used) or source.used
+        raise _FolderError(_damaged_weights(folder, err)) from None
+    if not check_layers:
+        return loaded
+    model, report = loaded
+    problem = _layer_mismatch(source.used, report)
+    if problem:
+        raise _FolderError(problem)
+    return model
 
 
 @dataclass
@@ -110,13 +223,19 @@ _STANDINS = {
 }
 
 
-def _in_hf_cache(repo_id: str) -> bool:
+def _hf_cache_folder(repo_id: str) -> Path | None:
+    """The HF cache's snapshot folder of a Hub model (where its config.json is), or None when it is not cached."""
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+        found = try_to_load_from_cache(repo_id, "config.json")
     except Exception:  # invalid repo id etc.
-        return False
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    return _hf_cache_folder(repo_id) is not None
 
 
 def resolve_model(name: str | Path, *, kind: str = _ENCODER, allow_standin: bool = True) -> _ModelSource:
@@ -130,11 +249,13 @@ def resolve_model(name: str | Path, *, kind: str = _ENCODER, allow_standin: bool
             raise _ModelNotAvailableError(
                 f"{local} is a folder but holds no config.json; point MODEL_NAME at a folder written by "
                 "save_pretrained (or a Hub id).")
+        _refuse_remote_code(local)
         return _ModelSource(name, str(local), False, kind, "local folder")
     if name.startswith((".", "/", "~")):
         raise _ModelNotAvailableError(f"Model folder not found: {name} (looked in {Path(name).expanduser().resolve()} "
                                       f"and under {PROJECT_ROOT}); fix MODEL_NAME (a folder or a Hub id).")
     if _in_hf_cache(name):
+        _refuse_remote_code(_hf_cache_folder(name))
         return _ModelSource(name, name, False, kind, "hf cache")
     if hub.hub_available():
         return _ModelSource(name, name, False, kind, "hub")
@@ -174,19 +295,19 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
     {0: positive, 1: negative, 2: neutral}) that head and its order are kept, so the baseline
     before fine-tuning is meaningful. Otherwise a new head is created for `label_names`.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     source = source or resolve_model(name, kind=_ENCODER, allow_standin=allow_standin)
     if seed is not None:  # a new head is initialized at random: seeded, the run is reproducible
         import torch
 
         torch.manual_seed(seed)
-    config = AutoConfig.from_pretrained(source.used)
+    config = _load_config(source)
     spelled = {_normalized(n): str(n).strip() for n in label_names}  # the user's spelling, matched case-insensitively
     existing = {int(i): _normalized(v) for i, v in (config.id2label or {}).items()}
     if _has_real_label_names(config) and sorted(existing.values()) == sorted(spelled):
         id2label = {i: spelled[v] for i, v in existing.items()}  # the checkpoint's head, in its own order
-        model = AutoModelForSequenceClassification.from_pretrained(source.used, dtype=_LOAD_DTYPE)
+        model = _load_weights(AutoModelForSequenceClassification, source, dtype=_LOAD_DTYPE)
         new_head = False
     else:
         id2label = dict(enumerate(spelled.values()))
@@ -195,13 +316,13 @@ def load_classifier(name: str | Path, label_names: list[str], *, allow_standin: 
                   f"{list(spelled.values())}: it gets a new classification head ({len(spelled)} labels, "
                   "random weights) that fine-tuning trains")
         with _expected_new_head():
-            model = AutoModelForSequenceClassification.from_pretrained(
-                source.used, num_labels=len(id2label), id2label=id2label, dtype=_LOAD_DTYPE,
-                label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True)
+            model = _load_weights(AutoModelForSequenceClassification, source, num_labels=len(id2label),
+                                  id2label=id2label, dtype=_LOAD_DTYPE, label2id={v: k for k, v in id2label.items()},
+                                  ignore_mismatched_sizes=True)
         new_head = True
     model.config.id2label = id2label
     model.config.label2id = {v: k for k, v in id2label.items()}
-    tokenizer = AutoTokenizer.from_pretrained(source.used)
+    tokenizer = AutoTokenizer.from_pretrained(source.used, trust_remote_code=False)
     return _Classifier(model=model, tokenizer=tokenizer, source=source, id2label=id2label, new_head=new_head)
 
 
@@ -283,12 +404,40 @@ def load_generator(name: str | Path, *, kind: str, allow_standin: bool = True, s
     if kind not in (_CAUSAL_LM, _SEQ2SEQ):
         raise ValueError(f"kind must be {_CAUSAL_LM!r} or {_SEQ2SEQ!r}, got {kind!r}")
     source = source or resolve_model(name, kind=kind, allow_standin=allow_standin)
+    _check_generator_kind(source, _load_config(source), kind)
     auto = AutoModelForCausalLM if kind == _CAUSAL_LM else AutoModelForSeq2SeqLM
-    if "quantization_config" not in model_kwargs:  # a 4-bit base keeps the dtype bitsandbytes gives it
+    quantized = "quantization_config" in model_kwargs
+    if not quantized:  # a 4-bit base keeps the dtype bitsandbytes gives it
         model_kwargs.setdefault("dtype", _LOAD_DTYPE)
-    model = auto.from_pretrained(source.used, **model_kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source.used)
+    # A 4-bit base loads without the layer check: the quantizer packs and renames weights, so its load report is
+    # no test of config.json.
+    model = _load_weights(auto, source, check_layers=not quantized, **model_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source.used, trust_remote_code=False)
     return _Generator(model=model, tokenizer=tokenizer, source=source)
+
+
+_CLASSIFIER_HEADS = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering",
+                     "ForMultipleChoice")
+
+
+def _check_generator_kind(source: _ModelSource, config, kind: str) -> None:
+    """Refuse a model that cannot generate text of this kind, saying so: transformers would put a classifier's
+    body under a new, random LM head (and load), or list every config class it knows."""
+    arch = " ".join(getattr(config, "architectures", None) or [])
+    encoder_decoder = bool(getattr(config, "is_encoder_decoder", False))
+    named = arch or getattr(config, "model_type", "unknown")
+    if any(head in arch for head in _CLASSIFIER_HEADS):
+        problem = f"a {arch}, a classifier (its head gives labels, not text)"
+    elif kind == _SEQ2SEQ and not encoder_decoder:
+        problem = f"a {named} model, which is not an encoder-decoder (seq2seq) model"
+    elif kind == _CAUSAL_LM and encoder_decoder:
+        problem = f"a {named} model, an encoder-decoder (seq2seq) model, not a causal LM"
+    else:
+        return
+    wanted = {_CAUSAL_LM: "a causal LM (e.g. EleutherAI/pythia-70m)",
+              _SEQ2SEQ: "a seq2seq LM (e.g. google-t5/t5-small)"}
+    raise _FolderError(f"{source.requested} holds {problem}, but this step needs {wanted[kind]}; set MODEL_NAME to "
+                       "such a model (a Hub id or a folder saved by save_pretrained).")
 
 
 def quantization_kwargs(precision: str) -> dict[str, Any]:
