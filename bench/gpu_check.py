@@ -20,9 +20,9 @@ runs out, what is cut is what matters least):
      pass when the training loss fell.
 Every row says pass or fail. The exit status is 1 when a correctness row fails (an error, a resume or two
 processes that differ, a loss that did not fall, served answers unlike predict's), not for a speed target
-missed (speed, micro-batching's gain). It writes gpu-check.json (every figure) and gpu-check.md (the table) into --out (default: $OUT
-when the device tool runs it, else bench/results/). Without a GPU it says so and runs the same plumbing at
-the smallest size on the CPU, so the test suite checks the script itself.
+missed (speed, micro-batching's gain). It writes gpu-check.json (every figure) and gpu-check.md (the table)
+into --out (default: $OUT when the device tool runs it, else bench/results/). Without a GPU it says so and runs
+the same plumbing at the smallest size on the CPU, so the test suite checks the script itself.
 """
 
 from __future__ import annotations

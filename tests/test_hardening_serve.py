@@ -185,7 +185,7 @@ def test_work_stops_when_the_caller_disconnects(live_server):
     port = live_server(workbook.serve.create_app(model, queue_timeout_s=25, generation_timeout_s=25))
     body = json.dumps({"text": "a long job"}).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"POST /summarize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(b"POST /summarize HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert model.running.wait(30), "the job never started"  # the job is running; then the caller goes away
     assert model.stopped.wait(5), "the model kept working for a caller who had gone"

@@ -156,6 +156,9 @@ def _serve_parser(sub) -> None:
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="micro-batching: how long a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="one request per model call")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable): the "
+                            "public name of a proxy in front of it; other Host headers get 403 (DNS rebinding)")
 
 
 def _plan_parser(sub) -> argparse.ArgumentParser:
@@ -577,7 +580,7 @@ def _cmd_predict(args) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
-    from .serve import describe_model
+    from .serve import check_saved_lengths, describe_model
 
     try:
         frame = _read_input(args) if args.input is not None else None  # before the model: mistakes cost seconds
@@ -587,6 +590,7 @@ def _cmd_predict(args) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars on a command's stderr are noise
     try:
         model = inference.load(args.folder, base_model=args.base_model)
+        check_saved_lengths(model.info, model.model.config, f"workbook.json in {args.folder}")  # as serve does
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -631,15 +635,20 @@ def _predict_texts(args, model, texts: list[str]) -> int:
 def _cmd_serve(args) -> int:
     from . import serve
 
+    bad = [name for name in args.allowed_host if not re.fullmatch(r"[A-Za-z0-9.-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?",
+                                                                   name.strip())]
+    if bad:
+        print(f"error: --allowed-host {bad[0]!r} is not a host name; give the name clients use (models.example.com, "
+              "10.0.0.5, [fd00::5]), once per name: no scheme, path or wildcard", file=sys.stderr)
+        return 2
     try:
         batching = {"max_batch": 1, "max_wait_ms": 0} if args.no_batching else {
             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
-        serve.serve(args.folder, host=args.host, port=args.port, device=args.device, base_model=args.base_model,
-                    **batching)
+        return serve.serve(args.folder, host=args.host, port=args.port, device=args.device,
+                           base_model=args.base_model, allowed_hosts=args.allowed_host, **batching)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
 
 
 def options_as_parameters(argv: list[str], sub: argparse.ArgumentParser) -> list[str]:

@@ -20,6 +20,10 @@ OCI Data Science model deployment:
     `data`: a text, a list of texts, {"text": ...}, {"texts": [...]}, or {"data": {...}} with those keys.
 
 Set MODEL_DIR to score a folder other than this file's own.
+
+No code from a model folder runs: every from_pretrained gets trust_remote_code=False, and a folder (or a local
+base model) whose config.json or tokenizer_config.json names its own code (`auto_map`) is refused in one line.
+workbook.json's lengths and temperature are checked when it is read (a ValueError naming the value).
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ GENERATION_LIMITS: dict = {  # name: (lowest, highest, note); int bounds: whole 
 }
 GENERATION_DEFAULTS = {"max_new_tokens": 64, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
                        "length_penalty": 1.0, "min_new_tokens": 0}
+LENGTH_CAP = 16_384  # saved lengths of a model that states no positions (T5's are relative): 1e9 is still absurd
+TEMPERATURES = (0.05, 20.0)  # what calibration can fit (helpers/metrics.py clamps to it): anything else is damage
+CODE_FILES = ("config.json", "tokenizer_config.json")  # where a folder names code of its own (auto_map)
 
 
 def load_model(model_dir: str | os.PathLike | None = None) -> dict:
@@ -59,7 +66,8 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
         return _LOADED
     import transformers
 
-    info = json.loads((folder / "workbook.json").read_text()) if (folder / "workbook.json").exists() else {}
+    info = saved = _read_info(folder)
+    _refuse_code(folder)
     task = info.get("task") or _task_from_config(folder)
     auto = {"text-classification": transformers.AutoModelForSequenceClassification,
             "summarization-causal": transformers.AutoModelForCausalLM,
@@ -71,18 +79,9 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
         info = {"max_length": 1024, "prompt_template": "{source}\n\nTL;DR:", "max_source_length": 512,
                 "prefix": "summarize: " if "T5" in (folder / "config.json").read_text() else "",
                 "generation": {"max_new_tokens": 64}}
-    if (folder / "adapter_config.json").exists():  # a LoRA adapter: base model + adapter (needs peft)
-        from peft import PeftModel
-
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        base = info.get("base_model_path") or adapter["base_model_name_or_path"]
-        with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5: not the caller's matter
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated",
-                                    category=FutureWarning)
-            model = PeftModel.from_pretrained(auto.from_pretrained(base), folder)
-    else:
-        model = auto.from_pretrained(folder)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    model = _load_weights(folder, info, auto)
+    _check_saved(saved, model.config, folder / "workbook.json")  # the file's values, not the defaults above
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,6 +92,83 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
     _LOADED = {"folder": folder, "task": task, "info": info, "model": model.to(device).eval(),
                "tokenizer": tokenizer, "device": device}
     return _LOADED
+
+
+def _load_weights(folder: Path, info: dict, auto):
+    """The model of a folder, or a LoRA adapter on its base model (needs peft); never code from either folder."""
+    if not (folder / "adapter_config.json").exists():
+        return auto.from_pretrained(folder, trust_remote_code=False)
+    from peft import PeftModel
+
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    base = info.get("base_model_path") or adapter["base_model_name_or_path"]
+    if Path(str(base)).expanduser().is_dir():  # a Hub id is held to trust_remote_code=False by transformers itself
+        _refuse_code(Path(str(base)).expanduser(), f"the base model of {folder.name}")
+    with warnings.catch_warnings():  # peft calls a transformers method deprecated in v5: not the caller's matter
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning)
+        return PeftModel.from_pretrained(auto.from_pretrained(base, trust_remote_code=False), folder)
+
+
+def _read_info(folder: Path) -> dict:
+    """workbook.json (an empty dict where there is none); a ValueError naming the file when it is not an object."""
+    file = folder / "workbook.json"
+    if not file.exists():
+        return {}
+    try:
+        info = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError both are
+        raise ValueError(f"{file} is not JSON ({err}); restore it from the run that saved this model") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{file} holds a JSON {type(info).__name__}, not the object of settings the workbook saves; "
+                         "restore it from the run that saved this model")
+    return info
+
+
+def _refuse_code(folder: Path, what: str = "") -> None:
+    """Refuse a folder that ships Python code of its own (`auto_map` in its config.json or tokenizer_config.json)
+    before transformers reads it: loading it would run that code, and score.py runs no code from a model folder
+    (transformers would otherwise ask on stdin, and a piped "y" would say yes)."""
+    for name in CODE_FILES:
+        try:
+            config = json.loads((folder / name).read_text(encoding="utf-8")) if (folder / name).is_file() else {}
+        except (ValueError, OSError):
+            continue  # unreadable: transformers' own error names it, and runs nothing
+        known = name == "config.json" and _builtin_model_type(config)
+        if isinstance(config, dict) and config.get("auto_map") and not known:
+            raise ValueError(f"{what or folder.name} ships its own code ({name} has an auto_map), which score.py "
+                             "never runs (trust_remote_code=False); use a model of a type transformers has built in "
+                             "(saved with save_pretrained), or load this one yourself once you have read its code")
+
+
+def _builtin_model_type(config) -> bool:
+    """A config.json whose model_type transformers has built in: its own classes load it, an auto_map is unused
+    (the kit's rule, helpers/models.py `_refuse_remote_code`, so score.py and `workbook serve` agree)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING
+
+
+def _check_saved(info: dict, config, file: Path) -> None:
+    """workbook.json's lengths (whole numbers from 1 to the model's positions) and temperature (finite, in
+    TEMPERATURES), checked once at load: a value no call could use is a ValueError naming it, not a crash later."""
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [x for x in limits if isinstance(x, int) and not isinstance(x, bool) and x > 0]
+    positions = min(limits) if limits else LENGTH_CAP
+    generation = info.get("generation") if isinstance(info.get("generation"), dict) else {}
+    try:
+        for name, value, high in [("max_length", info.get("max_length"), positions),
+                                  ("max_source_length", info.get("max_source_length"), positions),
+                                  ("generation.max_new_tokens", generation.get("max_new_tokens"), LENGTH_CAP)]:
+            if value is not None:
+                _whole(name, value, 1, high, " (tokens)")
+        if info.get("temperature") is not None:
+            _number("temperature", info["temperature"], *TEMPERATURES, " (what calibration fits)")
+        if info.get("task") == "summarization-causal" and info.get("max_length") is not None:  # prompt + summary
+            _whole("max_length", info["max_length"], int(generation.get("max_new_tokens") or 0) + 1, positions,
+                   " (the prompt and the summary share it: more than generation.max_new_tokens)")
+    except ValueError as err:
+        raise ValueError(f"{file}: {err}; correct it, or delete it to use the default") from None
 
 
 def _task_from_config(folder: Path) -> str:

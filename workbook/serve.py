@@ -25,11 +25,20 @@ calls are serialized with a lock, so concurrent requests are answered correctly.
 "parameters" are held to ranges (`inference.GENERATION_LIMITS`, shown by /health), and a model call
 stops at its next token once all its callers have gone (disconnected, or waited QUEUE_TIMEOUT_S) or
 after GENERATION_TIMEOUT_S, so one request cannot hold the model for the others.
+
+What it trusts (docs/serving.md, "What the server trusts"): only the Host names it serves (DNS rebinding),
+nothing a model folder would run (that is helpers.inference's refusal), bodies up to MAX_BODY_BYTES chunked or
+not; it shows names, never this machine's paths; SIGTERM / SIGINT drain it (as gunicorn does).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import re
+import sys
 import threading
 import time
 import unicodedata
@@ -42,12 +51,19 @@ DEFAULT_PORT = 8000
 MAX_TEXTS = 64  # texts per request
 MAX_CHARS = 1_000_000  # characters per text: longer is not text for a model that reads a few hundred tokens
 MAX_BODY_BYTES = 8 * 2**20  # a request body over this is refused (413) before it is read
+TOO_LARGE = f"the request body is over {MAX_BODY_BYTES // 2**20} MB; send fewer or shorter texts"
 MAX_QUEUE = 64  # requests waiting for the model at once; more get 503 with Retry-After
 QUEUE_TIMEOUT_S = 20.0  # a request that waited this long for the model gets 503 (under common 30 s gateway limits)
 GENERATION_TIMEOUT_S = 15.0  # a summarizer call running longer is stopped (413), so the next caller is served in time
 POLL_S = 0.25  # how often a waiting request checks that its caller is still connected
 SERVER_NAME = "finetune-workbook"  # the one Server header: no product versions to look up exploits for
 TEXT_KEYS = ("text", "sentence", "texts", "sentences")
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")  # the Host names this machine's own clients send
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")  # binds that take every address: the names must come from elsewhere
+# SIGTERM waits this long for the requests in flight: the longest one the limits above allow (a queue wait, then
+# a generation), plus a margin; a request still running then is given up and the exit status says so
+DRAIN_TIMEOUT_S = QUEUE_TIMEOUT_S + GENERATION_TIMEOUT_S + 5
+LENGTH_CAP = 16_384  # saved lengths of a model that states no positions (T5's are relative): 1e9 is still absurd
 
 
 class BadRequest(ValueError):
@@ -289,21 +305,133 @@ SECURITY_HEADERS = {
 }
 
 
+def shown_name(value: Any) -> str:
+    """A model as a client may see it: a Hub id as it is, a folder by its name only, never this machine's path."""
+    text = str(value)
+    if re.match(r"[A-Za-z]:[\\/]", text) or "\\" in text:  # a Windows path
+        from pathlib import PureWindowsPath
+
+        return PureWindowsPath(text).name or text
+    if text.startswith(("/", ".", "~")) or os.path.exists(text):  # a folder here (a Hub id is org/name)
+        return Path(text).expanduser().name or text
+    return text
+
+
+# an absolute path (POSIX or Windows) inside a message: all but its last part is dropped
+_PATH_IN_TEXT = re.compile(r"(?<![^\s'\"(\[{=,])(?:[A-Za-z]:)?(?:[\\/][^\s\\/'\"<>|:;,()\[\]{}]+)+[\\/]"
+                           r"(?=[^\s\\/'\"<>|:;,()\[\]{}])")
+
+
+def without_paths(message: str) -> str:
+    """A message a client may read: each absolute path in it cut to its last part (`/home/me/models/x` is `x`),
+    so an error from deep in a library does not show how this machine is laid out."""
+    return _PATH_IN_TEXT.sub("", message)
+
+
 def describe_model(info: dict[str, Any], fallback: str) -> tuple[str, str, str]:
-    """(the model actually used, what was requested, a stand-in notice or '') from workbook.json."""
+    """(the model actually used, what was requested, a stand-in notice or '') from workbook.json, as names: a
+    base model given as a folder shows its name, not its path (clients read these on /health and the page)."""
     base = info.get("base_model") or {}
-    requested = str(base.get("requested") or fallback)
+    requested = shown_name(base.get("requested") or fallback)
     used = str(base.get("used") or requested)
     if not base.get("standin"):
         return requested, requested, ""
     from helpers.models import _STANDIN_ENCODER_NAME
 
-    shown = _STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else Path(used).name
+    shown = _STANDIN_ENCODER_NAME if info.get("task") == "text-classification" else shown_name(used)
     notice = (f"This model was fine-tuned from an offline stand-in ({shown}) because {requested} could not be "
               "reached; its answers show that the code works, not how good the requested model is.")
     if info.get("task") != "text-classification":
         notice += " The stand-in summarizer is tiny and untrained, so its summaries are gibberish."
     return f"{shown} (stand-in for {requested})", requested, notice
+
+
+def host_name(value: str) -> str:
+    """The name in a Host header (or an --allowed-host): lower case, without its port, IPv6 brackets or final dot.
+    The port is not compared: a proxy or a port mapping may change it, a rebinding page cannot change the name."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        value = value[1:].partition("]")[0]
+    elif value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+class HostCheck:
+    """The Host names the server answers to, as Jupyter server checks them against DNS rebinding (a page the user
+    visits resolving its own name to this machine): this machine's loopback names, the bound address, and each
+    `--allowed-host` (a proxy's public name). Bound to every address (0.0.0.0), it also takes the machine's
+    hostname and any IP address (a page cannot rebind a name that is an address). Set at start, never from a
+    request."""
+
+    def __init__(self, host: str = DEFAULT_HOST, allowed: tuple[str, ...] | list[str] = ()):
+        import socket
+
+        self.wildcard = host_name(host) in WILDCARD_HOSTS
+        names = {*LOCAL_HOSTS, host_name(host), *(host_name(name) for name in allowed)}
+        if self.wildcard:
+            names.add(host_name(socket.gethostname()))
+        self.names = frozenset(n for n in names if n not in WILDCARD_HOSTS)
+
+    def allows(self, header: str | None) -> bool:
+        if header is None:  # no Host at all: not a browser (they always send one), so not a rebinding page
+            return True
+        name = host_name(header)
+        if name in self.names:
+            return True
+        if not self.wildcard:
+            return False
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
+    @staticmethod
+    def refusal(header: str) -> str:
+        shown = _shown_value(header)
+        return (f"this server does not answer to the Host {shown} (it checks Host against DNS rebinding); open it "
+                f"as http://127.0.0.1:<port>/ or http://localhost:<port>/ on its machine, or start it with "
+                f"--allowed-host {_shown_value(host_name(header))[1:-1] or 'NAME'} if that is the name it is "
+                "reached by (a proxy's public name)")
+
+
+def _shown_value(value: Any) -> str:
+    """A value as a client sent it (quoted), cut short."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + '..."'
+
+
+_LENGTHS = (("max_length", "the tokens the model reads"), ("max_source_length", "the tokens of a text it reads"))
+
+
+def check_saved_lengths(info: dict[str, Any], config: Any, where: str = "workbook.json") -> None:
+    """Refuse, in one line, a saved length no model call could use (`max_length` of -5, "abc", 1e9): each one a
+    whole number from 1 to the model's positions (LENGTH_CAP where it states none), and a causal LM's
+    max_length longer than the summary it leaves room for. Checked once at start, not at each request's 500.
+    A folder without workbook.json (`inferred` settings) has the kit's defaults, fitted to the model already."""
+    if info.get("inferred"):
+        return
+    limits = [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits = [x for x in limits if isinstance(x, int) and not isinstance(x, bool) and x > 0]
+    positions = min(limits) if limits else LENGTH_CAP
+    generation = info.get("generation") if isinstance(info.get("generation"), dict) else {}
+    values = {**{k: (info.get(k), why, positions) for k, why in _LENGTHS},
+              "generation.max_new_tokens": (generation.get("max_new_tokens"), "tokens per summary", LENGTH_CAP)}
+    for name, (value, why, high) in values.items():
+        whole = (isinstance(value, int) and not isinstance(value, bool)
+                 or isinstance(value, float) and value.is_integer())
+        if value is not None and not (whole and 1 <= value <= high):
+            raise ValueError(f"{where}: {name} must be a whole number from 1 to {high:,} ({why}); got "
+                             f"{_shown_value(value)}; correct it, or delete it to use the model's default")
+    new_tokens = generation.get("max_new_tokens")
+    if info.get("task") == "summarization-causal" and info.get("max_length") and new_tokens is not None \
+            and int(info["max_length"]) <= int(new_tokens):
+        raise ValueError(f"{where}: max_length ({info['max_length']}) must be larger than generation.max_new_tokens "
+                         f"({new_tokens}): the prompt and the summary share it; raise max_length or lower "
+                         "max_new_tokens")
 
 
 class _Job:
@@ -563,15 +691,13 @@ def read_payload(request):
 
 def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
                max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32,
-               max_wait_ms: float = 5.0, generation_timeout_s: float = GENERATION_TIMEOUT_S):
+               max_wait_ms: float = 5.0, generation_timeout_s: float = GENERATION_TIMEOUT_S, host: str = DEFAULT_HOST,
+               allowed_hosts: tuple[str, ...] | list[str] = ()):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
-    or a loaded predictor."""
+    or a loaded predictor. It answers the Host names of `HostCheck(host, allowed_hosts)` only."""
     from flask import Flask, jsonify, render_template_string, request
 
-    from helpers import inference
-
-    predictor = (inference.load(source, device=device, base_model=base_model) if isinstance(source, (str, Path))
-                 else source)
+    predictor = _load(source, device, base_model) if isinstance(source, (str, Path)) else source
     service = ModelService(predictor, name=getattr(source, "name", "model"), max_texts=max_texts,
                            max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, generation_timeout_s=generation_timeout_s)
@@ -579,11 +705,13 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     app.json.sort_keys = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint)
 
-    def error(message: str, status: int):
-        return jsonify({"error": message}), status, ({"Retry-After": "2"} if status == 503 else {})
+    def error(message: str, status: int):  # every JSON error: no path of this machine in it
+        return jsonify({"error": without_paths(message)}), status, ({"Retry-After": "2"} if status == 503 else {})
 
     def page(**values):
         status = values.pop("status", 200)
+        if values.get("error"):
+            values["error"] = without_paths(values["error"])
         html = render_template_string(PAGE, **{**service.page_values(), **values})
         return html, status, {"Content-Type": "text/html; charset=utf-8"}
 
@@ -616,7 +744,55 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     app.add_url_rule("/model", "domino", domino, methods=["POST"])
     app.add_url_rule("/models/<model_id>/latest/model", "domino_latest", domino, methods=["POST"])
     _error_pages(app, error, service.endpoint)
+    _guards(app, error, HostCheck(host, allowed_hosts))
     return app
+
+
+def _load(folder, device: str | None, base_model: str | None):
+    """The predictor of a saved folder, its saved lengths checked: refused at start rather than a 500 per request."""
+    from helpers import inference
+
+    predictor = inference.load(folder, device=device, base_model=base_model)
+    check_saved_lengths(predictor.info, predictor.model.config, f"workbook.json in {folder}")
+    return predictor
+
+
+def _guards(app, error, hosts: HostCheck) -> None:
+    """Before any route: the Host check (403 naming --allowed-host), then a chunked body read here up to the limit,
+    so one over it gets the same 413 as a body that declares its length (Werkzeug cuts a chunked body at the limit
+    without a word, and the JSON parser then blamed the client's JSON with a 400)."""
+    from flask import request
+
+    @app.before_request
+    def guard():
+        environ = request.environ
+        if not hosts.allows(environ.get("HTTP_HOST")):
+            return error(hosts.refusal(environ["HTTP_HOST"]), 403)
+        if environ.get("wsgi.input_terminated") and not environ.get("CONTENT_LENGTH"):
+            try:
+                body = _read_at_most(environ["wsgi.input"], MAX_BODY_BYTES + 1)
+            except (OSError, ValueError):
+                return error("the chunked request body is malformed; send the JSON with a Content-Length", 400)
+            if len(body) > MAX_BODY_BYTES:
+                _read_at_most(environ["wsgi.input"], 4 * MAX_BODY_BYTES, keep=False)  # so the client reads the 413
+                return error(TOO_LARGE, 413)
+            environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+            for key in ("wsgi.input_terminated", "HTTP_TRANSFER_ENCODING"):  # now a body of known length
+                environ.pop(key, None)
+        return None
+
+
+def _read_at_most(stream, limit: int, *, keep: bool = True) -> bytes:
+    """Up to `limit` bytes of a stream (all of them when it ends first); with keep=False, read and dropped."""
+    parts, size = [], 0
+    while size < limit:
+        part = stream.read(min(limit - size, 2**16))
+        if not part:
+            break
+        size += len(part)
+        if keep:
+            parts.append(part)
+    return b"".join(parts)
 
 
 def _error_pages(app, error, endpoint: str) -> None:
@@ -632,8 +808,7 @@ def _error_pages(app, error, endpoint: str) -> None:
                                                     404))
     app.register_error_handler(405, lambda _: error(f"wrong method; the API is POST {endpoint} with a JSON body",
                                                     405))
-    app.register_error_handler(413, lambda _: error(f"the request body is over {MAX_BODY_BYTES // 2**20} MB; "
-                                                    "send fewer or shorter texts", 413))
+    app.register_error_handler(413, lambda _: error(TOO_LARGE, 413))
     app.register_error_handler(500, lambda err: error(
         f"the model failed on this input ({getattr(err, 'original_exception', err)})", 500))
 
@@ -661,9 +836,11 @@ def caller_gone(environ):
 
 
 def make_http_server(app, host: str, port: int):
-    """Werkzeug's threaded server, without its own `Server: Werkzeug/3.x Python/3.x` header: answers carry one
-    Server header, the app's, naming no versions."""
-    from werkzeug.serving import WSGIRequestHandler, make_server
+    """Werkzeug's threaded server, without its own `Server: Werkzeug/3.x Python/3.x` header (answers carry one
+    Server header, the app's, naming no versions), counting the requests it has accepted and not yet answered
+    (`busy`), so `serve` can drain them. Its socket has SO_REUSEADDR (http.server's default), so a restart binds
+    at once even while the last connections sit in TIME_WAIT."""
+    from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
     class Handler(WSGIRequestHandler):
         def send_response(self, code, message=None):  # http.server's, less its Server header
@@ -671,15 +848,42 @@ def make_http_server(app, host: str, port: int):
             self.send_response_only(code, message)
             self.send_header("Date", self.date_time_string())
 
-    return make_server(host, port, app, threaded=True, request_handler=Handler)
+    class DrainingServer(ThreadedWSGIServer):
+        block_on_close = False  # serve() waits for the requests itself, with a deadline
+
+        def __init__(self, *args, **kwargs):
+            self.busy, self._busy_lock = 0, threading.Lock()
+            super().__init__(*args, **kwargs)
+
+        def _count(self, step: int) -> None:
+            with self._busy_lock:
+                self.busy += step
+
+        def process_request(self, request, client_address):  # the accepting thread: counted before it is handed on
+            self._count(1)
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._count(-1)
+                raise
+
+        def process_request_thread(self, request, client_address):
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._count(-1)
+
+    return DrainingServer(host, port, app, Handler)
 
 
-def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
-          base_model: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0) -> None:
-    """Run the app with a threaded server until interrupted. The port is claimed before the model loads."""
+def claim_port(host: str, port: int) -> None:
+    """Check that `host:port` can be bound before the model loads (seconds to minutes), with SO_REUSEADDR as the
+    server's own socket has it: a restart on the port of a server just stopped works at once (its connections'
+    TIME_WAIT does not count), another server listening there is still refused."""
     import socket
 
     probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((host, port))
     except OSError as err:
@@ -687,18 +891,96 @@ def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device:
                       "Pick another port with --port (make serve PORT=...)") from None
     finally:
         probe.close()
-    print(f"loading the model from {source} ...", flush=True)
-    app = create_app(source, device=device, base_model=base_model, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    server = make_http_server(app, host, port)
+
+
+class _Signals:
+    """SIGTERM and SIGINT for `serve`: while the model loads, exit at once, status 0 (nothing was accepted or
+    written yet; an exception raised into the load could be caught and turned into another error by the library
+    it lands in); once serving, drain (set `stop`: no new connections, the accepted ones answered, as gunicorn
+    does on SIGTERM); a second signal while draining (`hurry`) stops without waiting. Handlers are set in the
+    main thread only, and put back on exit."""
+
+    def __init__(self):
+        self.serving = False
+        self.stop, self.hurry = threading.Event(), threading.Event()
+        self.previous: dict = {}
+
+    def __enter__(self):
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        import signal
+
+        if not self.serving:
+            with contextlib.suppress(Exception):  # the main thread may be writing: what can be flushed is
+                sys.stdout.flush()
+            os.write(1, f"stopped ({signal.Signals(signum).name}) while loading the model; nothing was "
+                        "served\n".encode())
+            os._exit(0)
+        (self.hurry if self.stop.is_set() else self.stop).set()  # only flags: the main thread does the work
+
+
+def _serve_until_stopped(server, signals: _Signals) -> int:
+    """Answer requests until a signal; then drain: take the connections already queued on the socket, close it (new
+    ones are refused), and wait up to DRAIN_TIMEOUT_S for every accepted request to be answered. 0 when all were."""
+    import select
+
+    server.timeout = 0.1  # how soon the loop sees a signal (it polls, as serve_forever does)
+    while not signals.stop.is_set():
+        server.handle_request()
+    server.timeout = 0
+    for _ in range(server.request_queue_size):  # connections the kernel accepted before the signal
+        if not select.select([server.socket], [], [], 0)[0]:
+            break
+        server.handle_request()
+    server.server_close()
+    print(f"stopping: no new connections; answering the {server.busy} request(s) already accepted ...", flush=True)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while server.busy and time.monotonic() < deadline and not signals.hurry.is_set():
+        time.sleep(0.05)
+    if server.busy:
+        why = "a second signal" if signals.hurry.is_set() else f"waiting {DRAIN_TIMEOUT_S:g} s"
+        print(f"stopped after {why}, with {server.busy} request(s) unanswered", flush=True)
+        return 1
+    print("stopped: every request accepted was answered", flush=True)
+    return 0
+
+
+def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
+          base_model: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
+          allowed_hosts: tuple[str, ...] | list[str] = ()) -> int:
+    """Run the app with a threaded server until SIGTERM or SIGINT (Ctrl+C), then drain; the exit status (0: every
+    request accepted was answered). The port is claimed before the model loads; a signal during the load stops
+    it cleanly. Only the Host names of `HostCheck(host, allowed_hosts)` are answered."""
+    claim_port(host, port)
+    with _Signals() as signals:
+        print(f"loading the model from {source} ...", flush=True)
+        app = create_app(source, device=device, base_model=base_model, max_batch=max_batch,
+                         max_wait_ms=max_wait_ms, host=host, allowed_hosts=allowed_hosts)
+        server = make_http_server(app, host, port)
+        signals.serving = True
+        _announce(server, source, host, app, allowed_hosts)
+        return _serve_until_stopped(server, signals)
+
+
+def _announce(server, source, host: str, app, allowed_hosts) -> None:
     url = f"http://{host}:{server.server_port}"
     endpoint = app.config["WORKBOOK_ENDPOINT"]
     print(f"serving {source} at {url}  (page: {url}/, health: {url}/health; Ctrl+C stops)")
     print(f"  curl -s {url}{endpoint} -H 'Content-Type: application/json' -d '{{\"text\": \"...\"}}'")
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if host not in LOCAL_HOSTS:
         print(f"  note: bound to {host}, reachable from other machines; there is no authentication")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    if allowed_hosts:
+        print(f"  also answers to Host: {', '.join(host_name(h) for h in allowed_hosts)} (--allowed-host)")
+    sys.stdout.flush()  # the lines above are what a supervisor's log shows first
