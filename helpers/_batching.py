@@ -251,29 +251,6 @@ class ProcessShare(torch.utils.data.Sampler):
         return iter(shares)
 
 
-def padding_bounded_batches(lengths: Sequence[int], batch_size: int, max_padding: float = 0.25) -> list[list[int]]:
-    """Batches of rows of similar length for inference: sorted by length, and a batch is closed when
-    one more row would make padding more than `max_padding` of its tokens (or it has `batch_size` rows).
-
-    On a CPU an encoder's cost is per token, padding included, and a batch gains little per row, so
-    padding a 40-token text to a 200-token neighbour would cost more than batching saves.
-    """
-    order = np.argsort(np.asarray(lengths), kind="stable").tolist()
-    batches: list[list[int]] = []
-    current: list[int] = []
-    real = 0
-    for i in order:
-        n = max(1, int(lengths[i]))
-        if current and (len(current) == batch_size or n * (len(current) + 1) > (1 + max_padding) * (real + n)):
-            batches.append(current)
-            current, real = [], 0
-        current.append(i)
-        real += n
-    if current:
-        batches.append(current)
-    return batches
-
-
 def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Batches for evaluation: longest first, so padding is minimal and OOM shows at once."""
     order = np.argsort(-np.asarray(lengths), kind="stable")

@@ -22,22 +22,14 @@ from typing import Any
 import torch
 
 from . import device as dev
-from ._batching import PadCollator, padding_bounded_batches
+from ._batching import PadCollator
+from ._classify import ClassifierAnswers, parse_pair_text, read_workbook_json
+from ._classify import model_folder as _model_folder
+from ._classify import shown as _shown
 from .artifacts import _WORKBOOK_FILE
-from .metrics import _TEMPERATURE_RANGE
 from .models import _LOAD_DTYPE, _damaged_weights, _FolderError, _layer_mismatch, _quiet_peft, _refuse_remote_code
 
 __all__ = ["TextClassifier", "load", "parse_pair_text"]
-
-
-def _model_folder(path: str | Path) -> Path:
-    path = Path(path)
-    if (path / "model" / "config.json").exists() or (path / "model" / "adapter_config.json").exists():
-        return path / "model"
-    if (path / "config.json").exists() or (path / "adapter_config.json").exists():
-        return path
-    raise FileNotFoundError(f"No saved model in {path} (no config.json or adapter_config.json); pass a notebook's "
-                            "OUTPUT_DIR, its model/ folder, or a folder written by save_pretrained.")
 
 
 # `_FolderError` (a folder this workbook cannot serve: one line saying what it holds and what to do) and
@@ -47,38 +39,8 @@ def _model_folder(path: str | Path) -> Path:
 def _read_info(folder: str | Path) -> dict[str, Any]:
     """The folder's `workbook.json`, checked where it is read (a JSON object; a usable temperature); for a folder
     the workbook did not write, what its own files say."""
-    file = Path(folder) / _WORKBOOK_FILE
-    if not file.exists():
-        return _infer_info(folder)
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        where = f"line {err.lineno}, column {err.colno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else err
-        raise _FolderError(f"{file} is not valid JSON ({where}); restore the workbook.json saved with the model, or "
-                           "delete it to load the folder with the defaults of the task its config.json names."
-                           ) from None
-    if not isinstance(info, dict):
-        raise _FolderError(f"{file} holds a JSON {type(info).__name__}, not an object; restore the workbook.json "
-                           "saved with the model (an object such as {\"task\": \"text-classification\", ...}), or "
-                           "delete it to load the folder with the defaults of the task its config.json names.")
-    problem = _temperature_problem(info.get("temperature"))
-    if problem:
-        raise _FolderError(f"{file}: {problem}")
-    return info
-
-
-def _temperature_problem(value: Any) -> str | None:
-    """Why a saved calibration temperature cannot be used, or None (also for none saved). Outside the range
-    `calibrate` fits in, softmax(logits / T) gives NaN (T near 0) or the same probability for every label (T huge)."""
-    if value is None:
-        return None
-    low, high = _TEMPERATURE_RANGE
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if number and low <= value <= high:  # NaN and infinity fail the comparison; a 400-digit int does not overflow
-        return None
-    return (f"temperature {_shown(value)} is not a usable calibration temperature (a number from {low:g} to {high:g}); "
-            "fit it again with hp.metrics.calibrate on the validation split, or remove \"temperature\" to answer "
-            "with the model's own probabilities.")
+    info = read_workbook_json(folder)
+    return info if info is not None else _infer_info(folder)
 
 
 _ADAPTER_TASKS = {"SEQ_CLS": "text-classification", "CAUSAL_LM": "summarization-causal",
@@ -185,20 +147,15 @@ def _check_base_model(folder: Path, info: dict[str, Any], base_model: str | None
 
 
 @dataclass
-class TextClassifier:
-    """A fine-tuned classifier: `predict(texts)` gives label, score and all probabilities."""
+class TextClassifier(ClassifierAnswers):
+    """A fine-tuned classifier: `predict(texts)` gives label, score and all probabilities (the answers are
+    `ClassifierAnswers`', the same on ONNX Runtime)."""
 
     model: Any
     tokenizer: Any
     info: dict[str, Any]
     device: torch.device
     precision: str = "fp32"
-
-    task = "text-classification"
-
-    @property
-    def max_input_tokens(self) -> int:
-        return self.max_length
 
     @property
     def labels(self) -> list[str]:
@@ -208,44 +165,6 @@ class TextClassifier:
     @property
     def max_length(self) -> int:
         return int(self.info.get("max_length") or min(512, getattr(self.tokenizer, "model_max_length", 512)))
-
-    @property
-    def takes_pairs(self) -> bool:
-        """True for a sentence-pair model (trained on `(text, text_pair)`)."""
-        return bool(self.info.get("text_pair"))
-
-    @property
-    def temperature(self) -> float:
-        """The temperature fitted on the validation split and saved in `workbook.json` (1.0: none saved).
-        Probabilities are softmax(logits / temperature), so "93%" means right about 93% of the time."""
-        value = self.info.get("temperature")
-        problem = _temperature_problem(value)  # checked where workbook.json is read; again for an info made by hand
-        if problem:
-            raise _FolderError(f"{_WORKBOOK_FILE}: {problem}")
-        return 1.0 if value is None else float(value)
-
-    @torch.inference_mode()
-    def predict(self, texts, *, batch_size: int = 32, raw: bool = False) -> Any:
-        """Label, score and all probabilities for each input: calibrated, with the saved temperature.
-
-        An input is a text, a `(text, text_pair)` tuple or a `{"text": ..., "text_pair": ...}` dict
-        (sentence-pair models read both through the tokenizer's pair encoding). One input gives one
-        result; a list of inputs gives a list of results. `raw=True` adds `raw_probabilities`, the model's
-        own softmax before temperature scaling (the label is the same either way).
-        """
-        single = isinstance(texts, (str, dict)) or (isinstance(texts, tuple) and len(texts) == 2
-                                                    and all(isinstance(t, str) for t in texts))
-        items = [_split_pair(t) for t in ([texts] if single else list(texts))]
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        for with_pair in (False, True):  # a tokenizer call takes pairs for all its texts or for none
-            index = [i for i, (_, pair) in enumerate(items) if (pair is not None) == with_pair]
-            if not index:
-                continue
-            firsts = [items[i][0] for i in index]
-            pairs = [items[i][1] for i in index] if with_pair else None
-            for i, result in zip(index, self._predict_all(firsts, pairs, batch_size)):
-                results[i] = result if raw else {k: v for k, v in result.items() if k != "raw_probabilities"}
-        return results[0] if single else results
 
     def _encode(self, texts: list[str], pairs: list[str] | None) -> tuple[list[dict[str, list[int]]], list[bool]]:
         """Token ids of every input (tokenized once), cut to max_length; and which ones were cut."""
@@ -260,51 +179,15 @@ class TextClassifier:
                 rows[i] = {key: again[key][j] for key in again.keys()}
         return rows, cut
 
-    def _predict_all(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> list[dict[str, Any]]:
-        rows, cut = self._encode(texts, pairs)
+    @torch.inference_mode()
+    def _logits(self, rows: list[dict[str, list[int]]]):
         collate = PadCollator(self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0)
-        out: list[dict[str, Any] | None] = [None] * len(rows)
-        for batch in padding_bounded_batches([len(r["input_ids"]) for r in rows], batch_size):
-            enc = {k: v.to(self.device) for k, v in collate([rows[i] for i in batch]).items()}
-            with dev._autocast(self.device, self.precision):
-                logits = self.model(**enc).logits.float().cpu()
-            scaled = logits / self.temperature
-            if not (torch.isfinite(logits).all() and torch.isfinite(scaled).all()):  # NaN would be invalid JSON
-                raise RuntimeError(f"the model's outputs are not finite numbers (NaN or infinity) at precision "
-                                   f"{self.precision}, so it has no probabilities to give; load it with "
-                                   "precision='fp32', and if that does not help, its weights are damaged: save the "
-                                   "model again.")
-            for i, row, raw in zip(batch, scaled.softmax(-1), logits.softmax(-1)):
-                best = int(row.argmax())
-                out[i] = {"label": self.labels[best], "score": float(row[best]),
-                          "probabilities": {name: float(p) for name, p in zip(self.labels, row)},
-                          "truncated": cut[i], "raw_probabilities": {n: float(p) for n, p in zip(self.labels, raw)}}
-        return out
+        enc = {k: v.to(self.device) for k, v in collate(rows).items()}
+        with dev._autocast(self.device, self.precision):
+            return self.model(**enc).logits.float().cpu().numpy()
 
-
-def parse_pair_text(text: str) -> tuple[str, str] | None:
-    """'first ||| second' or 'first<TAB>second' (how a pair is typed in a box or a shell) -> (first, second);
-    None when there is no separator or a side is empty."""
-    for sep in ("|||", "\t"):
-        if sep in text:
-            first, second = (part.strip() for part in text.split(sep, 1))
-            return (first, second) if first and second else None
-    return None
-
-
-def _split_pair(item) -> tuple[str, str | None]:
-    """(text, text_pair or None) from a text, a `(text, text_pair)` tuple or a dict with those keys."""
-    if isinstance(item, str):
-        return item, None
-    if isinstance(item, dict):
-        text, pair = item.get("text", item.get("sentence")), item.get("text_pair")
-    elif isinstance(item, (tuple, list)) and 1 <= len(item) <= 2:
-        text, pair = item[0], (item[1] if len(item) == 2 else None)
-    else:
-        raise TypeError(f"expected a text, a (text, text_pair) tuple or a dict, got {type(item).__name__}")
-    if not isinstance(text, str) or not (pair is None or isinstance(pair, str)):
-        raise TypeError("text and text_pair must be strings")
-    return text, pair
+    def _precision_note(self) -> str:
+        return f" at precision {self.precision}; load it with precision='fp32'"
 
 
 _SUMMARIZATION_TASKS = ("summarization-causal", "summarization-seq2seq")
@@ -319,12 +202,6 @@ _GENERATION_LIMITS: dict[str, tuple[Any, Any, str]] = {  # name: (lowest, highes
     "repetition_penalty": (1.0, 10.0, " (1.0: off)"),
     "length_penalty": (-10.0, 10.0, " (used with num_beams > 1)"),
 }
-
-
-def _shown(value: Any) -> str:
-    """A value as the client wrote it in JSON (null, true, "10"), cut short."""
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _whole(name: str, value: Any, low: int, high: int, why: str = "") -> int:

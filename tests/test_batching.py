@@ -109,7 +109,7 @@ def test_collator_pads_to_the_longest_row_and_masks_labels():
 
 
 def test_padding_bounded_batches_keep_padding_small_and_cover_every_row():
-    from helpers._batching import padding_bounded_batches
+    from helpers._classify import padding_bounded_batches
 
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 200, size=500).tolist()

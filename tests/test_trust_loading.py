@@ -378,4 +378,6 @@ def test_a_fitted_temperature_stays_within_what_a_saved_model_may_carry(capsys):
     low, high = metrics._TEMPERATURE_RANGE
     assert metrics._fit_temperature(logits * 1e6, labels) == high  # wildly over-confident: the fit wants 1e6
     assert "beyond the range" in capsys.readouterr().out
-    assert hp.inference._temperature_problem(high) is None and hp.inference._temperature_problem(low) is None
+    from helpers._classify import temperature_problem
+
+    assert temperature_problem(high) is None and temperature_problem(low) is None
