@@ -89,7 +89,12 @@ class _SaveError(RuntimeError):
     """A save that failed (a full disk, a folder that cannot be written): one line with the folder and the fix."""
 
 
-def _save_failed(target: Path, err: BaseException, needed_mb: float | None = None) -> _SaveError:
+_NOTEBOOK_FIX = ("what this run computed is still in memory: free some space (or set OUTPUT_DIR on a larger disk) and "
+                 "run this cell again")
+
+
+def _save_failed(target: Path, err: BaseException, needed_mb: float | None = None, *,
+                 fix: str = _NOTEBOOK_FIX) -> _SaveError:
     import errno
 
     where = next((p for p in [target, *target.parents] if p.exists()), Path("."))
@@ -98,9 +103,7 @@ def _save_failed(target: Path, err: BaseException, needed_mb: float | None = Non
     full = getattr(err, "errno", None) == errno.ENOSPC or "StorageFull" in text or "No space left" in text
     need = f", about {needed_mb:.0f} MB needed" if needed_mb else ""
     what = f"no space left on the disk ({free_mb:.0f} MB free{need})" if full else text
-    return _SaveError(f"could not save {target}: {what}. Nothing half-written was left in its place, and what this "
-                      "run computed is still in memory: free some space (or set OUTPUT_DIR on a larger disk) and run "
-                      "this cell again.")
+    return _SaveError(f"could not save {target}: {what}. Nothing half-written was left in its place, and {fix}.")
 
 
 def _same_run_params(params: dict) -> dict:

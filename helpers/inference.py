@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import pickle
 import re
 from dataclasses import dataclass
@@ -655,9 +656,21 @@ def _write_table(frame, path: str | Path | None) -> None:
         frame.to_csv(sys.stdout, index=False)
         return
     path = _check_output(path)
-    writers = {".csv": lambda: frame.to_csv(path, index=False),
-               ".tsv": lambda: frame.to_csv(path, index=False, sep="\t"),
-               ".jsonl": lambda: frame.to_json(path, orient="records", lines=True, force_ascii=False),
-               ".parquet": lambda: frame.to_parquet(path, index=False),
-               ".xlsx": lambda: frame.to_excel(path, index=False)}
-    writers[path.suffix.lower()]()
+    # Written next to the target, then renamed: a full disk leaves no truncated table under the name asked for
+    # (and a file that was there stays as it was).
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    writers = {".csv": lambda: frame.to_csv(tmp, index=False),
+               ".tsv": lambda: frame.to_csv(tmp, index=False, sep="\t"),
+               ".jsonl": lambda: frame.to_json(tmp, orient="records", lines=True, force_ascii=False),
+               ".parquet": lambda: frame.to_parquet(tmp, index=False),
+               ".xlsx": lambda: frame.to_excel(tmp, index=False)}
+    try:
+        writers[path.suffix.lower()]()
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        from .artifacts import _save_failed
+
+        raise OSError(str(_save_failed(path, err, fix="no rows need scoring again before the write: free some space, "
+                                                   "or give --output on another disk, and run the command again"))
+                      ) from None
+    os.replace(tmp, path)

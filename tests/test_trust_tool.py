@@ -125,3 +125,29 @@ def test_empty_data_is_refused_where_it_enters_with_advice_about_the_data(tiny_m
                        (lambda: hp.evaluate(tiny_model, empty, progress=False), "The data to evaluate")]:
         with pytest.raises(ValueError, match=f"{what} {advice}"):
             call()
+
+
+def test_predict_output_on_a_full_disk_is_named_and_leaves_no_truncated_file(tmp_path, tiny_classifier_dir, capsys,
+                                                                             monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    table = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["profit rose", "sales fell", "the meeting is in May"]}).to_csv(table, index=False)
+    out = tmp_path / "scored.csv"
+    out.write_text("what was there before\n")
+    real = pd.DataFrame.to_csv
+
+    def full(self, path=None, *args, **kwargs):
+        if path is not None and not hasattr(path, "write"):
+            Path(path).write_text("text,predicted_la")  # part of it made it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    assert cli.main(["predict", str(tiny_classifier_dir), "--input", str(table), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not save" in err and "no space left on the disk" in err and "--output on another disk" in err
+    assert out.read_text() == "what was there before\n"  # not replaced by a truncated table
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "scored.csv"]
