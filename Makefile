@@ -173,7 +173,6 @@ BASE_CACHE ?= $(HOME)/.cache/finetune-workbook/docker
 # A folder with symbolic links (weights kept elsewhere, a Hub cache's snapshots) is copied with the files they point
 # to: a link copied as a link points nowhere inside the image. A broken link is refused before the build. Messages
 # name DIR, never the staging folder.
-docker: SHELL := /bin/bash
 docker: docker-deps
 	@test -n "$(ENGINE)" || { echo "make docker needs docker or podman (make docker-deps installs podman as root)"; exit 2; }
 	@set -o pipefail; model=""; staged=""; base="$(BASE_IMAGE)"; if [ -n "$(DOCKER_DIR)" ]; then \
@@ -202,6 +201,7 @@ docker: docker-deps
 	  | if [ -n "$$staged" ]; then sed -u "s|$$staged|$(DOCKER_DIR)|g"; else cat; fi; \
 	status=$$?; if [ -n "$$staged" ]; then rm -rf "$$staged"; rmdir .cache/docker-model 2>/dev/null; fi; \
 	[ $$status = 0 ] && $(ENGINE) image inspect --format 'built $(TAG): {{.Size}} bytes' $(TAG)
+docker: SHELL := /bin/bash
 
 # MODEL=folder: mounted at /model and read as you (--user): save_pretrained writes weights readable by their owner only.
 docker-run:

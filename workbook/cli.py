@@ -121,6 +121,8 @@ def _predict_parser(sub) -> None:
     predict.add_argument("folder", help="a notebook's OUTPUT_DIR or its model/ folder")
     predict.add_argument("texts", nargs="*", help="texts to score; none: one per line from stdin")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8"), default=None,
+                         help="what runs the model (default: onnx when the folder has a fresh export, else torch)")
     predict.add_argument("--input", default=None, metavar="FILE",
                          help="score every row of a data file or folder (CSV, TSV, JSON lines, parquet, .xlsx) "
                               "instead of texts; its columns are kept")
@@ -156,9 +158,27 @@ def _serve_parser(sub) -> None:
     serve.add_argument("--max-wait-ms", type=float, default=5.0,
                        help="micro-batching: how long a request waits for others to join its batch (default 5)")
     serve.add_argument("--no-batching", action="store_true", help="one request per model call")
+    serve.add_argument("--runtime", choices=("torch", "onnx", "onnx-int8"), default=None,
+                       help="what runs the model (default: onnx when the folder has a fresh export, else torch)")
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                        help="a Host name to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable): the "
                             "public name of a proxy in front of it; other Host headers get 403 (DNS rebinding)")
+
+
+def _export_parser(sub) -> None:
+    export = sub.add_parser("export", help="a saved classifier as ONNX (fp32, and int8) for ONNX Runtime",
+                            description="Writes the classifier of FOLDER as ONNX into FOLDER/model/onnx/, checks it "
+                                        "against torch on real rows (--data, else the run's own data file, else the "
+                                        "generated sample) and records it in workbook.json; then workbook serve / "
+                                        "predict run it (--runtime onnx, the default once exported).")
+    export.add_argument("folder", help="a notebook's OUTPUT_DIR or a saved classifier folder (01-03)")
+    export.add_argument("--quantize", choices=("int8",), default=None,
+                        help="also model_int8.onnx (dynamic int8: smaller, faster; its agreement with fp32 is printed)")
+    export.add_argument("--data", default=None, metavar="FILE", help="rows to check on: your validation split "
+                        "(CSV, TSV, JSON lines, parquet, .xlsx); with --label-col, accuracy too")
+    export.add_argument("--text-col", default="text", help="with --data: the text column (default text)")
+    export.add_argument("--label-col", default=None, help="with --data: the true labels (names as the model's)")
+    export.add_argument("--rows", type=int, default=400, help="rows of --data to check on (default 400)")
 
 
 def _plan_parser(sub) -> argparse.ArgumentParser:
@@ -250,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_ui_and_list_parsers(sub)
     _predict_parser(sub)
     _serve_parser(sub)
+    _export_parser(sub)
     parser.parameter_commands = {"run": run, "sweep": sweep, "plan": plan}  # any --NAME VALUE is a parameter there
     return parser
 
@@ -562,7 +583,7 @@ def _against_references(scored, reference_col: str, predicted: str = "predicted_
 
 
 def _cmd_predict(args) -> int:
-    from helpers import data, inference
+    from helpers import data
 
     if args.input is None and (args.output or args.text_pair_col or args.label_col):
         print("error: --output, --text-pair-col and --label-col go with --input FILE (a table to score)",
@@ -580,6 +601,7 @@ def _cmd_predict(args) -> int:
         return 2
     from transformers.utils import logging as hf_logging
 
+    from . import onnx
     from .serve import check_saved_lengths, describe_model
 
     try:
@@ -589,11 +611,14 @@ def _cmd_predict(args) -> int:
         return 2
     hf_logging.disable_progress_bar()  # "Loading weights" bars on a command's stderr are noise
     try:
-        model = inference.load(args.folder, base_model=args.base_model)
-        check_saved_lengths(model.info, model.model.config, f"workbook.json in {args.folder}")  # as serve does
+        model = onnx.load(args.folder, args.runtime, base_model=args.base_model)
+        config = getattr(model, "config", None) or model.model.config
+        check_saved_lengths(model.info, config, f"workbook.json in {args.folder}")  # as serve does
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if model.runtime != "torch" or args.runtime:
+        print(f"runtime: {model.runtime} ({model.runtime_why})", file=sys.stderr)
     notice = describe_model(model.info, str(args.folder))[2]
     if notice:  # on stderr, so --json output stays plain JSON
         print(f"note: {notice}", file=sys.stderr)
@@ -632,6 +657,55 @@ def _predict_texts(args, model, texts: list[str]) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from . import onnx
+
+    try:
+        texts, labels, where = _export_rows(args)
+        print(f"checking the export on {len(texts)} rows of {where}", file=sys.stderr)
+        report = onnx.export(args.folder, quantize=args.quantize, texts=texts, labels=labels)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    fp32 = report["fp32"]
+    print(f"exported {report['folder']}/onnx/model.onnx: labels equal to torch's on {fp32['labels_equal']:.1%} of "
+          f"{report['rows']} rows, probabilities within {fp32['max_probability_diff']:.1e}")
+    if "int8" in report:
+        int8 = report["int8"]
+        accuracy = (f"; accuracy {int8['accuracy']:.4f} (fp32 {fp32['accuracy']:.4f})" if "accuracy" in int8 else "")
+        print(f"exported {report['folder']}/onnx/model_int8.onnx: labels equal to fp32's on {int8['labels_equal']:.1%}"
+              f" of {report['rows']} rows, probabilities within {int8['max_probability_diff']:.2f}{accuracy}")
+    print(f"serve it: workbook serve {args.folder}   (--runtime onnx is the default now; --runtime torch, onnx-int8)")
+    return 0
+
+
+def _export_rows(args) -> tuple[list, list | None, str]:
+    """(texts, labels or None, where from): --data, else the run's own data file (metrics.json), else the sample."""
+    import json
+    from pathlib import Path
+
+    from helpers import _readers
+    from helpers._offline import samples
+
+    source, text_col, label_col = args.data, args.text_col, args.label_col
+    metrics = Path(args.folder) / "metrics.json"
+    if source is None and metrics.exists():
+        record = json.loads(metrics.read_text())
+        used = str((record.get("data") or {}).get("used") or "")
+        params = record.get("params") or {}
+        if used and Path(used).is_file() and not (record.get("data") or {}).get("standin"):
+            source, text_col, label_col = used, params.get("TEXT_COL") or "text", params.get("LABEL_COL")
+    if source is None:
+        rows = samples.phrasebank_rows(args.rows)
+        return [text for _, text in rows], None, "the generated sample (give --data FILE for your own rows)"
+    with contextlib.redirect_stdout(sys.stderr):
+        wanted = [text_col, *([label_col] if label_col else [])]
+        frame, _ = _readers.read_table(Path(source).expanduser(), wanted=wanted)
+    frame = frame.dropna(subset=[text_col]).head(args.rows)
+    labels = [str(v) for v in frame[label_col]] if label_col and label_col in frame else None
+    return [str(t) for t in frame[text_col]], labels, str(source)
+
+
 def _cmd_serve(args) -> int:
     from . import serve
 
@@ -645,7 +719,8 @@ def _cmd_serve(args) -> int:
         batching = {"max_batch": 1, "max_wait_ms": 0} if args.no_batching else {
             "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
         return serve.serve(args.folder, host=args.host, port=args.port, device=args.device,
-                           base_model=args.base_model, allowed_hosts=args.allowed_host, **batching)
+                           base_model=args.base_model, allowed_hosts=args.allowed_host, runtime=args.runtime,
+                           **batching)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -712,6 +787,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_predict(args)
     if args.command == "serve":
         return _cmd_serve(args)
+    if args.command == "export":
+        return _cmd_export(args)
     return 2
 
 

@@ -670,7 +670,8 @@ class ModelService:
     def health(self) -> dict:
         body = {"status": "ok", "task": self.predictor.task, "model": self.model_name, "requested": self.requested,
                 "standin": bool(self.standin), "endpoint": self.endpoint, "max_input_tokens": self.reads_tokens,
-                "max_texts": self.max_texts, "text_pair": self.pairs}
+                "max_texts": self.max_texts, "text_pair": self.pairs,
+                "runtime": getattr(self.predictor, "runtime", "torch")}
         if self.classifier:
             body["labels"] = self.predictor.labels
             body["temperature"] = float(getattr(self.predictor, "temperature", 1.0))
@@ -692,18 +693,20 @@ def read_payload(request):
 def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None, base_model: str | None = None,
                max_queue: int = MAX_QUEUE, queue_timeout_s: float = QUEUE_TIMEOUT_S, max_batch: int = 32,
                max_wait_ms: float = 5.0, generation_timeout_s: float = GENERATION_TIMEOUT_S, host: str = DEFAULT_HOST,
-               allowed_hosts: tuple[str, ...] | list[str] = ()):
+               allowed_hosts: tuple[str, ...] | list[str] = (), runtime: str | None = None):
     """A Flask app serving `source`: a saved folder (OUTPUT_DIR, its model/, any save_pretrained folder)
-    or a loaded predictor. It answers the Host names of `HostCheck(host, allowed_hosts)` only."""
+    or a loaded predictor, on `runtime` (torch, onnx, onnx-int8; None: onnx when the folder has a fresh export).
+    It answers the Host names of `HostCheck(host, allowed_hosts)` only."""
     from flask import Flask, jsonify, render_template_string, request
 
-    predictor = _load(source, device, base_model) if isinstance(source, (str, Path)) else source
+    predictor = _load(source, device, base_model, runtime) if isinstance(source, (str, Path)) else source
     service = ModelService(predictor, name=getattr(source, "name", "model"), max_texts=max_texts,
                            max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_batch=max_batch,
                            max_wait_ms=max_wait_ms, generation_timeout_s=generation_timeout_s)
     app = Flask("finetune_workbook")
     app.json.sort_keys = False
-    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, WORKBOOK_ENDPOINT=service.endpoint,
+                      WORKBOOK_PREDICTOR=predictor)
 
     def error(message: str, status: int):  # every JSON error: no path of this machine in it
         return jsonify({"error": without_paths(message)}), status, ({"Retry-After": "2"} if status == 503 else {})
@@ -748,12 +751,14 @@ def create_app(source, *, max_texts: int = MAX_TEXTS, device: str | None = None,
     return app
 
 
-def _load(folder, device: str | None, base_model: str | None):
-    """The predictor of a saved folder, its saved lengths checked: refused at start rather than a 500 per request."""
-    from helpers import inference
+def _load(folder, device: str | None, base_model: str | None, runtime: str | None = None):
+    """The predictor of a saved folder on its runtime (torch, or ONNX Runtime: `workbook.onnx.load`), its saved
+    lengths checked: refused at start rather than a 500 per request."""
+    from . import onnx
 
-    predictor = inference.load(folder, device=device, base_model=base_model)
-    check_saved_lengths(predictor.info, predictor.model.config, f"workbook.json in {folder}")
+    predictor = onnx.load(folder, runtime, device=device, base_model=base_model)
+    config = getattr(predictor, "config", None) or predictor.model.config
+    check_saved_lengths(predictor.info, config, f"workbook.json in {folder}")
     return predictor
 
 
@@ -959,7 +964,7 @@ def _serve_until_stopped(server, signals: _Signals) -> int:
 
 def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device: str | None = None,
           base_model: str | None = None, max_batch: int = 32, max_wait_ms: float = 5.0,
-          allowed_hosts: tuple[str, ...] | list[str] = ()) -> int:
+          allowed_hosts: tuple[str, ...] | list[str] = (), runtime: str | None = None) -> int:
     """Run the app with a threaded server until SIGTERM or SIGINT (Ctrl+C), then drain; the exit status (0: every
     request accepted was answered). The port is claimed before the model loads; a signal during the load stops
     it cleanly. Only the Host names of `HostCheck(host, allowed_hosts)` are answered."""
@@ -967,7 +972,7 @@ def serve(source, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, device:
     with _Signals() as signals:
         print(f"loading the model from {source} ...", flush=True)
         app = create_app(source, device=device, base_model=base_model, max_batch=max_batch,
-                         max_wait_ms=max_wait_ms, host=host, allowed_hosts=allowed_hosts)
+                         max_wait_ms=max_wait_ms, host=host, allowed_hosts=allowed_hosts, runtime=runtime)
         server = make_http_server(app, host, port)
         signals.serving = True
         _announce(server, source, host, app, allowed_hosts)
@@ -978,6 +983,9 @@ def _announce(server, source, host: str, app, allowed_hosts) -> None:
     url = f"http://{host}:{server.server_port}"
     endpoint = app.config["WORKBOOK_ENDPOINT"]
     print(f"serving {source} at {url}  (page: {url}/, health: {url}/health; Ctrl+C stops)")
+    predictor = app.config["WORKBOOK_PREDICTOR"]
+    print(f"  runtime: {getattr(predictor, 'runtime', 'torch')} ({getattr(predictor, 'runtime_why', 'given')}; "
+          "--runtime torch|onnx|onnx-int8 chooses)")
     print(f"  curl -s {url}{endpoint} -H 'Content-Type: application/json' -d '{{\"text\": \"...\"}}'")
     if host not in LOCAL_HOSTS:
         print(f"  note: bound to {host}, reachable from other machines; there is no authentication")
