@@ -27,7 +27,7 @@ help:
 	@echo "make gpu-check - on a GPU: fp16 kill+resume, speed (loop/floor/Trainer MFU), serving, 2 GPUs, QLoRA, notebooks (8 min)"
 	@echo "make ui     - the MLflow UI over runs/mlflow.db (every tracked run) on 127.0.0.1 [UI_PORT=5000]"
 	@echo "make serve DIR=runs/01_finbert_financial_sentiment [PORT=8000] - web page + JSON API for a saved model"
-	@echo "make docker DIR=runs/<notebook> [TAG=... GPU=1 BASE_IMAGE=...] - a serving image of one model (docker or podman)"
+	@echo "make docker DIR=runs/<notebook> [TAG=... GPU=1 BASE_IMAGE=... RUNTIME=onnx] - a serving image of one model (docker or podman)"
 	@echo "make docker-run DIR=runs/<notebook> [PORT=8000] - run it; MODEL=folder mounts a folder into an image built without DIR"
 	@echo "make lint   - ruff (pinned) over the tree, with pyproject.toml's settings"
 
@@ -159,11 +159,16 @@ WHEEL_ARCH ?= $(if $(filter arm64 aarch64,$(shell uname -m)),aarch64,x86_64)
 WHEEL_PLATFORMS = $(foreach v,$(shell seq 35 -1 17),--platform manylinux_2_$(v)_$(WHEEL_ARCH)) \
   --platform manylinux2014_$(WHEEL_ARCH) --platform manylinux_2_12_$(WHEEL_ARCH) --platform manylinux2010_$(WHEEL_ARCH) \
   --platform manylinux_2_5_$(WHEEL_ARCH) --platform manylinux1_$(WHEEL_ARCH)
-WHEELS ?= .whl/serve-$(if $(GPU),cuda,cpu)
+# RUNTIME=onnx: the image without torch for a folder exported with `workbook export` (Dockerfile.onnx)
+RUNTIME ?= torch
+ONNX_IMAGE = $(filter onnx,$(RUNTIME))
+SERVE_REQS = $(if $(ONNX_IMAGE),requirements-serve-onnx.txt,requirements-serve.txt)
+DOCKERFILE = $(if $(ONNX_IMAGE),Dockerfile.onnx,Dockerfile)
+WHEELS ?= .whl/serve-$(if $(ONNX_IMAGE),onnx,$(if $(GPU),cuda,cpu))
 TORCH_INDEX ?= $(if $(GPU),,https://download.pytorch.org/whl/cpu)
 DOCKER_DIR = $(patsubst %/,%,$(DIR))
 DOCKER_NAME = $(if $(DOCKER_DIR),$(shell printf '%s' "$(notdir $(DOCKER_DIR))" | tr 'A-Z' 'a-z' | tr -c 'a-z0-9_.-' '-'),latest)
-TAG ?= finetune-workbook-serve:$(DOCKER_NAME)$(if $(GPU),-gpu)
+TAG ?= finetune-workbook-serve:$(DOCKER_NAME)$(if $(GPU),-gpu)$(if $(ONNX_IMAGE),-onnx)
 DOCKER_PIP = $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m pip
 DOCKER_BUILD_ARGS ?=
 DOCKER_RUN_ARGS ?=
@@ -182,6 +187,9 @@ docker: docker-deps
 	    "put the file itself there (or fix the link), then make docker again"; exit 2; }; \
 	  links=$$(find "$(DOCKER_DIR)" -path '*/checkpoints' -prune -o -type l -print | head -1); \
 	  rel=$$(realpath --relative-to="$(CURDIR)" "$(DOCKER_DIR)"); \
+	  if [ -n "$(ONNX_IMAGE)" ] && [ ! -f "$(DOCKER_DIR)/onnx/model.onnx" ] && [ ! -f "$(DOCKER_DIR)/model/onnx/model.onnx" ]; then \
+	    echo "DIR=$(DOCKER_DIR) has no ONNX export: run .venv/bin/workbook export $(DOCKER_DIR) [--quantize int8] first"; \
+	    exit 2; fi; \
 	  case "$$rel" in runs/*) [ -n "$$links" ] || model="$$rel";; esac; \
 	  if [ -z "$$model" ]; then model=.cache/docker-model/$(DOCKER_NAME)-$$$$; staged="$$model"; \
 	     echo "copying $(DOCKER_DIR) into the build context$${links:+ (the files its links point to, not the links)}"; \
@@ -197,7 +205,7 @@ docker: docker-deps
 	shown=$${model:-none, mount one at /model}; [ -z "$$staged" ] || shown="$(DOCKER_DIR)"; \
 	echo "$(ENGINE) build -t $(TAG) (model: $$shown; base: $$base)"; \
 	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker) -t $(TAG) --build-arg BASE_IMAGE="$$base" \
-	  --build-arg WHEELS=$(WHEELS) --build-arg MODEL_DIR="$$model" $(DOCKER_BUILD_ARGS) -f Dockerfile . 2>&1 \
+	  --build-arg WHEELS=$(WHEELS) --build-arg MODEL_DIR="$$model" $(DOCKER_BUILD_ARGS) -f $(DOCKERFILE) . 2>&1 \
 	  | if [ -n "$$staged" ]; then sed -u "s|$$staged|$(DOCKER_DIR)|g"; else cat; fi; \
 	status=$$?; if [ -n "$$staged" ]; then rm -rf "$$staged"; rmdir .cache/docker-model 2>/dev/null; fi; \
 	[ $$status = 0 ] && $(ENGINE) image inspect --format 'built $(TAG): {{.Size}} bytes' $(TAG)
@@ -228,16 +236,17 @@ docker-deps: $(WHEELS)/.complete
 
 # The wheels of requirements-serve.txt for the image's Python and platform: torch from TORCH_INDEX (the CPU build
 # unless GPU=1), the rest with --no-deps (the file pins the whole set; pip check in the build confirms it).
-$(WHEELS)/.complete: requirements-serve.txt
-	@echo "downloading the wheels of requirements-serve.txt into $(WHEELS) (Python $(PYTHON_VERSION), $(WHEEL_ARCH))"
+$(WHEELS)/.complete: $(SERVE_REQS)
+	@echo "downloading the wheels of $(SERVE_REQS) into $(WHEELS) (Python $(PYTHON_VERSION), $(WHEEL_ARCH))"
 	@rm -rf $(WHEELS).tmp && mkdir -p $(WHEELS).tmp
-	@grep -E '^[A-Za-z0-9]' requirements-serve.txt | grep -v '^torch==' > $(WHEELS).tmp/requirements.txt
-	@$(DOCKER_PIP) download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
-	  --python-version $(PYTHON_VERSION) --implementation cp -d $(WHEELS).tmp $(if $(GPU),-c requirements-serve.txt,--no-deps) \
-	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $$(grep -E '^torch==' requirements-serve.txt)
-	@if [ -z "$(GPU)" ] && ! ls $(WHEELS).tmp/torch-*+cpu-*.whl >/dev/null 2>&1; then \
-	  echo "the torch wheel downloaded is not the CPU build ($$(ls $(WHEELS).tmp | grep '^torch-')); set TORCH_INDEX" \
-	       "to an index with it (default https://download.pytorch.org/whl/cpu), or GPU=1 for a CUDA image"; exit 1; fi
+	@grep -E '^[A-Za-z0-9]' $(SERVE_REQS) | grep -v '^torch==' > $(WHEELS).tmp/requirements.txt
+	@if grep -q '^torch==' $(SERVE_REQS); then \
+	  $(DOCKER_PIP) download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
+	  --python-version $(PYTHON_VERSION) --implementation cp -d $(WHEELS).tmp $(if $(GPU),-c $(SERVE_REQS),--no-deps) \
+	  $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $$(grep -E '^torch==' $(SERVE_REQS)) || exit 1; \
+	  if [ -z "$(GPU)" ] && ! ls $(WHEELS).tmp/torch-*+cpu-*.whl >/dev/null 2>&1; then \
+	    echo "the torch wheel downloaded is not the CPU build ($$(ls $(WHEELS).tmp | grep '^torch-')); set TORCH_INDEX" \
+	         "to an index with it (default https://download.pytorch.org/whl/cpu), or GPU=1 for a CUDA image"; exit 1; fi; fi
 	@$(DOCKER_PIP) download --quiet --only-binary=:all: $(WHEEL_PLATFORMS) \
 	  --python-version $(PYTHON_VERSION) --implementation cp --no-deps -d $(WHEELS).tmp -r $(WHEELS).tmp/requirements.txt
 	@rm $(WHEELS).tmp/requirements.txt && rm -rf $(WHEELS) && mv $(WHEELS).tmp $(WHEELS) && touch $(WHEELS)/.complete

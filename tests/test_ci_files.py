@@ -99,19 +99,27 @@ def test_make_test_runs_lint():
 
 # --------------------------------------------------------------------------- the serving requirements
 
-def test_serving_requirements_are_pinned_as_requirements_txt_and_hold_no_lab():
-    serve, lab = _pins(ROOT / "requirements-serve.txt"), _pins(ROOT / "requirements.txt")
-    assert {"torch", "transformers", "flask", "pandas", "peft", "safetensors", "tokenizers"} <= set(serve)
+SERVE_FILES = {"requirements-serve.txt": {"torch", "transformers", "flask", "pandas", "peft", "safetensors", "tokenizers"},
+               "requirements-serve-onnx.txt": {"onnxruntime", "tokenizers", "flask", "numpy"}}
+
+
+@pytest.mark.parametrize("name", SERVE_FILES)
+def test_serving_requirements_are_pinned_as_requirements_txt_and_hold_no_lab(name):
+    serve, lab = _pins(ROOT / name), _pins(ROOT / "requirements.txt")
+    assert SERVE_FILES[name] <= set(serve)
+    if name == "requirements-serve-onnx.txt":  # the ONNX image: none of torch's stack
+        assert not set(serve) & {"torch", "transformers", "pandas", "peft", "accelerate", "safetensors"}
     differ = {name: (version, lab.get(name)) for name, version in serve.items()
               if name != "setuptools" and lab.get(name) != version}
     assert not differ, f"pinned otherwise than in requirements.txt: {differ}"
     assert not set(serve) & LAB
 
 
-def test_serving_requirements_hold_every_requirement_of_their_packages():
+@pytest.mark.parametrize("name", SERVE_FILES)
+def test_serving_requirements_hold_every_requirement_of_their_packages(name):
     """What `pip install --no-index` of the wheel folder needs: each package's own requirements (Python 3.11 on
     Linux, no extras), read from the installed packages' metadata."""
-    serve = _pins(ROOT / "requirements-serve.txt")
+    serve = _pins(ROOT / name)
     env = {"python_version": "3.11", "python_full_version": "3.11.2", "sys_platform": "linux",
            "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
            "implementation_name": "cpython", "platform_python_implementation": "CPython", "extra": ""}
@@ -125,7 +133,7 @@ def test_serving_requirements_hold_every_requirement_of_their_packages():
             req = Requirement(text)
             if (req.marker is None or req.marker.evaluate(env)) and _canon(req.name) not in serve:
                 missing.setdefault(_canon(req.name), []).append(name)
-    assert not missing, f"needed by the serving packages but not in requirements-serve.txt: {missing}"
+    assert not missing, f"needed by the serving packages but not in {name}: {missing}"
 
 
 # --------------------------------------------------------------------------- the Dockerfile

@@ -119,9 +119,9 @@ def folders(tmp_path_factory, tiny_encoder_dir):
     return clf.parent, t5.parent  # OUTPUT_DIR-like: the image takes their model/
 
 
-def _build(engine: str, base: str, folder: Path, tag: str) -> dict:
+def _build(engine: str, base: str, folder: Path, tag: str, *make_vars: str) -> dict:
     start = time.perf_counter()
-    proc = _run(["make", "docker", f"ENGINE={engine}", f"DIR={folder}", f"TAG={tag}", f"BASE_IMAGE={base}"],
+    proc = _run(["make", "docker", f"ENGINE={engine}", f"DIR={folder}", f"TAG={tag}", f"BASE_IMAGE={base}", *make_vars],
                 timeout=1500, cwd=ROOT)
     assert proc.returncode == 0, _tail(proc, 4000)
     size = int(_run([engine, "image", "inspect", "--format", "{{.Size}}", tag]).stdout.strip())
@@ -175,8 +175,8 @@ class Container:
         _run([self.engine, "rm", "-f", self.name], timeout=120)
 
 
-def _predict_here(folder: Path, texts: list[str]) -> list[dict]:
-    proc = _run([str(WORKBOOK), "predict", str(folder), *texts, "--json"], timeout=600,
+def _predict_here(folder: Path, texts: list[str], *options: str) -> list[dict]:
+    proc = _run([str(WORKBOOK), "predict", str(folder), *texts, "--json", *options], timeout=600,
                 env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, _tail(proc)
     return json.loads(proc.stdout)
@@ -264,3 +264,28 @@ def test_the_image_serves_a_summarizer_and_a_mounted_folder(engine, base_image, 
         status, one = box.post("/predict", {"text": HEADLINES[0]})
         assert status == 200 and one["label"] == expected[0]["label"]
         assert one["probabilities"] == pytest.approx(expected[0]["probabilities"], abs=1e-5)
+
+
+def test_the_onnx_image_serves_an_exported_classifier_without_torch(engine, base_image, folders, tmp_path):
+    """make docker RUNTIME=onnx: ONNX Runtime, tokenizers, Flask and numpy only, at most 450 MB with MiniLM's fp32
+    and int8 exports; it answers as `workbook predict` does on the same export, and as torch does within 1e-4."""
+    exported = tmp_path / "exported"
+    shutil.copytree(folders[0] / "model", exported / "model")  # a copy: the suite's folder stays as it was
+    made = _run([str(WORKBOOK), "export", str(exported), "--quantize", "int8"], timeout=600,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert made.returncode == 0, _tail(made)
+    built = _build(engine, base_image, exported, "finetune-workbook-serve-test:onnx", "RUNTIME=onnx")
+    print(f"\nONNX image: {built['bytes'] / 1e6:.0f} MB, built in {built['seconds']} s")
+    assert built["bytes"] <= 450e6, f"the ONNX image is {built['bytes'] / 1e6:.0f} MB"
+    on_onnx, on_torch = _predict_here(exported, HEADLINES), _predict_here(exported, HEADLINES, "--runtime", "torch")
+    with Container(engine, "finetune-workbook-serve-test:onnx") as box:
+        health, _ = box.wait_healthy()
+        assert health["runtime"] == "onnx" and health["task"] == "text-classification"
+        status, answer = box.post("/predict", {"texts": HEADLINES})
+        assert status == 200, answer
+        for got, here, torch_answer in zip(answer["predictions"], on_onnx, on_torch):
+            assert got["label"] == here["label"] == torch_answer["label"]
+            assert got["probabilities"] == pytest.approx(here["probabilities"], abs=1e-6)
+            assert got["probabilities"] == pytest.approx(torch_answer["probabilities"], abs=1e-4)
+        assert box.exec("python", "-c", "import torch").returncode != 0  # not in this image
+        assert "model.safetensors" not in box.exec("ls", "/model").stdout.split()  # the export serves, not weights
