@@ -104,3 +104,18 @@ def test_the_onnx_classifier_needs_no_torch(exported):
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() in ("negative", "neutral", "positive", "LABEL_0", "LABEL_1", "LABEL_2")
+
+
+def test_score_py_runs_the_export_or_torch(exported):
+    def score(runtime: str) -> dict:
+        env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", **({"WORKBOOK_RUNTIME": runtime} if runtime else {})}
+        proc = subprocess.run([sys.executable, str(exported / "score.py"), TEXTS[0]], capture_output=True, text=True,
+                              timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout)["prediction"][0]
+
+    on_onnx, on_torch = score(""), score("torch")  # the default: the folder's fresh export
+    expected = onnx.load(exported, "onnx").predict(TEXTS[0])
+    assert on_onnx["label"] == expected["label"] == on_torch["label"]
+    assert on_onnx["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
+    assert on_torch["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)

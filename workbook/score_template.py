@@ -19,7 +19,9 @@ OCI Data Science model deployment:
     load_model() -> the loaded model;  predict(data, model=load_model()) -> {"prediction": [...]}
     `data`: a text, a list of texts, {"text": ...}, {"texts": [...]}, or {"data": {...}} with those keys.
 
-Set MODEL_DIR to score a folder other than this file's own.
+Set MODEL_DIR to score a folder other than this file's own. A classifier exported with `workbook export` runs on
+ONNX Runtime (its onnx/model.onnx; onnxruntime installed) unless WORKBOOK_RUNTIME=torch; WORKBOOK_RUNTIME=onnx-int8
+takes the int8 export. An export older than the weights (their SHA-256 differs from the one recorded) is refused.
 
 No code from a model folder runs: every from_pretrained gets trust_remote_code=False, and a folder (or a local
 base model) whose config.json or tokenizer_config.json names its own code (`auto_map`) is refused in one line.
@@ -79,7 +81,8 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
         info = {"max_length": 1024, "prompt_template": "{source}\n\nTL;DR:", "max_source_length": 512,
                 "prefix": "summarize: " if "T5" in (folder / "config.json").read_text() else "",
                 "generation": {"max_new_tokens": 64}}
-    model = _load_weights(folder, info, auto)
+    runtime = _runtime(folder, info, task)
+    model = _load_weights(folder, info, auto) if runtime == "torch" else _OnnxModel(folder, info, runtime)
     _check_saved(saved, model.config, folder / "workbook.json")  # the file's values, not the defaults above
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token_id is None:
@@ -89,9 +92,57 @@ def load_model(model_dir: str | os.PathLike | None = None) -> dict:
     if base_model.get("standin"):  # said once, in the deployment's log: the answers are not the real model's
         print(f"score.py: {folder} was fine-tuned from an offline stand-in for {base_model.get('requested')}; "
               "its predictions show that the code works, not how good that model is", file=sys.stderr)
-    _LOADED = {"folder": folder, "task": task, "info": info, "model": model.to(device).eval(),
-               "tokenizer": tokenizer, "device": device}
+    _LOADED = {"folder": folder, "task": task, "info": info, "runtime": runtime,
+               "model": model.to(device).eval() if runtime == "torch" else model, "tokenizer": tokenizer,
+               "device": device if runtime == "torch" else torch.device("cpu")}
     return _LOADED
+
+
+def _runtime(folder: Path, info: dict, task: str) -> str:
+    """WORKBOOK_RUNTIME (torch, onnx, onnx-int8), else onnx for a classifier with a fresh export, else torch."""
+    asked = os.environ.get("WORKBOOK_RUNTIME")
+    record = info.get("onnx") if isinstance(info.get("onnx"), dict) else {}
+    if asked not in (None, "", "torch", "onnx", "onnx-int8"):
+        raise ValueError(f"WORKBOOK_RUNTIME={asked!r}: use torch, onnx or onnx-int8")
+    if asked == "torch" or (not asked and (task != "text-classification" or not record)):
+        return "torch"
+    runtime = asked or "onnx"
+    file = folder / str((record.get("files") or {}).get(runtime, ""))
+    if not record or not file.is_file():
+        raise ValueError(f"{folder} has no {runtime} export; make one with: workbook export {folder}"
+                         + (" --quantize int8" if runtime == "onnx-int8" else "") + " (or WORKBOOK_RUNTIME=torch)")
+    weights = next((folder / n for n in ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors")
+                    if (folder / n).exists()), None)
+    if weights is not None:
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(weights, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != record.get("weights_sha256"):
+            raise ValueError(f"the ONNX export in {folder} is stale: the weights changed after it was made; make it "
+                             f"again with: workbook export {folder} (or WORKBOOK_RUNTIME=torch)")
+    return runtime
+
+
+class _OnnxModel:
+    """A classifier's ONNX export on ONNX Runtime, called as the torch model is: `model(**enc).logits`."""
+
+    def __init__(self, folder: Path, info: dict, runtime: str):
+        import onnxruntime
+        import transformers
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
+        self.session = onnxruntime.InferenceSession(str(folder / info["onnx"]["files"][runtime]), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        self.config = transformers.AutoConfig.from_pretrained(folder / "onnx", trust_remote_code=False)
+
+    def __call__(self, **enc):
+        feed = {name: enc[name].cpu().numpy().astype("int64") for name in self.inputs}
+        return type("Output", (), {"logits": torch.from_numpy(self.session.run(None, feed)[0])})()
 
 
 def _load_weights(folder: Path, info: dict, auto):
