@@ -99,7 +99,8 @@ def test_make_test_runs_lint():
 
 # --------------------------------------------------------------------------- the serving requirements
 
-SERVE_FILES = {"requirements-serve.txt": {"torch", "transformers", "flask", "pandas", "peft", "safetensors", "tokenizers"},
+SERVE_FILES = {"requirements-serve.txt": {"torch", "transformers", "flask", "pandas", "peft", "safetensors",
+                                          "tokenizers"},
                "requirements-serve-onnx.txt": {"onnxruntime", "tokenizers", "flask", "numpy"}}
 
 
