@@ -70,13 +70,19 @@ def _export_problem(folder: Path, info: dict, runtime: str) -> str | None:
 def choose_runtime(folder: Path, info: dict, asked: str | None) -> tuple[str, str]:
     """(the runtime, why): the one asked for (refused with the fix when it cannot serve the folder), else ONNX
     fp32 when the folder has a fresh export, else torch."""
+    import importlib.util
+
+    here = importlib.util.find_spec("onnxruntime") is not None
     if asked is not None:
         if asked not in RUNTIMES:
             raise OnnxError(f"--runtime {asked!r}: use one of {', '.join(RUNTIMES)}")
         problem = None if asked == "torch" else _export_problem(folder, info, asked)
-        if problem:
-            raise OnnxError(problem)
+        if problem or (asked != "torch" and not here):
+            raise OnnxError(problem or f"--runtime {asked} needs ONNX Runtime: pip install onnxruntime (or "
+                                       "--runtime torch)")
         return asked, "asked for"
+    if info.get("onnx") and not here:
+        return "torch", "not ONNX: onnxruntime is not installed here"
     if info.get("onnx"):
         problem = _export_problem(folder, info, "onnx")
         if problem is None:

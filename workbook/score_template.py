@@ -104,7 +104,10 @@ def _runtime(folder: Path, info: dict, task: str) -> str:
     record = info.get("onnx") if isinstance(info.get("onnx"), dict) else {}
     if asked not in (None, "", "torch", "onnx", "onnx-int8"):
         raise ValueError(f"WORKBOOK_RUNTIME={asked!r}: use torch, onnx or onnx-int8")
-    if asked == "torch" or (not asked and (task != "text-classification" or not record)):
+    import importlib.util
+
+    here = importlib.util.find_spec("onnxruntime") is not None  # a torch image has none: it runs torch
+    if asked == "torch" or (not asked and (task != "text-classification" or not record or not here)):
         return "torch"
     runtime = asked or "onnx"
     file = folder / str((record.get("files") or {}).get(runtime, ""))
