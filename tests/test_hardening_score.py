@@ -80,8 +80,8 @@ def test_score_py_imports_nothing_of_the_workbook():
     imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                  if node.level == 0}
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))  # no relative imports
-    assert imported <= {"__future__", "hashlib", "importlib", "json", "math", "os", "re", "sys", "warnings", "pathlib", "torch",
-                        "transformers", "peft", "onnxruntime"}, imported
+    assert imported <= {"__future__", "hashlib", "importlib", "json", "math", "os", "re", "sys", "warnings", "pathlib",
+                        "torch", "transformers", "peft", "onnxruntime"}, imported
 
 
 def test_max_new_tokens_limit_is_the_servers(summarizers):
