@@ -7,6 +7,7 @@
     workbook predict DIR "text" ...                 score or summarize texts with a saved model folder
     echo "text" | workbook predict DIR --json       texts from stdin (one per line), JSON out
     workbook serve DIR [--host H --port P]          a web page + JSON API for a saved model
+    workbook export DIR [--quantize int8]           a classifier as ONNX: serve / predict run it on ONNX Runtime
     workbook sweep 01 --lr 3e-5,1e-4 --epochs 1,2   a grid of runs, tracked in MLflow, with a report
     workbook sweep 01 --lr 3e-5,1e-4 --seeds 3      each configuration on 3 seeds: mean, spread, is it real?
     workbook sweep 01 --trials 8 --lr 1e-5:1e-4:log an Optuna search (TPE, median pruner), resumable
