@@ -134,7 +134,7 @@ def _prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, 
                                    "you can write to (OUTPUT_DIR=...).") from None
     run_file = folder / _RUN_FILE
     mine = {"notebook": notebook, "params": _same_run_params(params)}
-    previous = _previous_run(run_file)
+    previous = _read_json_object(run_file)
     has_checkpoints = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
     holds_results = (folder / _METRICS_FILE).exists() or (folder / "model").exists() or has_checkpoints
     fix = "set OVERWRITE=True to replace it, or choose another OUTPUT_DIR"
@@ -170,13 +170,14 @@ def _prepare_output_dir(output_dir: str | Path, *, notebook: str, params: dict, 
     return folder
 
 
-def _previous_run(run_file: Path) -> dict | None:
-    """What run.json says of the run before (None when there is none, or it is damaged: an unknown run)."""
+def _read_json_object(path: Path) -> dict | None:
+    """A JSON object from `path`; None when the file is missing, unreadable, not JSON or not an object (run.json
+    then says of an unknown run; `workbook compare` shows a damaged metrics.json as a failed run)."""
     try:
-        previous = json.loads(run_file.read_text())
+        value = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return previous if isinstance(previous, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def write_metrics(output_dir: str | Path, *, notebook: str, test: dict, baseline: dict | None = None,

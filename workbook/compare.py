@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.artifacts import _METRICS_FILE
+from helpers.artifacts import _METRICS_FILE, _read_json_object
 
 # Parameters that say where or how a run was stored, not what was trained: never "swept".
 _BOOKKEEPING = {"OUTPUT_DIR", "RESUME", "OVERWRITE", "TRACKING", "SMOKE", "ALLOW_STANDIN"}
@@ -62,25 +62,16 @@ def load_run(folder: str | Path, name: str | None = None) -> RunRow:
     folder = Path(folder)
     metrics = folder / _METRICS_FILE
     if not metrics.exists():
-        params = (_read_json(folder / "run.json") or {}).get("params") or {}
+        params = (_read_json_object(folder / "run.json") or {}).get("params") or {}
         return RunRow(name or folder.name, folder, {}, "failed", f"did not finish (no {_METRICS_FILE})",
                       params if isinstance(params, dict) else {})
-    record = _read_json(metrics)
+    record = _read_json_object(metrics)
     if record is None:  # one damaged run must not cost the report of the others
         return RunRow(name or folder.name, folder, {}, "failed", f"{_METRICS_FILE} is damaged (not a JSON object): "
                       "run it again, or leave it out of the comparison")
     status = "pruned" if record.get("pruned_at_step") is not None else "ok"
     params = record.get("params")
     return RunRow(name or folder.name, folder, record, status, params=dict(params) if isinstance(params, dict) else {})
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from `path`; None when the file is missing, unreadable, not JSON or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def swept_parameters(rows: list[RunRow]) -> list[str]:
