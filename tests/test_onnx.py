@@ -119,3 +119,16 @@ def test_score_py_runs_the_export_or_torch(exported):
     assert on_onnx["label"] == expected["label"] == on_torch["label"]
     assert on_onnx["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-6)
     assert on_torch["probabilities"] == pytest.approx(expected["probabilities"], abs=1e-4)
+
+
+def test_a_sentence_pair_classifier_exports_and_answers_pairs_as_torch_does(tiny_classifier_dir, tmp_path):
+    folder = tmp_path / "pairs"
+    shutil.copytree(tiny_classifier_dir, folder)
+    info = json.loads((folder / "workbook.json").read_text())
+    (folder / "workbook.json").write_text(json.dumps({**info, "text_pair": True}))
+    pairs = [("A man is eating.", "Someone eats food."), ("The sky is blue today, very blue.", "It rains hard.")] * 4
+    assert onnx.export(folder, texts=pairs)["fp32"]["labels_equal"] == 1.0
+    answers, expected = onnx.load(folder).predict(pairs[:2]), hp.inference.load(folder, device="cpu").predict(pairs[:2])
+    for got, want in zip(answers, expected):
+        assert got["label"] == want["label"]
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-4)
