@@ -157,3 +157,17 @@ def test_a_smoke_sweep_of_notebook_01_on_two_seeds_reports_means_spreads_and_the
     children = runs[runs["tags.workbook.seeds_parent"] != "true"]
     assert len(children) == 4 and children["tags.mlflow.parentRunId"].notna().all()
     assert children["tags.mlflow.parentRunId"].nunique() == 2
+    # every run tracked whole (it was a grid sweep of its own before: the same notebook runs, seen from MLflow)
+    assert sorted(children["params.LR"]) == ["0.0001", "0.0001", "3e-05", "3e-05"]
+    assert set(children["status"]) == {"FINISHED"}
+    assert children["metrics.test_macro_f1"].between(0, 1).all() and children["metrics.val_macro_f1"].notna().all()
+    assert (folder / "plots" / "metric_vs_LR.png").stat().st_size > 5000
+    assert (folder / "plots" / "validation_curves.png").stat().st_size > 5000
+    assert "<table>" in (folder / "report.html").read_text()
+    # two of its runs compared again from the command line, and a second identical command keeps finished runs
+    pair = [str(folder / "lr-3e-05_seed-42"), str(folder / "lr-0.0001_seed-42")]
+    assert cli.main(["compare", *pair, "--out", str(store / "c")]) == 0
+    assert "Best run: **" in (store / "c" / "report.md").read_text()
+    before = (folder / "lr-3e-05_seed-42" / "metrics.json").stat().st_mtime
+    assert cli.main(argv) == 0
+    assert (folder / "lr-3e-05_seed-42" / "metrics.json").stat().st_mtime == before

@@ -9,7 +9,7 @@ import pytest
 
 from helpers import _mlflow, artifacts
 from helpers.notebook import Run
-from workbook import compare, runner, sweep, tracking
+from workbook import runner, sweep, tracking
 
 NB01 = "01_finbert_financial_sentiment"
 
@@ -225,33 +225,6 @@ def test_an_interrupted_optuna_sweep_resumes_with_the_remaining_trials_only(stor
     assert f"Best run: **trial-{study.best_trial.number:03d}**" in report
     sweep.run(job, run_fn=_fake_notebook_run(again))  # nothing left to do
     assert len(again) == 2
-
-
-@pytest.mark.slow
-@pytest.mark.notebook
-def test_a_grid_sweep_of_notebook_01_gives_two_tracked_runs_and_a_report(store, tmp_path):
-    from workbook import cli
-
-    code = cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)])
-    assert code == 0
-    folder = store / "sweep-01-lr"
-    runs = tracking.runs_frame("sweep-01-lr")
-    assert sorted(runs["params.LR"]) == ["0.0001", "3e-05"] and set(runs["status"]) == {"FINISHED"}
-    assert runs["metrics.test_macro_f1"].between(0, 1).all() and runs["metrics.val_macro_f1"].notna().all()
-    report = (folder / "report.md").read_text()
-    rows = [compare.load_run(folder / name) for name in ("lr-3e-05", "lr-0.0001")]
-    best = max(rows, key=lambda r: r.objective("macro_f1", "maximize"))
-    assert f"Best run: **{best.name}**" in report and f"★ {best.name}" in report
-    assert (folder / "plots" / "metric_vs_LR.png").stat().st_size > 5000
-    assert (folder / "plots" / "validation_curves.png").stat().st_size > 5000
-    assert "<table>" in (folder / "report.html").read_text()
-    # the same runs, compared again from the command line
-    assert cli.main(["compare", str(folder / "lr-3e-05"), str(folder / "lr-0.0001"), "--out", str(tmp_path / "c")]) == 0
-    assert f"Best run: **{best.name}**" in (tmp_path / "c" / "report.md").read_text()
-    # a second identical command keeps the finished runs
-    before = os.path.getmtime(folder / "lr-3e-05" / "metrics.json")
-    assert cli.main(["sweep", "01", "--smoke", "--lr", "3e-5,1e-4", "--epochs", "1", "--runs-dir", str(store)]) == 0
-    assert os.path.getmtime(folder / "lr-3e-05" / "metrics.json") == before
 
 
 def test_only_this_machines_dead_trials_are_marked_failed_on_resume(tmp_path):
