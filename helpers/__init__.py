@@ -16,7 +16,8 @@ Modules (imported on first use, so `import helpers` is instant and has no side e
 Every public name is in its module's `__all__` and in docs/kit.md. Modules whose names start with an
 underscore are the kit's internals: the file readers (`_readers`), the batches (`_batching`), the CPU fast
 paths (`_fastpaths`), offline stand-ins and Hub probing (`_offline/`), one run's MLflow logging
-(`_mlflow`), paths (`_paths`), progress bars (`_progress`). The tool around the notebooks (`workbook run`,
+(`_mlflow`), paths (`_paths`), progress bars (`_progress`), what several processes share (`_ranks`), and a
+classifier's answers whatever runs it, torch or ONNX Runtime (`_classify`, torch-free). The tool around the notebooks (`workbook run`,
 sweeps, serving) is the separate `workbook` package: it imports the kit; the kit never imports it.
 """
 
