@@ -7,6 +7,7 @@ It imports the teaching kit (`helpers`); the kit never imports it. Modules:
     workbook.compare         the comparison report of runs: table, metric vs parameter, validation curves
     workbook.tracking        the MLflow store as a whole: sweep groups, the runs as a table
     workbook.serve           a web page and a JSON API for a saved model folder
+    workbook.onnx            `workbook export` and the ONNX Runtime classifier (no torch)
     workbook.score_template  the self-contained score.py copied into every saved model folder
 """
 
