@@ -17,8 +17,9 @@ Every public name is in its module's `__all__` and in docs/kit.md. Modules whose
 underscore are the kit's internals: the file readers (`_readers`), the batches (`_batching`), the CPU fast
 paths (`_fastpaths`), offline stand-ins and Hub probing (`_offline/`), one run's MLflow logging
 (`_mlflow`), paths (`_paths`), progress bars (`_progress`), what several processes share (`_ranks`), and a
-classifier's answers whatever runs it, torch or ONNX Runtime (`_classify`, torch-free). The tool around the notebooks (`workbook run`,
-sweeps, serving) is the separate `workbook` package: it imports the kit; the kit never imports it.
+classifier's answers whatever runs it, torch or ONNX Runtime (`_classify`, torch-free). The tool around the
+notebooks (`workbook run`, sweeps, serving) is the separate `workbook` package: it imports the kit; the kit
+never imports it.
 """
 
 from __future__ import annotations
