@@ -59,8 +59,8 @@ def _gpu_capability(device: torch.device | None = None) -> tuple[int, int]:
 
 
 def _gpu_supports_bf16(device: torch.device | None = None) -> bool:
-    """Native bf16 on this GPU (compute capability 8+, or ROCm). `torch.cuda.is_bf16_supported()` as called
-    by default also says True where bf16 is only emulated (T4, V100), which is slow: hence
+    """Native bf16 on this GPU (compute capability 8+, or ROCm). `torch.cuda.is_bf16_supported` with no argument
+    also says True where bf16 is only emulated (T4, V100), which is slow: hence
     `including_emulation=False`."""
     index = device.index if device is not None else None
     if index is None or index == torch.cuda.current_device():
