@@ -3,7 +3,7 @@
 The decisions (docs/architecture.md, "Precision"):
 - a GPU of compute capability 8+ (A10, A100, L4, H100) runs bf16 natively: `auto` takes bf16;
 - a T4 or V100 (capability 7.x) only *emulates* bf16, slowly: `auto` takes fp16 with a loss scaler
-  there, and an explicit `bf16` is refused (torch's `is_bf16_supported()` says True on them, because
+  there, and an explicit `bf16` is refused (torch's `is_bf16_supported` says True on them, because
   by default it counts emulation);
 - models that overflow in fp16 (T5) pass `allow_fp16=False`: bf16 where native, else fp32;
 - a CPU with AVX512-BF16 / AMX runs bf16 natively; other CPUs run fp32; fp16 needs a GPU;
