@@ -167,3 +167,14 @@ def open_chrome(javascript: bool = True, window: str = "1000,900", attempts: int
                 service.stop()
             if attempt == attempts:
                 raise
+
+
+def wait_for_process(condition, proc, log, timeout: float = 120, poll_s: float = 0.1) -> None:
+    """Poll `condition()` while `proc` runs; fail with the tail of its `log` when it ends first or time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the process ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s:\n{log.read_text()[-3000:]}"
+        time.sleep(poll_s)

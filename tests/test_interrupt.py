@@ -11,11 +11,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import wait_for_process
 
 import helpers as hp
 from workbook import cli, runner
@@ -38,14 +38,6 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
     is set back to its default: a test run from a background job or nohup would otherwise pass on 'ignored'."""
     return subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-
-def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"workbook ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.2)
 
 
 def _ctrl_c(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
@@ -138,9 +130,9 @@ def test_ctrl_c_twice_stops_a_cell_that_ignores_the_first_and_still_says_one_lin
         f"        pathlib.Path({str(started)!r}).write_text('interrupted once')\n"))
     log, runs = tmp_path / "out.txt", tmp_path / "runs"
     proc = _start([str(WORKBOOK), "run", str(notebook), "--runs-dir", str(runs)], log)
-    _wait_for(started.exists, proc, log, timeout=300)
+    wait_for_process(started.exists, proc, log, timeout=300)
     os.killpg(proc.pid, signal.SIGINT)  # the kernel gets it, the cell carries on
-    _wait_for(lambda: started.read_text() == "interrupted once", proc, log, timeout=60)
+    wait_for_process(lambda: started.read_text() == "interrupted once", proc, log, timeout=60)
     out = _ctrl_c(proc, log)
     assert proc.returncode == 130, out
     assert "Traceback" not in out and "Error" not in out, out
@@ -160,7 +152,8 @@ def test_ctrl_c_mid_training_says_where_and_the_printed_command_resumes(tmp_path
     out_dir = runs / "smoke" / "01_finbert_financial_sentiment"
     proc = _start([str(WORKBOOK), "run", "01", "--smoke", "--epochs", "3", "-p", "MAX_TRAIN_SAMPLES", "64",
                    "-p", "TRACKING", "False", "--runs-dir", str(runs)], log)
-    _wait_for(lambda: hp.training._latest_checkpoint(out_dir / "checkpoints") is not None, proc, log)
+    wait_for_process(lambda: hp.training._latest_checkpoint(out_dir / "checkpoints") is not None, proc, log,
+                     timeout=900)
     first = hp.training._latest_checkpoint(out_dir / "checkpoints")
     out = _ctrl_c(proc, log)
 

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import wait_for_process
 
 import helpers as hp
 import workbook.serve
@@ -292,14 +293,6 @@ def _start_serve(folder: Path, port: int, log: Path) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert proc.poll() is None, f"workbook serve ended early ({proc.returncode}):\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s:\n{log.read_text()[-3000:]}"
-        time.sleep(0.1)
-
-
 def _healthy(port: int) -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
@@ -328,12 +321,12 @@ def _half_sent_request(port: int, body: bytes) -> socket.socket:
 def test_sigterm_drains_then_a_restart_on_the_same_port_works_at_once(tiny_classifier_dir, tmp_path):
     port, log = _free_port(), tmp_path / "serve.log"
     proc = _start_serve(tiny_classifier_dir, port, log)
-    _wait_for(lambda: _healthy(port), proc, log)
+    wait_for_process(lambda: _healthy(port), proc, log)
     body = json.dumps({"text": "Operating profit rose to EUR 13.1 mn"}).encode()
     in_flight = _half_sent_request(port, body)
     time.sleep(0.5)  # the server has accepted it and is reading its body
     proc.send_signal(signal.SIGTERM)
-    _wait_for(lambda: "stopping: no new connections" in log.read_text(), proc, log, timeout=10)
+    wait_for_process(lambda: "stopping: no new connections" in log.read_text(), proc, log, timeout=10)
     with pytest.raises(ConnectionRefusedError):  # stopped accepting
         socket.create_connection(("127.0.0.1", port), timeout=5)
     in_flight.sendall(body[len(body) // 2:])
@@ -345,7 +338,7 @@ def test_sigterm_drains_then_a_restart_on_the_same_port_works_at_once(tiny_class
     assert "Traceback" not in out and "every request accepted was answered" in out
     again = _start_serve(tiny_classifier_dir, port, log)  # its connections are in TIME_WAIT: SO_REUSEADDR
     try:
-        _wait_for(lambda: _healthy(port), again, log)
+        wait_for_process(lambda: _healthy(port), again, log)
     finally:
         again.send_signal(signal.SIGINT)
         assert _exit_status(again, log) == 0 and "Traceback" not in log.read_text()
@@ -355,7 +348,7 @@ def test_sigterm_drains_then_a_restart_on_the_same_port_works_at_once(tiny_class
 def test_a_signal_while_the_model_loads_exits_cleanly(tiny_classifier_dir, tmp_path, sig):
     log = tmp_path / "serve.log"
     proc = _start_serve(tiny_classifier_dir, _free_port(), log)
-    _wait_for(lambda: "loading the model" in log.read_text(), proc, log)
+    wait_for_process(lambda: "loading the model" in log.read_text(), proc, log)
     time.sleep(0.1)  # inside the load: importing torch alone takes longer
     proc.send_signal(sig)
     assert _exit_status(proc, log) == 0
